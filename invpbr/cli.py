@@ -1,0 +1,124 @@
+"""The command line: ``invpbr run | render | check | batch``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_run(args) -> int:
+    from .optimize import optimize
+    from .problem import load_problem
+    from .result import save_result
+
+    problem = load_problem(args.scene_dir, variant=args.variant)
+    if args.spp is not None:
+        problem.config.render.spp = args.spp
+    if args.iterations is not None:  # recorded in result.json's settings
+        problem.config.optimize.iterations = args.iterations
+    out = Path(args.out) if args.out else Path("out") / Path(args.scene_dir).resolve().name
+    result = optimize(problem, iterations=args.iterations, progress=not args.no_progress)
+    save_result(result, out)
+    print(f"{result.name}: {result.status} after {result.iterations} iterations, "
+          f"{result.seconds_per_iteration:.3f} s/iteration ({result.integrator}, {result.variant})")
+    for key, value in result.estimates.items():
+        shown = ("texture " + "x".join(map(str, value.shape)) if result.kinds[key] == "texture"
+                 else ", ".join(f"{v:.4f}" for v in value.ravel()))
+        err = f"   error {result.errors[key]:.4f}" if key in result.errors else ""
+        print(f"  {key} = {shown}{err}")
+    print(f"wrote {out / 'result.json'}")
+    return 0 if result.status in ("completed", "stopped") else 1
+
+
+def _cmd_render(args) -> int:
+    from .render import render_photos
+
+    folder = Path(args.scene_dir)
+    if not (folder / "truth.xml").is_file():
+        raise FileNotFoundError(f"{folder / 'truth.xml'}: no such file; `invpbr render` makes "
+                                "photos of synthetic scenes from their truth.xml")
+    for path in render_photos(folder, spp=args.spp, suffix="." + args.format, variant=args.variant):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from .problem import check_folder
+
+    problems = check_folder(args.scene_dir, variant=args.variant)
+    if problems:
+        print(f"{args.scene_dir}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print(f"{args.scene_dir}: ok")
+    return 0
+
+
+def _cmd_batch(args) -> int:
+    from .batch import run_batch
+
+    out = Path(args.out) if args.out else Path("out")
+
+    def show(row):
+        errs = ", ".join(f"{k}={v:.4g}" for k, v in row["errors"].items() if v is not None)
+        print(f"{row['scene']}: {row['status']} ({row['seconds']:.1f} s) {errs} {row['message']}",
+              flush=True)
+
+    rows = run_batch(args.scenes_dir, out, iterations=args.iterations, spp=args.spp, jobs=args.jobs,
+                     timeout=args.timeout, on_row=show)
+    print(f"wrote {out / 'summary.csv'} and {out / 'summary.json'}")
+    return 0 if all(r["status"] == "completed" for r in rows) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invpbr", description=(
+        "Physically based inverse rendering: estimate materials of a Mitsuba 3 scene from photos."))
+    parser.add_argument("--variant", default=None,
+                        help="Mitsuba variant (default: cuda_ad_rgb if a GPU works, else llvm_ad_rgb)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="estimate the parameters of one scene folder")
+    run.add_argument("scene_dir")
+    run.add_argument("--out", help="result folder (default: out/<scene name>)")
+    run.add_argument("--iterations", type=int, help="override [optimize] iterations")
+    run.add_argument("--spp", type=int, help="override [render] spp")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    render = sub.add_parser("render", help="render truth.xml into photos/ (synthetic scenes)")
+    render.add_argument("scene_dir")
+    render.add_argument("--spp", type=int, default=256)
+    render.add_argument("--format", choices=["exr", "png"], default="exr")
+    render.set_defaults(func=_cmd_render)
+
+    check = sub.add_parser("check", help="validate a scene folder and list every problem")
+    check.add_argument("scene_dir")
+    check.set_defaults(func=_cmd_check)
+
+    batch = sub.add_parser("batch", help="run every scene folder in a folder")
+    batch.add_argument("scenes_dir")
+    batch.add_argument("--out", help="results folder (default: out)")
+    batch.add_argument("--iterations", type=int)
+    batch.add_argument("--spp", type=int)
+    batch.add_argument("--jobs", type=int, default=1, help="scenes run at once")
+    batch.add_argument("--timeout", type=float, help="seconds per scene")
+    batch.set_defaults(func=_cmd_batch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .backend import LLVMError
+    from .config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, ConfigError, LLVMError) as e:
+        print(f"invpbr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The problem description of a scene folder: ``invpbr.toml``.
+
+Pure Python (no Mitsuba): parsed into dataclasses whose fields document
+themselves, validated with errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOSSES = ("l1", "l2", "relative_l2")
+INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "path", "scene")
+
+
+@dataclass
+class RenderConfig:
+    spp: int = 16
+    """Samples per pixel of each view's render in an optimization step."""
+    max_depth: int = 4
+    """Longest light path (Mitsuba's ``max_depth``; -1 for unbounded)."""
+    integrator: str = "auto"
+    """``auto`` (chosen from what is estimated), a Mitsuba integrator type, or
+    ``scene`` (the integrator written in scene.xml)."""
+    spp_final: int = 64
+    """Samples per pixel of the final renders saved with a result."""
+
+
+@dataclass
+class EstimateConfig:
+    key: str
+    """A key of ``mi.traverse(scene)``; shell-style globs (``*``, ``?``) allowed."""
+    bounds: tuple[float, float] | None = None
+    """Values are clipped into ``[lo, hi]`` after every step."""
+    lr: float | None = None
+    """Learning rate of this parameter (default: ``[optimize] lr``)."""
+    resolution: list[int] | None = None
+    """Bitmap textures only: square texture resolution per coarse-to-fine
+    stage, e.g. ``[16, 32, 64]``; the stages split the iterations evenly.
+    Default: the texture's resolution in scene.xml, one stage."""
+    tv: float = 0.0
+    """Bitmap textures only: weight of the total-variation regularizer."""
+
+
+@dataclass
+class OptimizeConfig:
+    iterations: int = 200
+    """Optimization steps."""
+    lr: float = 0.02
+    """Adam learning rate of every parameter without its own ``lr``."""
+    loss: str = "l1"
+    """Image loss: ``l1``, ``l2`` or ``relative_l2``."""
+    views_per_step: int = 0
+    """Views rendered per step (a random subset); 0 means all views."""
+    seed: int = 0
+    """Seed of the renders' samplers and of the view subsets."""
+
+
+@dataclass
+class PhotosConfig:
+    resize: bool = False
+    """Resize photos whose size differs from their sensor's film (with a
+    warning) instead of stopping with an error."""
+
+
+@dataclass
+class ProblemConfig:
+    render: RenderConfig = field(default_factory=RenderConfig)
+    estimate: list[EstimateConfig] = field(default_factory=list)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    photos: PhotosConfig = field(default_factory=PhotosConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """An invpbr.toml that cannot be used; the message names file and key."""
+
+
+def _check_table(where: str, table: Any, cls: type, source: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{where}] must be a table, found {type(table).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"{source}: unknown key {where}.{key}; expected one of {', '.join(known)}")
+    return table
+
+
+def _number(source: str, name: str, value: Any, *, integer: bool = False,
+            minimum: float | None = None) -> Any:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not math.isfinite(value):
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(f"{source}: {name} must be {kind}, found {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{source}: {name} must be >= {minimum}, found {value!r}")
+    return value
+
+
+def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> ProblemConfig:
+    """Validate a parsed TOML document into a :class:`ProblemConfig`.
+
+    Args:
+        data: the document as from ``tomllib.load``.
+        source: file name used in error messages.
+
+    Raises:
+        ConfigError: unknown tables or keys, wrong types or values.
+    """
+    known_tables = {"render", "estimate", "optimize", "photos"}
+    for name in data:
+        if name not in known_tables:
+            raise ConfigError(f"{source}: unknown table [{name}]; expected {', '.join(sorted(known_tables))}")
+
+    r = _check_table("render", data.get("render", {}), RenderConfig, source)
+    render = RenderConfig(**r)
+    _number(source, "render.spp", render.spp, integer=True, minimum=1)
+    _number(source, "render.spp_final", render.spp_final, integer=True, minimum=1)
+    _number(source, "render.max_depth", render.max_depth, integer=True, minimum=-1)
+    if render.integrator not in INTEGRATORS:
+        raise ConfigError(f"{source}: render.integrator = {render.integrator!r}; expected one of "
+                          f"{', '.join(INTEGRATORS)}")
+
+    o = _check_table("optimize", data.get("optimize", {}), OptimizeConfig, source)
+    opt = OptimizeConfig(**o)
+    _number(source, "optimize.iterations", opt.iterations, integer=True, minimum=0)
+    _number(source, "optimize.lr", opt.lr, minimum=0)
+    _number(source, "optimize.views_per_step", opt.views_per_step, integer=True, minimum=0)
+    _number(source, "optimize.seed", opt.seed, integer=True, minimum=0)
+    if opt.loss not in LOSSES:
+        raise ConfigError(f"{source}: optimize.loss = {opt.loss!r}; expected one of {', '.join(LOSSES)}")
+
+    p = _check_table("photos", data.get("photos", {}), PhotosConfig, source)
+    photos = PhotosConfig(**p)
+    if not isinstance(photos.resize, bool):
+        raise ConfigError(f"{source}: photos.resize must be true or false, found {photos.resize!r}")
+
+    tables = data.get("estimate", [])
+    if isinstance(tables, dict):
+        tables = [tables]
+    if not isinstance(tables, list):
+        raise ConfigError(f"{source}: [[estimate]] must be an array of tables")
+    estimates = []
+    for i, t in enumerate(tables):
+        where = f"estimate[{i}]"
+        _check_table(where, t, EstimateConfig, source)
+        if "key" not in t or not isinstance(t["key"], str) or not t["key"]:
+            raise ConfigError(f"{source}: {where}.key is missing; it must name a mi.traverse key")
+        e = EstimateConfig(**t)
+        where = f"estimate[{i}] (key {e.key!r})"
+        if e.bounds is not None:
+            b = e.bounds
+            if (not isinstance(b, (list, tuple)) or len(b) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
+                raise ConfigError(f"{source}: {where}.bounds must be [lo, hi], found {b!r}")
+            if not b[0] < b[1]:
+                raise ConfigError(f"{source}: {where}.bounds must have lo < hi, found {list(b)!r}")
+            e.bounds = (float(b[0]), float(b[1]))
+        if e.lr is not None:
+            _number(source, f"{where}.lr", e.lr, minimum=0)
+        _number(source, f"{where}.tv", e.tv, minimum=0)
+        if e.resolution is not None:
+            res = [e.resolution] if isinstance(e.resolution, int) else e.resolution
+            if (not isinstance(res, list) or not res
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in res)):
+                raise ConfigError(f"{source}: {where}.resolution must be a positive integer or a list "
+                                  f"of them, found {e.resolution!r}")
+            e.resolution = res
+        estimates.append(e)
+    return ProblemConfig(render=render, estimate=estimates, optimize=opt, photos=photos)
+
+
+def load_config(path: str | Path) -> ProblemConfig:
+    """Read and validate an ``invpbr.toml``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: the file is not valid TOML or not a valid problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (every scene folder needs an invpbr.toml)")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    return parse_config(data, source=str(path))

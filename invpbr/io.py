@@ -1,0 +1,148 @@
+"""Images on disk: photos, masks, renders and textures.
+
+Every image in invpbr's memory is a float32 numpy array (H, W, C) of *linear*
+values. On disk: EXR and HDR are linear; PNG and JPEG are sRGB-encoded (8 or
+16 bit) and are decoded to linear when read and encoded when written.
+Reading and writing go through ``mi.Bitmap``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+PHOTO_SUFFIXES = (".exr", ".hdr", ".png", ".jpg", ".jpeg")
+LINEAR_SUFFIXES = (".exr", ".hdr")
+
+
+def _bitmap(path: Path):
+    import mitsuba as mi
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    if path.suffix.lower() not in PHOTO_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image format {path.suffix!r}; "
+                         f"expected one of {', '.join(PHOTO_SUFFIXES)}")
+    try:
+        return mi.Bitmap(str(path))
+    except Exception as e:  # Mitsuba raises RuntimeError with its own text
+        raise ValueError(f"{path}: cannot be read as an image: {e}") from None
+
+
+def load_image(path: str | os.PathLike, *, channels: int = 3) -> np.ndarray:
+    """Read an image as linear float32.
+
+    Args:
+        path: EXR/HDR (linear) or PNG/JPEG (sRGB, 8 or 16 bit).
+        channels: 3 for RGB (grey images are repeated, alpha dropped),
+            1 for luminance-free single channel (first channel).
+
+    Returns:
+        Linear values, (H, W, channels) float32.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an image Mitsuba can read, or non-finite values
+            (the message gives the file and how many pixels).
+    """
+    import mitsuba as mi
+
+    path = Path(path)
+    bmp = _bitmap(path)
+    n = bmp.channel_count()
+    fmt = mi.Bitmap.PixelFormat
+    if channels == 1:
+        pixel_format = fmt.Y if n in (1, 2) else fmt.RGB
+    else:
+        pixel_format = fmt.RGB
+    # srgb_gamma=False: decode to linear (a no-op for EXR/HDR, which are linear).
+    arr = np.array(bmp.convert(pixel_format, mi.Struct.Type.Float32, srgb_gamma=False),
+                   dtype=np.float32, copy=True)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    arr = arr[..., :channels]
+    bad = ~np.isfinite(arr).all(axis=-1)
+    if bad.any():
+        y, x = np.argwhere(bad)[0]
+        raise ValueError(f"{path}: {int(bad.sum())} pixel(s) are NaN or infinite "
+                         f"(first at x={x}, y={y})")
+    return arr
+
+
+def load_alpha(path: str | os.PathLike) -> np.ndarray | None:
+    """The alpha channel of an image as (H, W) float32 in [0, 1], or None."""
+    import mitsuba as mi
+
+    path = Path(path)
+    bmp = _bitmap(path)
+    if not bmp.has_alpha():
+        return None
+    rgba = np.array(bmp.convert(mi.Bitmap.PixelFormat.RGBA, mi.Struct.Type.Float32,
+                                srgb_gamma=False), dtype=np.float32)
+    return rgba[..., 3]
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask: white (> 0.5 after decoding) marks pixels to use.
+
+    Returns:
+        (H, W) bool.
+    """
+    img = load_image(path, channels=3)
+    # 0.214 is sRGB's mid grey (0.5 encoded) decoded to linear.
+    threshold = 0.5 if Path(path).suffix.lower() in LINEAR_SUFFIXES else 0.214
+    return img.mean(axis=-1) > threshold
+
+
+def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resample a linear image to (height, width) with Mitsuba's Lanczos filter."""
+    import mitsuba as mi
+
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    bmp = mi.Bitmap(img)
+    out = np.array(bmp.resample([int(width), int(height)]), dtype=np.float32)
+    if out.ndim == 2:
+        out = out[..., None]
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent, prefix=".tmp-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_image(path: str | os.PathLike, img: np.ndarray) -> Path:
+    """Write a linear image; PNG/JPEG are sRGB-encoded 8 bit, EXR float32.
+
+    Args:
+        path: destination; the suffix picks the format.
+        img: linear values, (H, W), (H, W, 1) or (H, W, 3).
+
+    The file appears whole or not at all (written beside it, then renamed).
+    """
+    import mitsuba as mi
+
+    path = Path(path)
+    img = np.asarray(img, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    suffix = path.suffix.lower()
+    if suffix not in PHOTO_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image format {path.suffix!r}")
+    bmp = mi.Bitmap(np.ascontiguousarray(img))
+    if suffix in (".png", ".jpg", ".jpeg"):
+        fmt = mi.Bitmap.PixelFormat.Y if img.shape[-1] == 1 else mi.Bitmap.PixelFormat.RGB
+        img = np.clip(np.nan_to_num(img), 0.0, 1.0)
+        bmp = mi.Bitmap(np.ascontiguousarray(img)).convert(fmt, mi.Struct.Type.UInt8, srgb_gamma=True)
+    _atomic_write(path, lambda tmp: bmp.write(tmp))
+    return path

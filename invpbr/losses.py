@@ -1,0 +1,68 @@
+"""Losses: pure functions of Dr.Jit tensors.
+
+Images are linear RGB tensors (H, W, 3); a weight tensor (H, W, 1) of 0/1
+selects the pixels a mask keeps (None: all pixels). Each image loss is a mean
+over the selected pixels and channels, so its scale does not depend on the
+image size.
+"""
+
+from __future__ import annotations
+
+
+def _masked_mean(x, weight):
+    import drjit as dr
+
+    if weight is None:
+        return dr.mean(x, axis=None)
+    return dr.sum(x * weight, axis=None) / (dr.sum(weight, axis=None) * x.shape[-1])
+
+
+def l1_loss(image, reference, weight=None):
+    """Mean absolute difference."""
+    import drjit as dr
+
+    return _masked_mean(dr.abs(image - reference), weight)
+
+
+def l2_loss(image, reference, weight=None):
+    """Mean squared difference."""
+    import drjit as dr
+
+    return _masked_mean(dr.square(image - reference), weight)
+
+
+def relative_l2_loss(image, reference, weight=None, *, epsilon: float = 1e-2):
+    """Squared difference relative to the (detached) rendered intensity.
+
+    ``(image - reference)^2 / (detach(image)^2 + epsilon)``, robust to the
+    wide range of HDR values (Lehtinen et al. 2018's relative MSE).
+    """
+    import drjit as dr
+
+    return _masked_mean(dr.square(image - reference) / (dr.square(dr.detach(image)) + epsilon), weight)
+
+
+IMAGE_LOSSES = {"l1": l1_loss, "l2": l2_loss, "relative_l2": relative_l2_loss}
+
+
+def image_loss(name: str):
+    """The image loss function named ``name`` (``l1``, ``l2``, ``relative_l2``)."""
+    try:
+        return IMAGE_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"image_loss(): unknown loss {name!r}; expected one of "
+                         f"{', '.join(IMAGE_LOSSES)}") from None
+
+
+def total_variation(texture):
+    """Anisotropic total variation of a texture (H, W, C): the mean absolute
+    difference between horizontally and vertically neighbouring texels."""
+    import drjit as dr
+
+    h, w = texture.shape[0], texture.shape[1]
+    tv = 0.0
+    if h > 1:
+        tv = tv + dr.mean(dr.abs(texture[1:, :, :] - texture[:-1, :, :]), axis=None)
+    if w > 1:
+        tv = tv + dr.mean(dr.abs(texture[:, 1:, :] - texture[:, :-1, :]), axis=None)
+    return tv

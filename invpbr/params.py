@@ -1,0 +1,157 @@
+"""What is estimated: keys of ``mi.traverse`` resolved into parameters.
+
+A :class:`Parameter` is one scene parameter under optimization: its key, its
+settings (bounds, learning rate, texture stages, regularizer weight) and its
+kind (a value such as a colour or a scalar, or a bitmap texture).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import EstimateConfig
+
+
+@dataclass
+class Parameter:
+    """One estimated scene parameter.
+
+    Attributes:
+        key: the ``mi.traverse`` key.
+        config: its ``[[estimate]]`` settings.
+        kind: ``"texture"`` for bitmap data (a (H, W, C) tensor), else ``"value"``.
+        shape: shape of the parameter in the scene (texture: (H, W, C)).
+        initial: the starting value as numpy (texture: (H, W, C)).
+    """
+
+    key: str
+    config: EstimateConfig
+    kind: str
+    shape: tuple[int, ...]
+    initial: np.ndarray
+
+    @property
+    def resolutions(self) -> list[int]:
+        """Texture only: the square resolution of each coarse-to-fine stage."""
+        if self.kind != "texture":
+            return []
+        return list(self.config.resolution or [self.shape[0]])
+
+    def stage(self, iteration: int, iterations: int) -> int:
+        """Index of the coarse-to-fine stage that ``iteration`` belongs to."""
+        n = len(self.resolutions)
+        if n <= 1 or iterations <= 0:
+            return 0
+        return min(n - 1, iteration * n // iterations)
+
+
+def _is_differentiable(value, flags) -> bool:
+    import drjit as dr
+    import mitsuba as mi
+
+    if flags & int(mi.ParamFlags.NonDifferentiable):
+        return False
+    if not dr.is_array_v(value):
+        return False
+    return dr.is_float_v(value) and dr.is_diff_v(value)
+
+
+def resolve_parameters(params, estimates: list[EstimateConfig], *,
+                       source: str | Path = "invpbr.toml") -> list[Parameter]:
+    """Match each ``[[estimate]]`` key (globs allowed) against ``params``.
+
+    Args:
+        params: ``mi.SceneParameters`` of the model scene.
+        estimates: the estimate tables of the problem.
+        source: the file named in error messages.
+
+    Returns:
+        One :class:`Parameter` per matched key, in the order of the tables.
+
+    Raises:
+        ValueError: a key matches nothing (the message suggests close keys), a
+            matched key is not differentiable, or two tables claim one key.
+    """
+    import drjit as dr
+
+    keys = list(params.keys())
+    found: dict[str, Parameter] = {}
+    for i, est in enumerate(estimates):
+        if est.key in keys:
+            matched = [est.key]
+        else:
+            matched = [k for k in keys if fnmatch.fnmatchcase(k, est.key)]
+        if not matched:
+            close = difflib.get_close_matches(est.key, keys, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"{source}: estimate[{i}].key {est.key!r} matches no parameter of the "
+                             f"scene{hint} (list them with `invpbr check`)")
+        for key in matched:
+            if key in found:
+                raise ValueError(f"{source}: estimate[{i}].key {est.key!r} matches {key!r}, "
+                                 "which an earlier [[estimate]] already estimates")
+            value = params[key]
+            if not _is_differentiable(value, params.flags(key)):
+                kind = type(value).__name__
+                raise ValueError(f"{source}: estimate[{i}].key {key!r} is not differentiable "
+                                 f"(a {kind} that Mitsuba marks non-differentiable or stores as "
+                                 "integers); choose a BSDF, texture or emitter parameter")
+            is_texture = key.endswith(".data") and isinstance(value, dr.ArrayBase) \
+                and dr.is_tensor_v(value) and len(value.shape) == 3
+            if not is_texture and (est.resolution is not None or est.tv):
+                raise ValueError(f"{source}: estimate[{i}].key {key!r}: 'resolution' and 'tv' "
+                                 "apply to bitmap textures (keys ending in .data) only")
+            arr = np.array(value, dtype=np.float32)
+            found[key] = Parameter(key=key, config=est, kind="texture" if is_texture else "value",
+                                   shape=tuple(arr.shape), initial=arr)
+    return list(found.values())
+
+
+def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # Texel centres at (i + 0.5) / n, clamped at the borders.
+    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    i0 = np.floor(x).astype(int)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (x - i0).astype(np.float32)
+
+
+def resample_texture(texture: np.ndarray, resolution: int | tuple[int, int]) -> np.ndarray:
+    """Resample a (H, W, C) texture to ``resolution`` (square int or (H, W)).
+
+    Downsampling by whole factors averages texel blocks (exact means);
+    anything else interpolates bilinearly, which never leaves the range of
+    the input values (unlike Lanczos, whose ringing breaks bounds).
+    """
+    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    texture = np.asarray(texture, dtype=np.float32)
+    H, W, C = texture.shape
+    if (H, W) == (h, w):
+        return texture.copy()
+    if H % h == 0 and W % w == 0:
+        return texture.reshape(h, H // h, w, W // w, C).mean(axis=(1, 3))
+    y0, y1, fy = _bilinear_axis(H, h)
+    x0, x1, fx = _bilinear_axis(W, w)
+    rows = texture[y0] * (1 - fy)[:, None, None] + texture[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+def parameter_error(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """Mean absolute difference of an estimate's values from the truth's.
+
+    Textures of different resolutions are compared at the truth's resolution.
+    Scalars compared with colours are broadcast.
+    """
+    estimate = np.asarray(estimate, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    if estimate.ndim == 3 and truth.ndim == 3 and estimate.shape != truth.shape:
+        estimate = resample_texture(estimate.astype(np.float32), truth.shape[:2])
+    if estimate.size != truth.size and 1 not in (estimate.size, truth.size):
+        raise ValueError(f"parameter_error(): estimate of shape {estimate.shape} cannot be compared "
+                         f"with truth of shape {truth.shape}")
+    return float(np.mean(np.abs(estimate.reshape(-1) - truth.reshape(-1))
+                         if estimate.size == truth.size else np.abs(estimate - truth)))

@@ -1,0 +1,295 @@
+"""A scene folder loaded into a :class:`Problem`.
+
+::
+
+    scenes/<name>/
+      scene.xml      the model (initial guesses); its sensors are the cameras
+      invpbr.toml    what to estimate and how
+      photos/        one image per sensor, by sensor id or by sorted order
+      masks/         optional, same names; white = use the pixel
+      truth.xml      optional ground truth (synthetic scenes)
+"""
+
+from __future__ import annotations
+
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import io
+from .backend import init_backend
+from .config import ProblemConfig, load_config
+from .params import Parameter, resolve_parameters
+
+
+@dataclass
+class View:
+    """One photo and the sensor that took it.
+
+    Attributes:
+        index: index of the sensor in ``scene.sensors()``.
+        id: the sensor's id (or ``sensor_<index>`` if it has none).
+        photo_path: the photo's file.
+        photo: linear RGB, (H, W, 3) float32.
+        mask: pixels to use, (H, W) bool, or None for all.
+    """
+
+    index: int
+    id: str
+    photo_path: Path | None
+    photo: np.ndarray
+    mask: np.ndarray | None = None
+
+
+@dataclass
+class Problem:
+    """Everything an optimization needs; every field may be changed in Python.
+
+    Attributes:
+        folder: the scene folder (None when built in Python).
+        config: the problem settings (``invpbr.toml``).
+        scene: the Mitsuba model scene (``scene.xml``).
+        params: ``mi.traverse(scene)``.
+        parameters: the estimated parameters, resolved from ``config.estimate``.
+        views: photos with their sensors.
+        truth: key -> true value (numpy), from truth.xml, for the estimated keys.
+    """
+
+    folder: Path | None
+    config: ProblemConfig
+    scene: Any
+    params: Any
+    parameters: list[Parameter]
+    views: list[View]
+    truth: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.folder.resolve().name if self.folder is not None else "problem"
+
+    def refresh_parameters(self) -> None:
+        """Re-resolve ``config.estimate`` after changing it in Python."""
+        source = self.folder / "invpbr.toml" if self.folder else "config"
+        self.parameters = resolve_parameters(self.params, self.config.estimate, source=source)
+
+
+def _xml_float_bitmaps(path: Path) -> str:
+    """scene XML text with every bitmap texture stored in the variant's float
+    format, so that 8-bit PNG/JPEG textures are differentiable."""
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as e:
+        raise ValueError(f"{path}: malformed XML: {e}") from None
+    for tex in tree.getroot().iter("texture"):
+        if tex.get("type") != "bitmap":
+            continue
+        if not any(child.get("name") == "format" for child in tex):
+            ET.SubElement(tex, "string", {"name": "format", "value": "variant"})
+    return ET.tostring(tree.getroot(), encoding="unicode")
+
+
+def load_scene(path: str | Path):
+    """Load a Mitsuba scene file, bitmap textures as differentiable floats.
+
+    Relative file names in the XML resolve against the file's folder.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: malformed XML or a scene Mitsuba rejects (its message is kept).
+    """
+    import mitsuba as mi
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such scene file")
+    text = _xml_float_bitmaps(path)
+    resolver = mi.file_resolver()
+    saved = [resolver[i] for i in range(len(resolver))]
+    resolver.prepend(str(path.parent.resolve()))
+    try:
+        return mi.load_string(text)
+    except Exception as e:
+        raise ValueError(f"{path}: Mitsuba cannot load this scene: {e}") from None
+    finally:
+        resolver.clear()
+        for p in saved:
+            resolver.append(p)
+
+
+def sensor_ids(scene) -> list[str]:
+    """The id of each sensor of ``scene`` (``sensor_<i>`` where it has none)."""
+    ids = []
+    for i, sensor in enumerate(scene.sensors()):
+        sid = sensor.id()
+        ids.append(sid if sid and not sid.startswith("_unnamed") else f"sensor_{i}")
+    return ids
+
+
+def _images_in(folder: Path) -> dict[str, Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in io.PHOTO_SUFFIXES)
+    by_stem: dict[str, Path] = {}
+    for p in files:
+        if p.stem in by_stem:
+            raise ValueError(f"{folder}: two images for {p.stem!r}: {by_stem[p.stem].name} and {p.name}")
+        by_stem[p.stem] = p
+    return by_stem
+
+
+def match_photos(ids: list[str], folder: Path) -> list[Path]:
+    """Photo file for each sensor id: by name, else by sorted order.
+
+    Raises:
+        FileNotFoundError: no photos/ folder, or photos missing for some sensors.
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no photos folder (one image per sensor: "
+                                f"{', '.join(i + '.png' for i in ids)})")
+    images = _images_in(folder)
+    named = [i for i in ids if i in images]
+    if len(named) == len(ids):
+        return [images[i] for i in ids]
+    if not named and len(images) == len(ids):
+        return list(images.values())
+    missing = [i for i in ids if i not in images]
+    raise FileNotFoundError(
+        f"{folder}: no photo for sensor(s) {', '.join(map(repr, missing))}; found "
+        f"{', '.join(p.name for p in images.values()) or 'no images'} "
+        f"(photos are matched by sensor id, or by sorted order when no name matches "
+        f"and there is one per sensor)")
+
+
+def load_views(scene, folder: Path, *, resize: bool = False) -> list[View]:
+    """Photos (and masks) of a scene folder, one per sensor of ``scene``."""
+    ids = sensor_ids(scene)
+    photos = match_photos(ids, folder / "photos")
+    masks_dir = folder / "masks"
+    masks = _images_in(masks_dir) if masks_dir.is_dir() else {}
+    views = []
+    for i, (sid, path) in enumerate(zip(ids, photos)):
+        w, h = (int(v) for v in scene.sensors()[i].film().crop_size())
+        photo = io.load_image(path)
+        if photo.shape[:2] != (h, w):
+            if not resize:
+                raise ValueError(
+                    f"{path}: photo is {photo.shape[1]}x{photo.shape[0]} but sensor {sid!r} renders "
+                    f"{w}x{h}; resize the photo, change the film, or set [photos] resize = true")
+            warnings.warn(f"{path}: resized from {photo.shape[1]}x{photo.shape[0]} to {w}x{h} "
+                          f"for sensor {sid!r}", stacklevel=2)
+            photo = io.resize_image(photo, w, h)
+        mask = None
+        mask_path = masks.get(path.stem) or masks.get(sid)
+        if mask_path is not None:
+            mask = io.load_mask(mask_path)
+            if mask.shape != (h, w):
+                if not resize:
+                    raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
+                                     f"sensor {sid!r} renders {w}x{h}")
+                mask = io.resize_image(mask[..., None].astype(np.float32), w, h)[..., 0] > 0.5
+            if not mask.any():
+                raise ValueError(f"{mask_path}: mask selects no pixel")
+        views.append(View(index=i, id=sid, photo_path=path, photo=photo, mask=mask))
+    return views
+
+
+def load_truth(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
+    """True values of ``keys`` from a truth scene (keys it lacks are skipped
+    with a warning)."""
+    import mitsuba as mi
+
+    truth_params = mi.traverse(load_scene(path))
+    truth = {}
+    for key in keys:
+        if key not in truth_params:
+            warnings.warn(f"{path}: has no parameter {key!r}; its error is not reported", stacklevel=2)
+            continue
+        truth[key] = np.array(truth_params[key], dtype=np.float32)
+    return truth
+
+
+def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
+    """Load a scene folder into a :class:`Problem`.
+
+    Args:
+        folder: the scene folder (see the module docstring).
+        variant: Mitsuba variant (default: automatic, see ``init_backend``).
+
+    Raises:
+        FileNotFoundError: the folder, scene.xml, invpbr.toml or photos are missing.
+        ValueError: a file is malformed, a photo has the wrong size or NaNs, a key
+            is unknown or not differentiable (messages name the file and key).
+    """
+    import mitsuba as mi
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such scene folder")
+    config = load_config(folder / "invpbr.toml")
+    init_backend(variant)
+    scene = load_scene(folder / "scene.xml")
+    params = mi.traverse(scene)
+    parameters = resolve_parameters(params, config.estimate, source=folder / "invpbr.toml")
+    views = load_views(scene, folder, resize=config.photos.resize)
+    truth = {}
+    if (folder / "truth.xml").is_file():
+        truth = load_truth(folder / "truth.xml", [p.key for p in parameters])
+    return Problem(folder=folder, config=config, scene=scene, params=params,
+                   parameters=parameters, views=views, truth=truth)
+
+
+def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]:
+    """Every problem found in a scene folder, as messages (empty: all good).
+
+    Unlike :func:`load_problem`, keeps going after the first problem.
+    """
+    import mitsuba as mi
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder}: no such scene folder"]
+    problems: list[str] = []
+
+    def attempt(fn):
+        try:
+            return fn()
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e))
+            return None
+
+    config = attempt(lambda: load_config(folder / "invpbr.toml"))
+    init_backend(variant)
+    scene = attempt(lambda: load_scene(folder / "scene.xml"))
+    if (folder / "truth.xml").is_file():
+        attempt(lambda: load_scene(folder / "truth.xml"))
+    if scene is None:
+        return problems
+    if config is not None:
+        params = mi.traverse(scene)
+        for i, est in enumerate(config.estimate):
+            attempt(lambda est=est, i=i: resolve_parameters(params, [est], source=folder / "invpbr.toml"))
+    ids = sensor_ids(scene)
+    if not ids:
+        problems.append(f"{folder / 'scene.xml'}: the scene has no sensor")
+        return problems
+    photos = attempt(lambda: match_photos(ids, folder / "photos"))
+    resize = config is not None and config.photos.resize
+    masks_dir = folder / "masks"
+    masks = (attempt(lambda: _images_in(masks_dir)) if masks_dir.is_dir() else None) or {}
+    if photos:
+        for i, (sid, path) in enumerate(zip(ids, photos)):
+            w, h = (int(v) for v in scene.sensors()[i].film().crop_size())
+            img = attempt(lambda path=path: io.load_image(path))
+            if img is not None and img.shape[:2] != (h, w) and not resize:
+                problems.append(f"{path}: photo is {img.shape[1]}x{img.shape[0]} but sensor "
+                                f"{sid!r} renders {w}x{h}")
+            mask_path = masks.get(path.stem) or masks.get(sid)
+            mask = None if mask_path is None else attempt(lambda m=mask_path: io.load_mask(m))
+            if mask is not None and mask.shape != (h, w) and not resize:
+                problems.append(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
+                                f"sensor {sid!r} renders {w}x{h}")
+            elif mask is not None and not mask.any():
+                problems.append(f"{mask_path}: mask selects no pixel")
+    return problems

@@ -1,0 +1,118 @@
+"""Rendering the views of a problem, and the choice of integrator.
+
+Integrators and when their gradients are valid (Mitsuba 3.9):
+
+- ``prb`` (path replay backpropagation): unbiased gradients for parameters that
+  change shading only: BSDF parameters, textures, emitter radiance and
+  environment maps. Biased for anything that moves a visibility edge
+  (vertex positions, shape or light poses): 30-100 % off on shadow and
+  silhouette cases. ``auto`` picks it for material, texture and emission keys.
+- ``prb_basic``: as prb, simpler and slower; for checking.
+- ``direct_projective`` / ``prb_projective``: projective sampling of visibility
+  edges; valid for geometry too, at a large fixed cost per render.
+- ``path``: no gradients of its own (primal only) — for renders, not estimation.
+"""
+
+from __future__ import annotations
+
+from .config import RenderConfig
+from .params import Parameter
+
+#: Key endings that move visibility edges when estimated.
+GEOMETRY_SUFFIXES = ("vertex_positions", "to_world", "position", "radius", "center")
+
+
+def moves_edges(parameter: Parameter) -> bool:
+    """Whether estimating ``parameter`` moves visibility discontinuities."""
+    return parameter.key.endswith(GEOMETRY_SUFFIXES)
+
+
+def choose_integrator_type(render: RenderConfig, parameters: list[Parameter]) -> str:
+    """The Mitsuba integrator type ``render.integrator`` resolves to.
+
+    ``auto``: ``prb`` when only shading parameters are estimated; a projective
+    integrator (``direct_projective`` for ``max_depth`` <= 2, else
+    ``prb_projective``) as soon as one parameter moves a visibility edge.
+    """
+    if render.integrator != "auto":
+        return render.integrator
+    if any(moves_edges(p) for p in parameters):
+        return "direct_projective" if 0 <= render.max_depth <= 2 else "prb_projective"
+    return "prb"
+
+
+def make_integrator(render: RenderConfig, parameters: list[Parameter], scene=None):
+    """The integrator object a problem renders with.
+
+    Args:
+        render: render settings (``integrator``, ``max_depth``).
+        parameters: what is estimated (for ``auto``).
+        scene: the model scene, used when ``render.integrator == "scene"``.
+    """
+    import mitsuba as mi
+
+    kind = choose_integrator_type(render, parameters)
+    if kind == "scene":
+        if scene is None or scene.integrator() is None:
+            raise ValueError("make_integrator(): integrator = 'scene' but the scene has none")
+        return scene.integrator()
+    return mi.load_dict({"type": kind, "max_depth": int(render.max_depth)})
+
+
+def render_view(scene, params, integrator, view_index: int, *, spp: int, seed):
+    """Render one sensor of ``scene`` with gradients tracked for ``params``.
+
+    Args:
+        scene: the Mitsuba scene.
+        params: ``mi.SceneParameters`` whose differentiable entries gradients reach.
+        integrator: from :func:`make_integrator`.
+        view_index: index into ``scene.sensors()``.
+        spp: samples per pixel.
+        seed: sampler seed (int or ``mi.UInt32``).
+
+    Returns:
+        Linear RGB tensor (H, W, 3).
+    """
+    import mitsuba as mi
+
+    image = mi.render(scene, params, sensor=int(view_index), integrator=integrator, spp=int(spp),
+                      seed=seed)
+    if image.shape[-1] > 3:  # films with alpha/extra channels
+        image = image[:, :, :3]
+    return image
+
+
+def render_photos(folder, *, spp: int = 256, suffix: str = ".exr", variant: str | None = None,
+                  source: str = "truth.xml") -> list:
+    """Render a scene folder's truth into ``photos/`` (synthetic scenes).
+
+    Args:
+        folder: the scene folder.
+        spp: samples per pixel.
+        suffix: ``.exr`` (linear float) or ``.png`` (8-bit sRGB).
+        variant: Mitsuba variant (default: automatic).
+        source: the scene file to render, relative to ``folder``.
+
+    Returns:
+        The written photo paths, one per sensor, named by sensor id.
+    """
+    from pathlib import Path
+
+    import mitsuba as mi
+
+    from . import io
+    from .backend import init_backend
+    from .problem import load_scene, sensor_ids
+
+    folder = Path(folder)
+    init_backend(variant)
+    scene = load_scene(folder / source)
+    integrator = scene.integrator() or mi.load_dict({"type": "path"})
+    written = []
+    rendered = []
+    for i, sid in enumerate(sensor_ids(scene)):
+        image = mi.render(scene, sensor=i, integrator=integrator, spp=int(spp), seed=i)
+        rendered.append((folder / "photos" / f"{sid}{suffix}", image.numpy()[..., :3]))
+    for path, image in rendered:  # all rendered before any is written
+        written.append(io.save_image(path, image))
+    return written

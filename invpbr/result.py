@@ -1,0 +1,178 @@
+"""The outcome of an optimization, and how it is saved.
+
+``save_result`` writes a result folder::
+
+    out/<name>/
+      result.json          parameters, errors, loss, timing, settings
+      renders/<view>.png   photo | estimate | |difference| side by side (sRGB)
+      renders/<view>.exr   the estimate's render (linear)
+      textures/<key>.exr   estimated textures (linear) and .png previews (sRGB)
+      loss.png             the loss curve
+
+The folder appears whole: it is written beside the destination and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import io
+
+
+@dataclass
+class Result:
+    """What an optimization produced.
+
+    Attributes:
+        name: the problem's name (scene folder name).
+        status: ``completed``, ``stopped`` (by a callback), ``interrupted``
+            (Ctrl-C) or ``diverged`` (non-finite loss; estimates are the last finite ones).
+        estimates: key -> estimated value (numpy; textures (H, W, C) linear).
+        initial: key -> starting value.
+        kinds: key -> ``"value"`` or ``"texture"``.
+        loss: total loss of each step.
+        iterations: steps taken.
+        seconds_per_iteration: wall time of the loop per step.
+        errors: key -> mean absolute difference from truth (if known).
+        initial_errors: the same for the starting values.
+        renders: view id -> the estimate rendered (linear RGB (H, W, 3)).
+        photos: view id -> the photo (linear RGB (H, W, 3)).
+        integrator: the integrator type used.
+        variant: the Mitsuba variant used.
+        settings: the problem settings used.
+    """
+
+    name: str
+    status: str
+    estimates: dict[str, np.ndarray]
+    initial: dict[str, np.ndarray]
+    kinds: dict[str, str]
+    loss: list[float]
+    iterations: int
+    seconds_per_iteration: float
+    errors: dict[str, float] = field(default_factory=dict)
+    initial_errors: dict[str, float] = field(default_factory=dict)
+    renders: dict[str, np.ndarray] = field(default_factory=dict)
+    photos: dict[str, np.ndarray] = field(default_factory=dict)
+    integrator: str = ""
+    variant: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def psnr(self) -> dict[str, float]:
+        """view id -> PSNR (dB) of the final render against the photo, both
+        clipped to [0, 1] linear."""
+        out = {}
+        for vid, render in self.renders.items():
+            photo = self.photos.get(vid)
+            if photo is None:
+                continue
+            mse = float(np.mean((np.clip(render, 0, 1) - np.clip(photo, 0, 1)) ** 2))
+            out[vid] = 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+        return out
+
+
+def _file_name(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+
+
+def _side_by_side(photo: np.ndarray, render: np.ndarray) -> np.ndarray:
+    gap = np.ones((photo.shape[0], 2, 3), np.float32)
+    diff = np.abs(render - photo)
+    return np.concatenate([photo, gap, render, gap, diff], axis=1)
+
+
+def plot_loss(loss: list[float], path: str | os.PathLike, *, title: str = "") -> None:
+    """Save the loss curve (log scale) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    if loss:
+        ax.plot(np.arange(1, len(loss) + 1), loss, lw=1.2)
+        if min(loss) > 0:
+            ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def result_to_json(result: Result, texture_paths: dict[str, str] | None = None) -> dict[str, Any]:
+    """The JSON document of ``result.json``."""
+    texture_paths = texture_paths or {}
+    parameters: dict[str, Any] = {}
+    for key, value in result.estimates.items():
+        if key in texture_paths:
+            parameters[key] = texture_paths[key]
+        else:
+            parameters[key] = [float(v) for v in np.asarray(value).ravel()]
+
+    def finite(x: float) -> float | None:
+        return float(x) if math.isfinite(x) else None
+
+    return {
+        "scene": result.name,
+        "status": result.status,
+        "parameters": parameters,
+        "errors": {k: finite(v) for k, v in result.errors.items()},
+        "initial_errors": {k: finite(v) for k, v in result.initial_errors.items()},
+        "psnr": {k: finite(v) for k, v in result.psnr().items()},
+        "loss": [finite(v) for v in result.loss],
+        "iterations": result.iterations,
+        "seconds_per_iteration": result.seconds_per_iteration,
+        "integrator": result.integrator,
+        "variant": result.variant,
+        "settings": result.settings,
+    }
+
+
+def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
+    """Write ``result`` to ``out_dir`` (replacing a previous result there).
+
+    Returns:
+        The result folder.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        texture_paths = {}
+        for key, value in result.estimates.items():
+            if result.kinds.get(key) == "texture":
+                rel = f"textures/{_file_name(key)}.exr"
+                io.save_image(tmp / rel, value)
+                io.save_image(tmp / f"textures/{_file_name(key)}.png", value)
+                texture_paths[key] = rel
+        for vid, render in result.renders.items():
+            io.save_image(tmp / "renders" / f"{_file_name(vid)}.exr", render)
+            photo = result.photos.get(vid)
+            preview = render if photo is None else _side_by_side(photo, render)
+            io.save_image(tmp / "renders" / f"{_file_name(vid)}.png", preview)
+        plot_loss(result.loss, tmp / "loss.png", title=result.name)
+        with open(tmp / "result.json", "w") as f:
+            json.dump(result_to_json(result, texture_paths), f, indent=2)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
+            os.replace(out_dir, old / "x")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

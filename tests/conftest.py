@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny scene folders written into tmp_path.
+
+Scenes are 16x16 to 32x32 with few spp so the suite runs on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import invpbr
+
+GREY_XML = "grey.png"
+
+SCENE_XML = """<scene version="3.0.0">
+  <emitter type="constant" id="env"><rgb name="radiance" value="0.6"/></emitter>
+  <emitter type="point" id="lamp"><point name="position" x="2" y="3" z="4"/><rgb name="intensity" value="25"/></emitter>
+  <shape type="sphere" id="ball">
+    <bsdf type="principled">
+      <rgb name="base_color" value="{base_color}"/>
+      <float name="roughness" value="{roughness}"/>
+      <float name="metallic" value="{metallic}"/>
+    </bsdf>
+  </shape>
+  <shape type="rectangle" id="floor">
+    <transform name="to_world"><scale value="4"/><rotate x="1" angle="-90"/><translate y="-1"/></transform>
+    <bsdf type="diffuse"><texture type="bitmap" name="reflectance"><string name="filename" value="{texture}"/></texture></bsdf>
+  </shape>
+  <sensor type="perspective" id="front">
+    <transform name="to_world"><lookat origin="0,1.5,5" target="0,-0.3,0" up="0,1,0"/></transform>
+    <film type="hdrfilm"><integer name="width" value="{res}"/><integer name="height" value="{res}"/></film>
+  </sensor>
+  <sensor type="perspective" id="side">
+    <transform name="to_world"><lookat origin="4,2.5,2" target="0,-0.3,0" up="0,1,0"/></transform>
+    <film type="hdrfilm"><integer name="width" value="{res}"/><integer name="height" value="{res}"/></film>
+  </sensor>
+</scene>
+"""
+
+TOML = """[render]
+spp = 8
+max_depth = 3
+
+[[estimate]]
+key = "ball.bsdf.base_color.value"
+bounds = [0.0, 1.0]
+
+[optimize]
+iterations = 40
+lr = 0.03
+"""
+
+TRUTH = dict(base_color="0.8, 0.25, 0.1", roughness="0.3", metallic="0.0", texture="checker.png")
+MODEL = dict(base_color="0.5, 0.5, 0.5", roughness="0.6", metallic="0.0", texture="grey.png")
+
+
+def checker(res: int = 16, n: int = 4) -> np.ndarray:
+    """A linear RGB checkerboard (res, res, 3) in [0.2, 0.9]."""
+    y, x = np.mgrid[0:res, 0:res] * n // res
+    v = np.where((x + y) % 2 == 0, 0.9, 0.2).astype(np.float32)
+    return np.stack([v, 0.6 * v + 0.1, 0.3 * v + 0.2], axis=-1).astype(np.float32)
+
+
+def make_tiny_scene(folder: Path, *, res: int = 24, toml: str = TOML, photos: bool = True,
+                    photo_spp: int = 64) -> Path:
+    """Write a tiny synthetic scene folder (model, truth, config, photos)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    invpbr.init_backend()
+    invpbr.io.save_image(folder / "checker.png", checker())
+    invpbr.io.save_image(folder / "grey.png", np.full((16, 16, 3), 0.5, np.float32))
+    (folder / "scene.xml").write_text(SCENE_XML.format(res=res, **MODEL))
+    (folder / "truth.xml").write_text(SCENE_XML.format(res=res, **TRUTH))
+    (folder / "invpbr.toml").write_text(toml)
+    if photos:
+        invpbr.render_photos(folder, spp=photo_spp)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_scene_master(tmp_path_factory) -> Path:
+    return make_tiny_scene(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+@pytest.fixture
+def tiny_scene(tiny_scene_master, tmp_path) -> Path:
+    """A fresh copy of the tiny scene folder that a test may change."""
+    import shutil
+
+    dst = tmp_path / "tiny"
+    shutil.copytree(tiny_scene_master, dst)
+    return dst
+
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
