@@ -171,6 +171,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     latents = _Latents(problem, iterations)
     last_good = latents.snapshot()
     history: list[float] = []
+    step_seconds: list[float] = []
     status = "completed"
     bar = None
     if progress:
@@ -183,6 +184,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             latents.advance(it)
             chosen = (range(n_views) if per_step == n_views
                       else sorted(rng.choice(n_views, size=per_step, replace=False)))
+            step_start = time.perf_counter()
             total = 0.0
             for v in chosen:
                 seed = cfg.optimize.seed * 1_000_003 + it * n_views + v
@@ -190,11 +192,12 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                                     spp=cfg.render.spp, seed=seed)
                 loss = loss_fn(image, photos[v], weights[v]) / len(chosen)
                 dr.backward(loss)
-                total += _scalar(loss)
+                total = total + dr.detach(loss)
             reg = latents.regularizer()
             if reg is not None:
                 dr.backward(reg)
-                total += _scalar(reg)
+                total = total + dr.detach(reg)
+            total = _scalar(total)  # the step's one read-back
             if not np.isfinite(total):
                 status = "diverged"
                 latents.restore(last_good)
@@ -202,6 +205,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             latents.step()
             last_good = latents.snapshot()
             history.append(total)
+            step_seconds.append(time.perf_counter() - step_start)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total:.4g}")
@@ -237,6 +241,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         loss=history,
         iterations=len(history),
         seconds_per_iteration=elapsed / max(len(history), 1),
+        step_seconds=step_seconds,
         errors=_errors(estimates, problem.truth),
         initial_errors=_errors(initial, problem.truth),
         renders=renders,

@@ -41,7 +41,9 @@ class Result:
         kinds: key -> ``"value"`` or ``"texture"``.
         loss: total loss of each step.
         iterations: steps taken.
-        seconds_per_iteration: wall time of the loop per step.
+        seconds_per_iteration: wall time of the loop per step (all steps,
+            kernel compilation in the first ones included).
+        step_seconds: wall time of each step.
         errors: key -> mean absolute difference from truth (if known).
         initial_errors: the same for the starting values.
         renders: view id -> the estimate rendered (linear RGB (H, W, 3)).
@@ -59,6 +61,7 @@ class Result:
     loss: list[float]
     iterations: int
     seconds_per_iteration: float
+    step_seconds: list[float] = field(default_factory=list)
     errors: dict[str, float] = field(default_factory=dict)
     initial_errors: dict[str, float] = field(default_factory=dict)
     renders: dict[str, np.ndarray] = field(default_factory=dict)
@@ -78,6 +81,12 @@ class Result:
             mse = float(np.mean((np.clip(render, 0, 1) - np.clip(photo, 0, 1)) ** 2))
             out[vid] = 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
         return out
+
+
+def steady_seconds_per_iteration(step_seconds: list[float], warmup: int = 3) -> float | None:
+    """Mean step time after the first ``warmup`` steps (which compile kernels)."""
+    steady = step_seconds[warmup:] if len(step_seconds) > warmup else step_seconds
+    return float(np.mean(steady)) if steady else None
 
 
 def _file_name(key: str) -> str:
@@ -134,6 +143,7 @@ def result_to_json(result: Result, texture_paths: dict[str, str] | None = None) 
         "loss": [finite(v) for v in result.loss],
         "iterations": result.iterations,
         "seconds_per_iteration": result.seconds_per_iteration,
+        "seconds_per_iteration_steady": steady_seconds_per_iteration(result.step_seconds),
         "integrator": result.integrator,
         "variant": result.variant,
         "settings": result.settings,

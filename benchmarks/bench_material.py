@@ -1,0 +1,132 @@
+"""invpbr against the plain-Mitsuba loop, on the same scene, photos, spp and iterations.
+
+The plain loop is what a user writes from Mitsuba's inverse-rendering
+tutorials: ``mi.traverse`` + ``params.keep``, ``mi.ad.Adam``, one
+``mi.render(scene, params, sensor=i, spp=..., seed=...)`` per view, an L1 loss,
+``dr.backward``, ``opt.step()``, clipping, ``params.update(opt)``. Texture
+stages and regularizers are left out of it (a tutorial loop has none), so on
+texture scenes the comparison favours neither in time but may differ in error.
+
+Usage::
+
+    python benchmarks/bench_material.py scenes/cornell scenes/principled_sphere \
+        [--iterations 100] [--spp N] [--repeat 1]
+
+Prints, per scene: seconds per iteration and final mean absolute error per
+parameter for both, and the ratio invpbr / plain of the time per iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import invpbr
+from invpbr.params import parameter_error
+from invpbr.result import steady_seconds_per_iteration
+
+
+def plain_mitsuba_loop(folder: Path, iterations: int, spp: int, lr: float, max_depth: int,
+                       bounds: dict[str, tuple[float, float]], lrs: dict[str, float]):
+    import drjit as dr
+    import mitsuba as mi
+
+    # invpbr.load_scene only adds <string name="format" value="variant"/> to bitmaps, which
+    # a plain user must write into the XML by hand for 8-bit textures to be differentiable.
+    scene = invpbr.load_scene(folder / "scene.xml")
+    ids = invpbr.problem.sensor_ids(scene)
+    photos = invpbr.problem.match_photos(ids, folder / "photos")
+    refs = [mi.TensorXf(mi.Bitmap(str(p)).convert(mi.Bitmap.PixelFormat.RGB, mi.Struct.Type.Float32,
+                                                  srgb_gamma=False)) for p in photos]
+    integrator = mi.load_dict({"type": "prb", "max_depth": max_depth})
+    params = mi.traverse(scene)
+    keys = list(bounds)
+    params.keep(keys)
+    opt = mi.ad.Adam(lr=lr)
+    for k in keys:
+        opt[k] = params[k]
+        if k in lrs:
+            opt.set_learning_rate({k: lrs[k]})
+    params.update(opt)
+    step_seconds = []
+    for it in range(iterations):
+        start = time.perf_counter()
+        for i, ref in enumerate(refs):
+            img = mi.render(scene, params, sensor=i, integrator=integrator, spp=spp,
+                            seed=it * len(refs) + i)
+            loss = dr.mean(dr.abs(img - ref)) / len(refs)
+            dr.backward(loss)
+        opt.step()
+        for k in keys:
+            lo, hi = bounds[k]
+            opt[k] = dr.clip(opt[k], lo, hi)
+        params.update(opt)
+        dr.eval(*[params[k] for k in keys])
+        dr.sync_thread()
+        step_seconds.append(time.perf_counter() - start)
+    return step_seconds, {k: np.array(params[k], dtype=np.float32) for k in keys}
+
+
+def bench_scene(folder: Path, iterations: int | None, spp: int | None) -> dict:
+    problem = invpbr.load_problem(folder)
+    cfg = problem.config
+    iterations = iterations or cfg.optimize.iterations
+    spp = spp or cfg.render.spp
+    cfg.render.spp = spp
+    bounds = {p.key: p.config.bounds or (-1e30, 1e30) for p in problem.parameters}
+    lrs = {p.key: p.config.lr for p in problem.parameters if p.config.lr is not None}
+    truth = problem.truth
+
+    plain_steps, plain_est = plain_mitsuba_loop(folder, iterations, spp, cfg.optimize.lr,
+                                            cfg.render.max_depth, bounds, lrs)
+    result = invpbr.optimize(problem, iterations=iterations, progress=False)
+    # Steady state: the first steps compile kernels (and the second loop in a
+    # process reuses the first one's kernel cache), so both skip them.
+    plain_s = steady_seconds_per_iteration(plain_steps)
+    invpbr_s = steady_seconds_per_iteration(result.step_seconds)
+
+    def errors(estimates):
+        return {k: parameter_error(v, truth[k]) for k, v in estimates.items() if k in truth}
+
+    return {
+        "scene": folder.name, "iterations": iterations, "spp": spp, "views": len(problem.views),
+        "plain_seconds_per_iteration": plain_s,
+        "invpbr_seconds_per_iteration": invpbr_s,
+        "ratio": invpbr_s / plain_s,
+        "plain_errors": errors(plain_est), "invpbr_errors": result.errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("scenes", nargs="+", type=Path)
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--spp", type=int)
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    args = parser.parse_args()
+    invpbr.init_backend()
+    import drjit as dr
+    import mitsuba as mi
+
+    print(f"variant {mi.variant()}, {dr.thread_count()} threads")
+    rows = []
+    for folder in args.scenes:
+        row = bench_scene(folder, args.iterations, args.spp)
+        rows.append(row)
+        print(f"\n{row['scene']}: {row['views']} views, {row['iterations']} iterations, spp {row['spp']}")
+        print(f"  plain Mitsuba loop: {row['plain_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
+        print(f"  invpbr run        : {row['invpbr_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
+        print(f"  ratio invpbr/plain: {row['ratio']:.2f}")
+        for k in row["invpbr_errors"]:
+            print(f"  error {k:42s} plain {row['plain_errors'].get(k, float('nan')):.4f}"
+                  f"   invpbr {row['invpbr_errors'][k]:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
