@@ -31,6 +31,10 @@ _FIX = (
 )
 
 
+#: Whether Dr.Jit was imported before invpbr (then invpbr cannot choose its LLVM).
+_DRJIT_IMPORTED_FIRST = "drjit" in sys.modules
+
+
 class LLVMError(RuntimeError):
     """No LLVM library usable by Dr.Jit's CPU backend was found."""
 
@@ -125,14 +129,21 @@ def configure_llvm() -> str | None:
     fix = _FIX.format(min=MIN_LLVM_MAJOR)
     if "drjit" in sys.modules:
         loaded = _loaded_llvm()
-        if loaded is not None:
-            version = llvm_version(loaded)
-            if version is not None and version[0] < MIN_LLVM_MAJOR:
-                raise LLVMError(
-                    f"Dr.Jit was imported before invpbr and loaded LLVM {version[0]} "
-                    f"({loaded}), which aborts the process on the first render. "
-                    f"Import invpbr before drjit/mitsuba, or set DRJIT_LIBLLVM_PATH.\n{fix}")
-        return loaded
+        version = None if loaded is None else llvm_version(loaded)
+        if version is None or version[0] >= MIN_LLVM_MAJOR:
+            return loaded
+        user = os.environ.get("DRJIT_LIBLLVM_PATH")
+        if _DRJIT_IMPORTED_FIRST:
+            cause = (f"Dr.Jit was imported before invpbr and loaded LLVM {version[0]} ({loaded}), "
+                     "which aborts the process on the first render. Import invpbr before "
+                     "drjit/mitsuba, or set DRJIT_LIBLLVM_PATH.")
+        elif user:  # invpbr was imported first but kept the user's choice
+            cause = (f"DRJIT_LIBLLVM_PATH={user!r} is LLVM {version[0]}; Dr.Jit aborts the "
+                     "process with it (LLVM ERROR: Cannot select ... fminimum).")
+        else:  # invpbr was imported first but found no usable LLVM
+            cause = (f"No LLVM >= {MIN_LLVM_MAJOR} for Dr.Jit's CPU backend; Dr.Jit loaded "
+                     f"LLVM {version[0]} ({loaded}), which aborts the process on the first render.")
+        raise LLVMError(f"{cause}\n{fix}")
 
     user = os.environ.get("DRJIT_LIBLLVM_PATH")
     if user:

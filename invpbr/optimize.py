@@ -123,6 +123,16 @@ class _Latents:
 
         return {p.key: dr.detach(self.opt[p.key]) for p in self.problem.parameters}
 
+    def release(self) -> None:
+        """Leave the scene holding the estimates without gradient tracking, and
+        drop the optimizer, so no AD graph outlives the optimization."""
+        import drjit as dr
+
+        for p in self.problem.parameters:
+            self.problem.params[p.key] = dr.detach(self.opt[p.key])
+        self.problem.params.update()
+        self.opt = None
+
     def restore(self, snapshot: dict) -> None:
         for key, value in snapshot.items():
             self.opt[key] = value
@@ -224,6 +234,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             bar.close()
     elapsed = time.perf_counter() - start
     estimates = latents.values()
+    latents.release()
 
     renders = {}
     with dr.suspend_grad():

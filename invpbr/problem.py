@@ -95,7 +95,8 @@ def _xml_float_bitmaps(path: Path) -> str:
 def load_scene(path: str | Path):
     """Load a Mitsuba scene file, bitmap textures as differentiable floats.
 
-    Relative file names in the XML resolve against the file's folder.
+    Relative file names in the XML resolve against the file's folder. Shapes
+    are never merged, so every shape keeps its own ``mi.traverse`` keys.
 
     Raises:
         FileNotFoundError: no such file.
@@ -111,7 +112,9 @@ def load_scene(path: str | Path):
     saved = [resolver[i] for i in range(len(resolver))]
     resolver.prepend(str(path.parent.resolve()))
     try:
-        return mi.load_string(text)
+        # optimize=False: Mitsuba would otherwise merge shapes whose BSDFs have
+        # equal values into one mesh, and their parameter keys would vanish.
+        return mi.load_string(text, optimize=False)
     except Exception as e:
         raise ValueError(f"{path}: Mitsuba cannot load this scene: {e}") from None
     finally:
@@ -222,13 +225,13 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
         ValueError: a file is malformed, a photo has the wrong size or NaNs, a key
             is unknown or not differentiable (messages name the file and key).
     """
-    import mitsuba as mi
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such scene folder")
     config = load_config(folder / "invpbr.toml")
     init_backend(variant)
+    import mitsuba as mi  # only now: init_backend chooses the LLVM Dr.Jit loads
+
     scene = load_scene(folder / "scene.xml")
     params = mi.traverse(scene)
     parameters = resolve_parameters(params, config.estimate, source=folder / "invpbr.toml")
@@ -245,8 +248,6 @@ def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]
 
     Unlike :func:`load_problem`, keeps going after the first problem.
     """
-    import mitsuba as mi
-
     folder = Path(folder)
     if not folder.is_dir():
         return [f"{folder}: no such scene folder"]
@@ -261,6 +262,8 @@ def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]
 
     config = attempt(lambda: load_config(folder / "invpbr.toml"))
     init_backend(variant)
+    import mitsuba as mi  # only now: init_backend chooses the LLVM Dr.Jit loads
+
     scene = attempt(lambda: load_scene(folder / "scene.xml"))
     if (folder / "truth.xml").is_file():
         attempt(lambda: load_scene(folder / "truth.xml"))

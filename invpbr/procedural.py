@@ -19,7 +19,6 @@ Conventions:
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -478,7 +477,9 @@ def sky_envmap(
         )
     sun = np.asarray(sun_direction, dtype=np.float64)
     if sun.shape != (3,) or not np.linalg.norm(sun) > 0:
-        raise ValueError(f"sky_envmap(): sun_direction must be a non-zero 3-vector, got {sun_direction}")
+        raise ValueError(
+            f"sky_envmap(): sun_direction must be a non-zero 3-vector, got {sun_direction}"
+        )
     sun = sun / np.linalg.norm(sun)
     d = envmap_directions(width, height, supersample=supersample)
     y = d[..., 1:2]
@@ -503,14 +504,17 @@ def sky_envmap(
 
 
 def _import_mitsuba():
-    """Import Mitsuba, pointing Dr.Jit at the LLVM of the PyPI wheel if none is set.
+    """Import Mitsuba after pointing Dr.Jit at a usable LLVM (see :mod:`invpbr.backend`).
 
-    ``mi.Bitmap`` needs no variant, so none is set here.
+    ``mi.Bitmap`` needs neither a variant nor a JIT backend, so none is set here and a
+    missing LLVM is not an error for these writers.
     """
-    if "mitsuba" not in sys.modules and "DRJIT_LIBLLVM_PATH" not in os.environ:
-        candidate = os.path.join(sys.prefix, "lib", "libLLVM.so.23.1")
-        if os.path.exists(candidate):
-            os.environ["DRJIT_LIBLLVM_PATH"] = candidate
+    from . import backend
+
+    try:
+        backend.configure_llvm()
+    except backend.LLVMError:
+        pass
     import mitsuba as mi
 
     return mi

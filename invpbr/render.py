@@ -98,14 +98,13 @@ def render_photos(folder, *, spp: int = 256, suffix: str = ".exr", variant: str 
     """
     from pathlib import Path
 
-    import mitsuba as mi
-
     from . import io
     from .backend import init_backend
     from .problem import load_scene, sensor_ids
 
     folder = Path(folder)
     init_backend(variant)
+    import mitsuba as mi
     scene = load_scene(folder / source)
     integrator = scene.integrator() or mi.load_dict({"type": "path"})
     written = []
