@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 LOSSES = ("l1", "l2", "relative_l2")
+GRADIENTS = ("auto", "ad", "fd")
 INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "path", "scene")
 
 
@@ -44,6 +45,10 @@ class EstimateConfig:
     Default: the texture's resolution in scene.xml, one stage."""
     tv: float = 0.0
     """Bitmap textures only: weight of the total-variation regularizer."""
+    gradient: str = "auto"
+    """``ad`` (Mitsuba's automatic differentiation), ``fd`` (central finite
+    differences of the loss, for scalars and colours), or ``auto``: ``fd``
+    where Mitsuba 3.9.1's gradient of the parameter is known to be biased."""
 
 
 @dataclass
@@ -166,6 +171,9 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
         if e.lr is not None:
             _number(source, f"{where}.lr", e.lr, minimum=0)
         _number(source, f"{where}.tv", e.tv, minimum=0)
+        if e.gradient not in GRADIENTS:
+            raise ConfigError(f"{source}: {where}.gradient = {e.gradient!r}; expected one of "
+                              f"{', '.join(GRADIENTS)}")
         if e.resolution is not None:
             res = [e.resolution] if isinstance(e.resolution, int) else e.resolution
             if (not isinstance(res, list) or not res

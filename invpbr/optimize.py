@@ -44,6 +44,20 @@ def _scalar(x) -> float:
     return float(np.asarray(dr.detach(x)).ravel()[0])
 
 
+#: Seeds of the finite-difference renders start here, away from the AD renders'.
+FD_SEED_OFFSET = 1 << 30
+
+
+def _image_gradient(loss_fn, image, photo, weight, n_views: int) -> np.ndarray:
+    """dLoss/dImage at ``image`` (detached), (H, W, 3)."""
+    import drjit as dr
+
+    x = dr.detach(image)
+    dr.enable_grad(x)
+    dr.backward(loss_fn(x, photo, weight) / n_views)
+    return np.array(dr.grad(x), dtype=np.float64)
+
+
 def _errors(estimates: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: parameter_error(v, truth[k]) for k, v in estimates.items() if k in truth}
 
@@ -93,6 +107,59 @@ class _Latents:
                 changed = True
         if changed:
             self.problem.params.update(self.opt)
+
+    def set_fd_gradients(self, render_views: Callable[[], list[np.ndarray]],
+                         image_grads: list[np.ndarray], *, step: float = 0.01) -> None:
+        """Replace the gradient of each ``gradient = "fd"`` parameter, component
+        by component, by ``sum(dLoss/dImage * dImage/dx)`` with ``dImage/dx`` a
+        central finite difference of renders.
+
+        ``dLoss/dImage`` comes from the step's AD renders and the differences
+        from renders with other seeds, so the gradient is that of the loss of
+        the *expected* image: differentiating the loss of one noisy render
+        would also follow how the parameter changes the noise (a bias toward
+        smoother, less noisy materials).
+
+        Args:
+            render_views: renders the step's views without gradients (fixed
+                seeds, so both sides of a difference share their samples).
+            image_grads: dLoss/dImage of each view, (H, W, 3) each.
+            step: the difference step, relative to ``max(1, |value|)``; kept
+                inside the parameter's bounds (one-sided at a bound).
+        """
+        import drjit as dr
+
+        params = self.problem.params
+        for p in self.problem.parameters:
+            if p.gradient != "fd":
+                continue
+            current = self.opt[p.key]
+            kind = type(current)
+            x = np.array(current, dtype=np.float64)
+            flat = x.reshape(-1)
+            lo, hi = p.config.bounds or (-np.inf, np.inf)
+            grad = np.zeros_like(flat)
+            for c in range(flat.size):
+                eps = step * max(1.0, abs(flat[c]))
+                below, above = max(flat[c] - eps, lo), min(flat[c] + eps, hi)
+                if not above > below:
+                    continue
+                sides = []
+                for v in (above, below):
+                    y = flat.copy()
+                    y[c] = v
+                    params[p.key] = kind(y.reshape(x.shape).astype(np.float32))
+                    params.update()
+                    sides.append(render_views())
+                grad[c] = sum(float(np.sum(g * (hi_img - lo_img)))
+                              for g, hi_img, lo_img in zip(image_grads, *sides)) / (above - below)
+            params[p.key] = current
+            params.update()
+            dr.set_grad(current, kind(grad.reshape(x.shape).astype(np.float32)))
+
+    @property
+    def has_fd(self) -> bool:
+        return any(p.gradient == "fd" for p in self.problem.parameters)
 
     def regularizer(self):
         total = None
@@ -193,9 +260,10 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         for it in range(iterations):
             latents.advance(it)
             chosen = (range(n_views) if per_step == n_views
-                      else sorted(rng.choice(n_views, size=per_step, replace=False)))
+                      else sorted(int(i) for i in rng.choice(n_views, size=per_step, replace=False)))
             step_start = time.perf_counter()
             total = 0.0
+            image_grads: list[np.ndarray] = []
             for v in chosen:
                 seed = cfg.optimize.seed * 1_000_003 + it * n_views + v
                 image = render_view(problem.scene, problem.params, integrator, problem.views[v].index,
@@ -203,11 +271,23 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                 loss = loss_fn(image, photos[v], weights[v]) / len(chosen)
                 dr.backward(loss)
                 total = total + dr.detach(loss)
+                if latents.has_fd:
+                    image_grads.append(_image_gradient(loss_fn, image, photos[v], weights[v],
+                                                       len(chosen)))
             reg = latents.regularizer()
             if reg is not None:
                 dr.backward(reg)
                 total = total + dr.detach(reg)
             total = _scalar(total)  # the step's one read-back
+            if latents.has_fd:
+                def render_views(chosen=chosen, it=it) -> list[np.ndarray]:
+                    with dr.suspend_grad():
+                        return [np.array(render_view(
+                            problem.scene, problem.params, integrator, problem.views[v].index,
+                            spp=cfg.render.spp, seed=FD_SEED_OFFSET + it * n_views + v))
+                            for v in chosen]
+
+                latents.set_fd_gradients(render_views, image_grads)
             if not np.isfinite(total):
                 status = "diverged"
                 latents.restore(last_good)

@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import EstimateConfig
+
+#: Parameters whose gradient Mitsuba 3.9.1 computes wrongly, by (plugin class,
+#: parameter name), with the reason. ``gradient = "auto"`` estimates them with
+#: finite differences of the loss instead.
+BIASED_GRADIENTS = {
+    ("RoughPlastic", "alpha"): (
+        "Mitsuba 3.9.1 computes roughplastic's rough-transmittance tables from alpha in scalar "
+        "code, so its alpha gradient misses how the diffuse layer changes (the image-sum "
+        "derivative was 80 % too small in tests/test_gradients.py)"),
+    ("RoughPlastic", "eta"): (
+        "Mitsuba 3.9.1 computes roughplastic's rough-transmittance tables from eta in scalar "
+        "code, so its eta gradient misses how the diffuse layer changes"),
+}
+
+#: Finite-difference gradients are for small parameters: at most this many components.
+FD_MAX_COMPONENTS = 4
 
 
 @dataclass
@@ -27,6 +44,8 @@ class Parameter:
         kind: ``"texture"`` for bitmap data (a (H, W, C) tensor), else ``"value"``.
         shape: shape of the parameter in the scene (texture: (H, W, C)).
         initial: the starting value as numpy (texture: (H, W, C)).
+        gradient: ``"ad"`` or ``"fd"`` (finite differences of the loss), resolved
+            from the config's ``gradient``.
     """
 
     key: str
@@ -34,6 +53,7 @@ class Parameter:
     kind: str
     shape: tuple[int, ...]
     initial: np.ndarray
+    gradient: str = "ad"
 
     @property
     def resolutions(self) -> list[int]:
@@ -59,6 +79,16 @@ def _is_differentiable(value, flags) -> bool:
     if not dr.is_array_v(value):
         return False
     return dr.is_float_v(value) and dr.is_diff_v(value)
+
+
+def known_gradient_bias(params, key: str) -> str | None:
+    """Why Mitsuba's gradient of ``key`` is wrong, or None if it is not known to be."""
+    try:
+        node = params.properties[key][2]
+        plugin = node.class_name()
+    except (KeyError, IndexError, AttributeError, TypeError):
+        return None
+    return BIASED_GRADIENTS.get((plugin, key.rsplit(".", 1)[-1].removesuffix(".value")))
 
 
 def resolve_parameters(params, estimates: list[EstimateConfig], *,
@@ -107,8 +137,22 @@ def resolve_parameters(params, estimates: list[EstimateConfig], *,
                 raise ValueError(f"{source}: estimate[{i}].key {key!r}: 'resolution' and 'tv' "
                                  "apply to bitmap textures (keys ending in .data) only")
             arr = np.array(value, dtype=np.float32)
+            gradient = est.gradient
+            bias = known_gradient_bias(params, key)
+            if gradient == "auto":
+                gradient = "fd" if bias else "ad"
+                if bias:
+                    warnings.warn(f"{source}: estimate[{i}] {key!r}: {bias}; invpbr estimates it "
+                                  "with finite differences of the loss (gradient = \"fd\")",
+                                  stacklevel=2)
+            elif gradient == "ad" and bias:
+                warnings.warn(f"{source}: estimate[{i}] {key!r}: {bias}", stacklevel=2)
+            if gradient == "fd" and (is_texture or arr.size > FD_MAX_COMPONENTS):
+                raise ValueError(f"{source}: estimate[{i}].key {key!r}: gradient = \"fd\" is for "
+                                 f"scalars and colours (at most {FD_MAX_COMPONENTS} values), this "
+                                 f"parameter has {arr.size}")
             found[key] = Parameter(key=key, config=est, kind="texture" if is_texture else "value",
-                                   shape=tuple(arr.shape), initial=arr)
+                                   shape=tuple(arr.shape), initial=arr, gradient=gradient)
     return list(found.values())
 
 

@@ -1,0 +1,99 @@
+"""Notebooks: every notebook in notebooks/ runs clean from top to bottom.
+
+Each notebook is executed with nbclient in the ``python3`` kernel (the
+interpreter running pytest: jupyter_client starts ``sys.executable`` for the
+native kernel), with notebooks/ as its working directory. A notebook may end
+by printing ``FINAL_ERRORS {json}`` (parameter key -> error against the
+truth); where it does, the errors must be finite and any base colour must be
+estimated to within 0.05. material_estimation.ipynb must print that line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+REQUIRE_FINAL_ERRORS = {"material_estimation.ipynb"}
+BASE_COLOR_TOLERANCE = 0.05
+CELL_TIMEOUT_S = 600
+
+
+def stream_text(nb) -> str:
+    """Everything the notebook's code cells printed (stdout and stderr)."""
+    return "".join(
+        out.get("text", "")
+        for cell in nb.cells if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream"
+    )
+
+
+def final_errors(text: str) -> dict[str, float] | None:
+    """The JSON of the last ``FINAL_ERRORS`` line, or None without one."""
+    lines = [line for line in text.splitlines() if line.startswith("FINAL_ERRORS ")]
+    if not lines:
+        return None
+    return json.loads(lines[-1][len("FINAL_ERRORS "):])
+
+
+def test_notebooks_found():
+    assert any(p.name == "material_estimation.ipynb" for p in NOTEBOOKS), NOTEBOOKS_DIR
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as e:
+        pytest.fail(f"{path.name} failed:\n{e}", pytrace=False)
+
+    errors_out = [out for cell in nb.cells if cell.cell_type == "code"
+                  for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    assert not errors_out, f"{path.name}: error outputs: {errors_out}"
+
+    errors = final_errors(stream_text(nb))
+    if errors is None:
+        assert path.name not in REQUIRE_FINAL_ERRORS, f"{path.name} printed no FINAL_ERRORS line"
+        return
+    assert errors, f"{path.name}: FINAL_ERRORS is empty"
+    for key, value in errors.items():
+        assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
+    base_color = {k: v for k, v in errors.items() if "base_color" in k}
+    if path.name in REQUIRE_FINAL_ERRORS:
+        assert base_color, f"{path.name}: no base_color in FINAL_ERRORS {errors}"
+    for key, value in base_color.items():
+        assert value < BASE_COLOR_TOLERANCE, f"{path.name}: {key} error {value:.4f}"
+
+
+def test_python3_kernel_is_this_interpreter():
+    """The python3 kernel that the notebooks run in is the interpreter running
+    the tests (so it sees the same invpbr, Mitsuba and Dr.Jit)."""
+    import sys
+
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        outputs = []
+        kc.execute_interactive("import sys; print(sys.executable)", timeout=60,
+                               output_hook=lambda msg: outputs.append(msg))
+        printed = "".join(m["content"].get("text", "") for m in outputs
+                          if m["msg_type"] == "stream").strip()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert Path(printed).resolve() == Path(sys.executable).resolve()
