@@ -72,6 +72,27 @@ def _cmd_batch(args) -> int:
     return 0 if all(r["status"] == "completed" for r in rows) else 1
 
 
+def _cmd_gradcheck(args) -> int:
+    import json
+
+    from .gradcheck import check_gradients, format_checks
+    from .problem import load_problem
+
+    problem = load_problem(args.scene_dir, variant=args.variant)
+    if args.integrator:
+        problem.config.render.integrator = args.integrator
+    checks = check_gradients(problem, args.keys, views=args.views, spp=args.spp,
+                             fd_spp=args.fd_spp, epsilon=args.epsilon)
+    print(format_checks(checks))
+    fd = [p.key for p in problem.parameters if p.gradient == "fd"]
+    if fd:
+        print("note: invpbr estimates " + ", ".join(fd) + " with finite differences of the loss "
+              "(Mitsuba's gradient is known to be biased there)")
+    if args.json:
+        Path(args.json).write_text(json.dumps([c.as_dict() for c in checks], indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invpbr", description=(
         "Physically based inverse rendering: estimate materials of a Mitsuba 3 scene from photos."))
@@ -96,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a scene folder and list every problem")
     check.add_argument("scene_dir")
     check.set_defaults(func=_cmd_check)
+
+    grad = sub.add_parser("gradcheck", help="compare AD gradients with finite differences")
+    grad.add_argument("scene_dir")
+    grad.add_argument("--keys", nargs="+", help="parameter keys (default: all estimated)")
+    grad.add_argument("--views", nargs="+", help="sensor ids (default: the first)")
+    grad.add_argument("--integrator", help="override [render] integrator")
+    grad.add_argument("--spp", type=int, default=256, help="spp of the AD render")
+    grad.add_argument("--fd-spp", type=int, default=1024, help="spp of each finite-difference render")
+    grad.add_argument("--epsilon", type=float, default=0.02, help="finite-difference step")
+    grad.add_argument("--json", help="also write the checks to this JSON file")
+    grad.set_defaults(func=_cmd_gradcheck)
 
     batch = sub.add_parser("batch", help="run every scene folder in a folder")
     batch.add_argument("scenes_dir")

@@ -111,3 +111,21 @@ def test_batch_over_shipped_scenes_and_a_broken_one(tmp_path, capsys):
     csv_text = (out / "summary.csv").read_text()
     assert csv_text.splitlines()[0].startswith("scene,status")
     assert "broken,failed" in csv_text
+
+
+def test_gradcheck_command_on_a_shipped_scene(tmp_path, capsys):
+    out = tmp_path / "checks.json"
+    assert main(["gradcheck", str(SCENES / "principled_sphere"), "--keys",
+                 "sphere.bsdf.base_color.value", "--spp", "64", "--fd-spp", "256",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sphere.bsdf.base_color.value" in printed and "fd noise" in printed
+    checks = json.loads(out.read_text())
+    assert [c["component"] for c in checks] == ["[0]", "[1]", "[2]"]
+    for c in checks:
+        assert c["sum_error"] < 0.05 and c["error_mean"] < 0.05 + 1.5 * c["fd_noise"]
+
+
+def test_gradcheck_command_rejects_an_unknown_key(capsys):
+    assert main(["gradcheck", str(SCENES / "cornell"), "--keys", "nope.value"]) == 2
+    assert "'nope.value' is not an estimated parameter of cornell" in capsys.readouterr().err
