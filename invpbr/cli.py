@@ -23,7 +23,8 @@ def _cmd_run(args) -> int:
     print(f"{result.name}: {result.status} after {result.iterations} iterations, "
           f"{result.seconds_per_iteration:.3f} s/iteration ({result.integrator}, {result.variant})")
     for key, value in result.estimates.items():
-        shown = ("texture " + "x".join(map(str, value.shape)) if result.kinds[key] == "texture"
+        shown = (f"{result.kinds[key]} " + "x".join(map(str, value.shape))
+                 if result.kinds[key] in ("texture", "envmap")
                  else ", ".join(f"{v:.4f}" for v in value.ravel()))
         err = f"   error {result.errors[key]:.4f}" if key in result.errors else ""
         print(f"  {key} = {shown}{err}")

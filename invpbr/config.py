@@ -15,6 +15,18 @@ from typing import Any
 
 LOSSES = ("l1", "l2", "relative_l2")
 GRADIENTS = ("auto", "ad", "fd")
+SPACES = ("auto", "linear", "log")
+ENVMAP_MODELS = ("texels", "sh", "sun_sky")
+
+
+@dataclass
+class EvaluateConfig:
+    held_out: list[str] = field(default_factory=list)
+    """Sensor ids whose photos are not fitted; the result reports their
+    novel-view PSNR (and that of the starting guess)."""
+    relight: list[str] = field(default_factory=list)
+    """Environment maps (files relative to the scene folder) that replace every
+    envmap of the estimate and of truth.xml for relighting PSNRs."""
 INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "path", "scene")
 
 
@@ -40,11 +52,27 @@ class EstimateConfig:
     lr: float | None = None
     """Learning rate of this parameter (default: ``[optimize] lr``)."""
     resolution: list[int] | None = None
-    """Bitmap textures only: square texture resolution per coarse-to-fine
-    stage, e.g. ``[16, 32, 64]``; the stages split the iterations evenly.
-    Default: the texture's resolution in scene.xml, one stage."""
-    tv: float = 0.0
-    """Bitmap textures only: weight of the total-variation regularizer."""
+    """Textures and environment maps: resolution per coarse-to-fine stage,
+    e.g. ``[16, 32, 64]`` (square textures; envmap heights, width = 2 x
+    height); the stages split the iterations evenly. Default: a texture's
+    resolution in scene.xml, one stage; for an envmap, 1/4, 1/2 and all of it."""
+    tv: float | None = None
+    """Textures and environment maps: weight of the total-variation
+    regularizer (on log radiance for envmaps). Default: 0 for textures,
+    ``ENVMAP_TV`` for envmaps."""
+    space: str = "auto"
+    """``linear``, ``log`` (optimize the logarithm: positive values, steps
+    relative to the value), or ``auto``: log for emitters' radiance,
+    intensity, scale and envmaps, linear otherwise."""
+    model: str = "texels"
+    """Environment maps only: ``texels`` (every texel), ``sh`` (spherical
+    harmonics up to ``sh_order``) or ``sun_sky`` (a sun lobe with direction
+    and colour plus a sky gradient) — low-order models for few views."""
+    sh_order: int = 2
+    """Environment maps with ``model = "sh"``: highest band (2: 9 coefficients)."""
+    white_balance: float = 0.0
+    """Environment maps: weight of a prior pulling the map's mean colour to
+    grey (log-chromaticity), for when albedo and light colour are both unknown."""
     gradient: str = "auto"
     """``ad`` (Mitsuba's automatic differentiation), ``fd`` (central finite
     differences of the loss, for scalars and colours), or ``auto``: ``fd``
@@ -78,6 +106,7 @@ class ProblemConfig:
     estimate: list[EstimateConfig] = field(default_factory=list)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     photos: PhotosConfig = field(default_factory=PhotosConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,7 +148,7 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
     Raises:
         ConfigError: unknown tables or keys, wrong types or values.
     """
-    known_tables = {"render", "estimate", "optimize", "photos"}
+    known_tables = {"render", "estimate", "optimize", "photos", "evaluate"}
     for name in data:
         if name not in known_tables:
             raise ConfigError(f"{source}: unknown table [{name}]; expected {', '.join(sorted(known_tables))}")
@@ -147,6 +176,13 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
     if not isinstance(photos.resize, bool):
         raise ConfigError(f"{source}: photos.resize must be true or false, found {photos.resize!r}")
 
+    ev = _check_table("evaluate", data.get("evaluate", {}), EvaluateConfig, source)
+    evaluate = EvaluateConfig(**ev)
+    for name in ("held_out", "relight"):
+        value = getattr(evaluate, name)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{source}: evaluate.{name} must be a list of strings, found {value!r}")
+
     tables = data.get("estimate", [])
     if isinstance(tables, dict):
         tables = [tables]
@@ -170,7 +206,15 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
             e.bounds = (float(b[0]), float(b[1]))
         if e.lr is not None:
             _number(source, f"{where}.lr", e.lr, minimum=0)
-        _number(source, f"{where}.tv", e.tv, minimum=0)
+        if e.tv is not None:
+            _number(source, f"{where}.tv", e.tv, minimum=0)
+        _number(source, f"{where}.white_balance", e.white_balance, minimum=0)
+        _number(source, f"{where}.sh_order", e.sh_order, integer=True, minimum=0)
+        if e.space not in SPACES:
+            raise ConfigError(f"{source}: {where}.space = {e.space!r}; expected one of {', '.join(SPACES)}")
+        if e.model not in ENVMAP_MODELS:
+            raise ConfigError(f"{source}: {where}.model = {e.model!r}; expected one of "
+                              f"{', '.join(ENVMAP_MODELS)}")
         if e.gradient not in GRADIENTS:
             raise ConfigError(f"{source}: {where}.gradient = {e.gradient!r}; expected one of "
                               f"{', '.join(GRADIENTS)}")
@@ -182,7 +226,8 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
                                   f"of them, found {e.resolution!r}")
             e.resolution = res
         estimates.append(e)
-    return ProblemConfig(render=render, estimate=estimates, optimize=opt, photos=photos)
+    return ProblemConfig(render=render, estimate=estimates, optimize=opt, photos=photos,
+                         evaluate=evaluate)
 
 
 def load_config(path: str | Path) -> ProblemConfig:

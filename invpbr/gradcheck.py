@@ -85,7 +85,7 @@ def _directions(parameter: Parameter, value: np.ndarray, params, view_render) ->
     """The directions checked for a parameter: each component of a small value;
     for a texture, the texel whose (reverse-mode) gradient is largest."""
     flat = value.reshape(-1)
-    if parameter.kind != "texture":
+    if parameter.kind == "value":
         out = []
         for i in range(min(flat.size, 3)):
             d = np.zeros_like(flat)
@@ -94,7 +94,10 @@ def _directions(parameter: Parameter, value: np.ndarray, params, view_render) ->
         return out
     grad = view_render(reverse=True)
     h, w, c = value.shape
-    y, x = np.unravel_index(int(np.argmax(np.abs(grad).sum(axis=-1))), (h, w))
+    strength = np.abs(grad).sum(axis=-1)
+    if parameter.kind == "envmap":
+        strength[:, [0, -1]] = -1  # Mitsuba's halo columns copy the opposite edge
+    y, x = np.unravel_index(int(np.argmax(strength)), (h, w))
     d = np.zeros_like(value)
     d[y, x, :] = 1.0
     return [(f"texel ({y}, {x})", d)]
@@ -141,7 +144,8 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
         base = np.array(original, dtype=np.float32)
 
         def put(value):
-            params[key] = kind(value) if parameter.kind == "texture" else kind(value.reshape(base.shape))
+            params[key] = kind(value) if parameter.kind in ("texture", "envmap") \
+                else kind(value.reshape(base.shape))
             params.update()
 
         for view in chosen:
@@ -166,7 +170,7 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
             for label, direction in _directions(parameter, base, params, lambda **_: reverse_grad):
                 theta = mi.Float(0.0)
                 dr.enable_grad(theta)
-                if parameter.kind == "texture":
+                if parameter.kind in ("texture", "envmap"):
                     params[key] = kind(base) + mi.TensorXf(direction) * theta
                 else:
                     params[key] = kind(base) + kind(direction.reshape(base.shape)) * theta

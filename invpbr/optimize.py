@@ -13,8 +13,9 @@ from typing import Callable
 
 import numpy as np
 
+from . import evaluate
 from .losses import image_loss, total_variation
-from .params import Parameter, parameter_error, resample_texture
+from .params import Parameter, parameter_error
 from .problem import Problem
 from .render import choose_integrator_type, make_integrator, render_view
 from .result import Result
@@ -63,7 +64,8 @@ def _errors(estimates: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> d
 
 
 class _Latents:
-    """The optimizer's variables: one per parameter, textures per stage."""
+    """The optimizer's variables, one per parameter (textures and envmaps per
+    coarse-to-fine stage), and their mapping into the scene."""
 
     def __init__(self, problem: Problem, iterations: int):
         import mitsuba as mi
@@ -73,40 +75,50 @@ class _Latents:
         self.iterations = iterations
         self.opt = mi.ad.Adam(lr=cfg.lr)
         self.stages: dict[str, int] = {}
+        self.types = {p.key: type(problem.params[p.key]) for p in problem.parameters}
         for p in problem.parameters:
-            if p.kind == "texture":
-                self._set_texture_stage(p, 0, p.initial)
-            else:
-                self.opt[p.key] = problem.params[p.key]
-                self._set_lr(p)
-        problem.params.update(self.opt)
+            self._set_latent(p, 0, p.initial)
+        self.write_scene()
 
-    def _set_lr(self, p: Parameter) -> None:
-        if p.config.lr is not None:
-            self.opt.set_learning_rate({p.key: p.config.lr})
-
-    def _set_texture_stage(self, p: Parameter, stage: int, value: np.ndarray) -> None:
+    def _set_latent(self, p: Parameter, stage: int, scene_value: np.ndarray | None,
+                    latent: np.ndarray | None = None) -> None:
         import mitsuba as mi
 
-        value = resample_texture(value, p.resolutions[stage])
-        if p.config.bounds is not None:
-            value = np.clip(value, *p.config.bounds)
-        self.opt[p.key] = mi.TensorXf(value)
-        self._set_lr(p)
+        if latent is None:
+            latent = p.latent_from_scene(scene_value, stage)
+        if p.model is not None:
+            self.opt[p.key] = mi.Float(np.ravel(latent))
+        elif p.kind in ("texture", "envmap"):
+            self.opt[p.key] = mi.TensorXf(latent)
+        else:
+            self.opt[p.key] = self.types[p.key](latent)
+        if p.config.lr is not None:
+            self.opt.set_learning_rate({p.key: p.config.lr})
         self.stages[p.key] = stage
 
+    def write_scene(self) -> None:
+        """Put every parameter's scene value (a function of its latent) into the scene."""
+        params = self.problem.params
+        for p in self.problem.parameters:
+            params[p.key] = p.to_scene(self.opt[p.key], params[p.key])
+        params.update()
+
     def advance(self, iteration: int) -> None:
-        """Move textures to their next coarse-to-fine stage where it is due."""
+        """Move textures and envmaps to their next coarse-to-fine stage where due."""
+        from .params import resample_texture
+
         changed = False
         for p in self.problem.parameters:
-            if p.kind != "texture":
+            if not p.resolutions:
                 continue
             stage = p.stage(iteration, self.iterations)
             if stage != self.stages[p.key]:
-                self._set_texture_stage(p, stage, np.array(self.opt[p.key]))
+                # Resample the latent itself (log radiance for envmaps).
+                latent = resample_texture(np.array(self.opt[p.key]), p.resolutions[stage])
+                self._set_latent(p, stage, None, latent=latent)
                 changed = True
         if changed:
-            self.problem.params.update(self.opt)
+            self.write_scene()
 
     def set_fd_gradients(self, render_views: Callable[[], list[np.ndarray]],
                          image_grads: list[np.ndarray], *, step: float = 0.01) -> None:
@@ -162,10 +174,27 @@ class _Latents:
         return any(p.gradient == "fd" for p in self.problem.parameters)
 
     def regularizer(self):
+        """Total variation of textures and envmap latents, and the envmaps'
+        white-balance prior; None when there is none."""
+        from .lighting import texel_solid_angles
+
+        import drjit as dr
+        import mitsuba as mi
+
         total = None
         for p in self.problem.parameters:
-            if p.kind == "texture" and p.config.tv > 0:
-                term = p.config.tv * total_variation(self.opt[p.key])
+            terms = []
+            if p.tv > 0 and p.kind in ("texture", "envmap") and p.model is None:
+                terms.append(p.tv * total_variation(self.opt[p.key]))
+            if p.kind == "envmap" and p.config.white_balance > 0:
+                texels = p.to_scene(self.opt[p.key], None)[:, 1:-1, :]
+                h, w = texels.shape[0], texels.shape[1]
+                weight = mi.TensorXf(texel_solid_angles(h, w)[..., None].astype(np.float32))
+                means = dr.sum(dr.sum(texels * weight, axis=0), axis=0)  # (3,)
+                logs = dr.log(dr.maximum(means, 1e-8))
+                centred = logs - dr.mean(logs)
+                terms.append(p.config.white_balance * dr.sum(dr.square(centred), axis=None))
+            for term in terms:
                 total = term if total is None else total + term
         return total
 
@@ -174,36 +203,39 @@ class _Latents:
 
         self.opt.step()
         for p in self.problem.parameters:
-            if p.config.bounds is not None:
-                lo, hi = p.config.bounds
-                self.opt[p.key] = dr.clip(self.opt[p.key], lo, hi)
-        self.problem.params.update(self.opt)
+            bounds = p.latent_bounds()
+            if bounds is not None:
+                self.opt[p.key] = dr.clip(self.opt[p.key], *bounds)
+        self.write_scene()
 
     def values(self) -> dict[str, np.ndarray]:
-        return {p.key: np.array(self.problem.params[p.key], dtype=np.float32)
-                for p in self.problem.parameters}
+        """Scene-space estimates as numpy (envmaps: real texels (H, W, 3))."""
+        return {p.key: p.from_scene(self.problem.params[p.key]) for p in self.problem.parameters}
 
     def snapshot(self) -> dict:
-        """References to the current values (Dr.Jit arrays are not changed in
+        """References to the current latents (Dr.Jit arrays are not changed in
         place by the optimizer, so this costs no copy)."""
         import drjit as dr
 
-        return {p.key: dr.detach(self.opt[p.key]) for p in self.problem.parameters}
+        return {p.key: (dr.detach(self.opt[p.key]), self.stages[p.key])
+                for p in self.problem.parameters}
 
     def release(self) -> None:
         """Leave the scene holding the estimates without gradient tracking, and
         drop the optimizer, so no AD graph outlives the optimization."""
         import drjit as dr
 
+        params = self.problem.params
         for p in self.problem.parameters:
-            self.problem.params[p.key] = dr.detach(self.opt[p.key])
-        self.problem.params.update()
+            params[p.key] = dr.detach(p.to_scene(dr.detach(self.opt[p.key]), params[p.key]))
+        params.update()
         self.opt = None
 
     def restore(self, snapshot: dict) -> None:
-        for key, value in snapshot.items():
+        for key, (value, stage) in snapshot.items():
             self.opt[key] = value
-        self.problem.params.update(self.opt)
+            self.stages[key] = stage
+        self.write_scene()
 
 
 def optimize(problem: Problem, *, iterations: int | None = None,
@@ -240,11 +272,15 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     weights = [None if v.mask is None else mi.TensorXf(v.mask[..., None].astype(np.float32))
                for v in problem.views]
     n_views = len(problem.views)
-    per_step = cfg.optimize.views_per_step or n_views
-    per_step = min(per_step, n_views)
+    fit = [i for i, v in enumerate(problem.views) if not v.held_out]
+    if not fit:
+        raise ValueError(f"optimize(): {problem.name}: every view is held out; none is left to fit")
+    per_step = min(cfg.optimize.views_per_step or len(fit), len(fit))
     rng = np.random.default_rng(cfg.optimize.seed)
 
     initial = {p.key: p.initial for p in problem.parameters}
+    # "Doing nothing": the starting guess's held-out views and relit renders.
+    before = _evaluation_renders(problem, integrator)
     latents = _Latents(problem, iterations)
     last_good = latents.snapshot()
     history: list[float] = []
@@ -259,8 +295,8 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     try:
         for it in range(iterations):
             latents.advance(it)
-            chosen = (range(n_views) if per_step == n_views
-                      else sorted(int(i) for i in rng.choice(n_views, size=per_step, replace=False)))
+            chosen = (fit if per_step == len(fit)
+                      else sorted(int(i) for i in rng.choice(fit, size=per_step, replace=False)))
             step_start = time.perf_counter()
             total = 0.0
             image_grads: list[np.ndarray] = []
@@ -322,6 +358,8 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             image = render_view(problem.scene, problem.params, integrator, view.index,
                                 spp=cfg.render.spp_final, seed=2**31 - 1)
             renders[view.id] = np.array(image, dtype=np.float32)
+    after = _evaluation_renders(problem, integrator, renders=renders)
+    held_out = [v for v in problem.views if v.held_out]
 
     return Result(
         name=problem.name,
@@ -340,4 +378,41 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         integrator=integrator_type,
         variant=mi.variant(),
         settings=cfg.to_dict() | {"iterations_run": len(history)},
+        held_out=[v.id for v in held_out],
+        novel_view_psnr={v.id: evaluate.psnr(renders[v.id], v.photo) for v in held_out},
+        novel_view_psnr_initial={v.id: evaluate.psnr(before["held_out"][v.id], v.photo)
+                                 for v in held_out},
+        relight_psnr=_relight_scores(problem, after),
+        relight_psnr_initial=_relight_scores(problem, before),
+        errors_scale_invariant=evaluate.albedo_scale_invariant_errors(estimates, problem.truth),
+        notes=evaluate.ambiguity_notes(problem.parameters, problem.params),
     )
+
+
+def _evaluation_renders(problem: Problem, integrator, *, renders: dict | None = None) -> dict:
+    """Renders of the held-out views and relit renders of the scene as it is now."""
+    spp = problem.config.render.spp_final
+    out: dict = {"held_out": {}, "relight": {}}
+    for view in problem.views:
+        if view.held_out:
+            if renders is not None:
+                out["held_out"][view.id] = renders[view.id]
+                continue
+            import drjit as dr
+
+            with dr.suspend_grad():
+                image = render_view(problem.scene, problem.params, integrator, view.index,
+                                    spp=spp, seed=2**31 - 1)
+            out["held_out"][view.id] = np.array(image, dtype=np.float32)
+    if problem.relight_maps and problem.truth_scene is not None:
+        for name, texels in problem.relight_maps.items():
+            out["relight"][name] = evaluate.relit_renders(problem.scene, integrator, texels, spp=spp)
+    return out
+
+
+def _relight_scores(problem: Problem, renders: dict) -> dict:
+    if not renders["relight"]:
+        return {}
+    ids = [v.id for v in problem.views]
+    return {name: evaluate.relight_psnr(images, problem.relit_truth(name), ids)
+            for name, images in renders["relight"].items()}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import EstimateConfig
+from .lighting import is_light_key
 
 #: Parameters whose gradient Mitsuba 3.9.1 computes wrongly, by (plugin class,
 #: parameter name), with the reason. ``gradient = "auto"`` estimates them with
@@ -36,16 +37,22 @@ FD_MAX_COMPONENTS = 4
 
 @dataclass
 class Parameter:
-    """One estimated scene parameter.
+    """One estimated scene parameter and how it is optimized.
+
+    The optimizer works on a *latent* value; :meth:`to_scene` maps it to what
+    the scene holds (identity, ``exp`` in log space, an envmap model).
 
     Attributes:
         key: the ``mi.traverse`` key.
         config: its ``[[estimate]]`` settings.
-        kind: ``"texture"`` for bitmap data (a (H, W, C) tensor), else ``"value"``.
-        shape: shape of the parameter in the scene (texture: (H, W, C)).
-        initial: the starting value as numpy (texture: (H, W, C)).
-        gradient: ``"ad"`` or ``"fd"`` (finite differences of the loss), resolved
-            from the config's ``gradient``.
+        kind: ``"texture"`` (bitmap data, (H, W, C)), ``"envmap"`` (an
+            environment map's data) or ``"value"`` (scalars, colours, arrays).
+        shape: shape of the parameter in the scene.
+        initial: the starting value as numpy (textures (H, W, C); envmaps
+            their real texels (H, W, 3), without Mitsuba's halo columns).
+        gradient: ``"ad"`` or ``"fd"`` (finite differences of the loss).
+        space: ``"linear"`` or ``"log"``: what the optimizer steps in.
+        model: envmaps with a low-order ``model``: the model object.
     """
 
     key: str
@@ -54,13 +61,31 @@ class Parameter:
     shape: tuple[int, ...]
     initial: np.ndarray
     gradient: str = "ad"
+    space: str = "linear"
+    model: object | None = None
 
     @property
-    def resolutions(self) -> list[int]:
-        """Texture only: the square resolution of each coarse-to-fine stage."""
-        if self.kind != "texture":
+    def resolutions(self) -> list[tuple[int, int]]:
+        """Textures and envmaps: the (height, width) of each coarse-to-fine stage."""
+        if self.kind == "value" or self.model is not None:
             return []
-        return list(self.config.resolution or [self.shape[0]])
+        h, w = self.initial.shape[:2]
+        if self.config.resolution:
+            heights = self.config.resolution
+        elif self.kind == "envmap":
+            heights = sorted({max(4, h // 4), max(4, h // 2), h})
+        else:
+            heights = [h]
+        return [(r, max(1, round(r * w / h))) for r in heights]
+
+    @property
+    def tv(self) -> float:
+        """Weight of the total-variation regularizer of this parameter."""
+        if self.config.tv is not None:
+            return self.config.tv
+        from .lighting import ENVMAP_TV
+
+        return ENVMAP_TV if self.kind == "envmap" and self.model is None else 0.0
 
     def stage(self, iteration: int, iterations: int) -> int:
         """Index of the coarse-to-fine stage that ``iteration`` belongs to."""
@@ -68,6 +93,55 @@ class Parameter:
         if n <= 1 or iterations <= 0:
             return 0
         return min(n - 1, iteration * n // iterations)
+
+    def latent_from_scene(self, value: np.ndarray, stage: int = 0) -> np.ndarray:
+        """The latent (numpy) that represents the scene-space ``value`` at ``stage``."""
+        value = np.asarray(value, dtype=np.float32)
+        if self.model is not None:
+            return self.model.fit(value)
+        if self.kind in ("texture", "envmap"):
+            value = resample_texture(value, self.resolutions[stage])
+        if self.config.bounds is not None:
+            value = np.clip(value, *self.config.bounds)
+        if self.space == "log":
+            return np.log(np.maximum(value, 1e-6)).astype(np.float32)
+        return value
+
+    def latent_bounds(self) -> tuple[float, float] | None:
+        """Bounds in latent space (None: unbounded)."""
+        if self.config.bounds is None or self.model is not None:
+            return None
+        lo, hi = self.config.bounds
+        if self.space == "log":
+            return (float(np.log(max(lo, 1e-6))), float(np.log(hi)))
+        return (lo, hi)
+
+    def to_scene(self, latent, like):
+        """The scene value (Dr.Jit) for ``latent``, differentiably.
+
+        Args:
+            latent: the optimizer's variable.
+            like: the parameter's current scene value (for its type).
+        """
+        import drjit as dr
+
+        from .lighting import envmap_with_halo
+
+        if self.model is not None:
+            return envmap_with_halo(self.model.texels(latent))
+        value = dr.exp(latent) if self.space == "log" else latent
+        if self.kind == "envmap":
+            return envmap_with_halo(value)
+        if self.kind == "value" and type(value) is not type(like):
+            value = type(like)(value)
+        return value
+
+    def from_scene(self, value) -> np.ndarray:
+        """Numpy estimate from a scene value (envmaps without their halo)."""
+        from .lighting import envmap_texels
+
+        arr = np.array(value, dtype=np.float32)
+        return envmap_texels(arr) if self.kind == "envmap" else arr
 
 
 def _is_differentiable(value, flags) -> bool:
@@ -81,14 +155,18 @@ def _is_differentiable(value, flags) -> bool:
     return dr.is_float_v(value) and dr.is_diff_v(value)
 
 
-def known_gradient_bias(params, key: str) -> str | None:
-    """Why Mitsuba's gradient of ``key`` is wrong, or None if it is not known to be."""
+def _node_class(params, key: str) -> str | None:
+    """Class name of the scene object that owns ``key`` (e.g. ``RoughPlastic``)."""
     try:
-        node = params.properties[key][2]
-        plugin = node.class_name()
+        return params.properties[key][2].class_name()
     except (KeyError, IndexError, AttributeError, TypeError):
         return None
-    return BIASED_GRADIENTS.get((plugin, key.rsplit(".", 1)[-1].removesuffix(".value")))
+
+
+def known_gradient_bias(params, key: str) -> str | None:
+    """Why Mitsuba's gradient of ``key`` is wrong, or None if it is not known to be."""
+    plugin = _node_class(params, key)
+    return BIASED_GRADIENTS.get((plugin, key.removesuffix(".value").rsplit(".", 1)[-1]))
 
 
 def resolve_parameters(params, estimates: list[EstimateConfig], *,
@@ -131,12 +209,30 @@ def resolve_parameters(params, estimates: list[EstimateConfig], *,
                 raise ValueError(f"{source}: estimate[{i}].key {key!r} is not differentiable "
                                  f"(a {kind} that Mitsuba marks non-differentiable or stores as "
                                  "integers); choose a BSDF, texture or emitter parameter")
-            is_texture = key.endswith(".data") and isinstance(value, dr.ArrayBase) \
-                and dr.is_tensor_v(value) and len(value.shape) == 3
-            if not is_texture and (est.resolution is not None or est.tv):
-                raise ValueError(f"{source}: estimate[{i}].key {key!r}: 'resolution' and 'tv' "
-                                 "apply to bitmap textures (keys ending in .data) only")
+            node_class = _node_class(params, key)
+            is_tensor = isinstance(value, dr.ArrayBase) and dr.is_tensor_v(value) \
+                and len(value.shape) == 3
+            if is_tensor and key.endswith(".data") and node_class == "EnvironmentMapEmitter":
+                kind = "envmap"
+            elif is_tensor and key.endswith(".data"):
+                kind = "texture"
+            else:
+                kind = "value"
+            where = f"{source}: estimate[{i}].key {key!r}"
+            if kind == "value" and (est.resolution is not None or est.tv):
+                raise ValueError(f"{where}: 'resolution' and 'tv' apply to bitmap textures and "
+                                 "environment maps (keys ending in .data) only")
+            if kind != "envmap" and (est.model != "texels" or est.white_balance):
+                raise ValueError(f"{where}: 'model' and 'white_balance' apply to environment "
+                                 "maps only")
             arr = np.array(value, dtype=np.float32)
+            space = est.space
+            if space == "auto":
+                space = "log" if kind == "envmap" or (
+                    kind == "value" and is_light_key(key, node_class)) else "linear"
+            if space == "log" and est.bounds is not None and est.bounds[1] <= 0:
+                raise ValueError(f"{where}: space = \"log\" needs positive values, but bounds "
+                                 f"are {list(est.bounds)}")
             gradient = est.gradient
             bias = known_gradient_bias(params, key)
             if gradient == "auto":
@@ -147,12 +243,23 @@ def resolve_parameters(params, estimates: list[EstimateConfig], *,
                                   stacklevel=2)
             elif gradient == "ad" and bias:
                 warnings.warn(f"{source}: estimate[{i}] {key!r}: {bias}", stacklevel=2)
-            if gradient == "fd" and (is_texture or arr.size > FD_MAX_COMPONENTS):
-                raise ValueError(f"{source}: estimate[{i}].key {key!r}: gradient = \"fd\" is for "
+            if gradient == "fd" and (kind != "value" or arr.size > FD_MAX_COMPONENTS):
+                raise ValueError(f"{where}: gradient = \"fd\" is for "
                                  f"scalars and colours (at most {FD_MAX_COMPONENTS} values), this "
                                  f"parameter has {arr.size}")
-            found[key] = Parameter(key=key, config=est, kind="texture" if is_texture else "value",
-                                   shape=tuple(arr.shape), initial=arr, gradient=gradient)
+            if gradient == "fd" and space == "log":
+                space = "linear"  # finite differences step in the scene's own units
+            initial = arr
+            model = None
+            if kind == "envmap":
+                from .lighting import EnvmapModel, envmap_texels
+
+                initial = envmap_texels(arr)
+                if est.model != "texels":
+                    model = EnvmapModel(est.model, initial.shape[0], initial.shape[1],
+                                        sh_order=est.sh_order)
+            found[key] = Parameter(key=key, config=est, kind=kind, shape=tuple(arr.shape),
+                                   initial=initial, gradient=gradient, space=space, model=model)
     return list(found.values())
 
 

@@ -23,6 +23,8 @@ import numpy as np
 from . import io
 from .backend import init_backend
 from .config import ProblemConfig, load_config
+from .evaluate import load_relight_maps
+from .lighting import envmap_texels
 from .params import Parameter, resolve_parameters
 
 
@@ -36,6 +38,8 @@ class View:
         photo_path: the photo's file.
         photo: linear RGB, (H, W, 3) float32.
         mask: pixels to use, (H, W) bool, or None for all.
+        held_out: not fitted; used to measure novel-view error
+            (``[evaluate] held_out`` in invpbr.toml).
     """
 
     index: int
@@ -43,6 +47,7 @@ class View:
     photo_path: Path | None
     photo: np.ndarray
     mask: np.ndarray | None = None
+    held_out: bool = False
 
 
 @dataclass
@@ -57,6 +62,8 @@ class Problem:
         parameters: the estimated parameters, resolved from ``config.estimate``.
         views: photos with their sensors.
         truth: key -> true value (numpy), from truth.xml, for the estimated keys.
+        truth_scene: the truth.xml scene, if any.
+        relight_maps: environment maps for relighting evaluation, file -> texels.
     """
 
     folder: Path | None
@@ -66,6 +73,22 @@ class Problem:
     parameters: list[Parameter]
     views: list[View]
     truth: dict[str, np.ndarray] = field(default_factory=dict)
+    truth_scene: Any = None
+    relight_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    _relit_truth: dict[str, list] = field(default_factory=dict, repr=False)
+
+    def relit_truth(self, name: str) -> list[np.ndarray]:
+        """truth.xml relit by the envmap ``name`` of ``relight_maps``, every
+        sensor rendered (cached)."""
+        from .evaluate import relit_renders
+        from .render import make_integrator
+
+        if name not in self._relit_truth:
+            integrator = make_integrator(self.config.render, [], self.truth_scene)
+            self._relit_truth[name] = relit_renders(self.truth_scene, integrator,
+                                                    self.relight_maps[name],
+                                                    spp=self.config.render.spp_final)
+        return self._relit_truth[name]
 
     @property
     def name(self) -> str:
@@ -198,18 +221,39 @@ def load_views(scene, folder: Path, *, resize: bool = False) -> list[View]:
     return views
 
 
-def load_truth(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
+def mark_held_out(views: list[View], ids: list[str], *, source="invpbr.toml") -> None:
+    """Flag the views named in ``ids`` as held out from fitting.
+
+    Raises:
+        ValueError: an id names no sensor, or every view would be held out.
+    """
+    known = {v.id for v in views}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise ValueError(f"{source}: evaluate.held_out names unknown sensor(s) "
+                         f"{', '.join(map(repr, unknown))}; sensors: {', '.join(sorted(known))}")
+    for v in views:
+        v.held_out = v.id in ids
+    if views and all(v.held_out for v in views):
+        raise ValueError(f"{source}: evaluate.held_out holds out every view; none is left to fit")
+
+
+def load_truth(path: Path, keys: list[str], scene=None) -> dict[str, np.ndarray]:
     """True values of ``keys`` from a truth scene (keys it lacks are skipped
-    with a warning)."""
+    with a warning); ``scene``: the scene already loaded from ``path``."""
     import mitsuba as mi
 
-    truth_params = mi.traverse(load_scene(path))
+    truth_params = mi.traverse(scene if scene is not None else load_scene(path))
     truth = {}
     for key in keys:
         if key not in truth_params:
             warnings.warn(f"{path}: has no parameter {key!r}; its error is not reported", stacklevel=2)
             continue
-        truth[key] = np.array(truth_params[key], dtype=np.float32)
+        value = np.array(truth_params[key], dtype=np.float32)
+        node = truth_params.properties[key][2]
+        if key.endswith(".data") and node.class_name() == "EnvironmentMapEmitter":
+            value = envmap_texels(value)  # without Mitsuba's halo columns, like the estimates
+        truth[key] = value
     return truth
 
 
@@ -236,11 +280,18 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     params = mi.traverse(scene)
     parameters = resolve_parameters(params, config.estimate, source=folder / "invpbr.toml")
     views = load_views(scene, folder, resize=config.photos.resize)
-    truth = {}
+    mark_held_out(views, config.evaluate.held_out, source=folder / "invpbr.toml")
+    truth, truth_scene, relight_maps = {}, None, {}
     if (folder / "truth.xml").is_file():
-        truth = load_truth(folder / "truth.xml", [p.key for p in parameters])
+        truth_scene = load_scene(folder / "truth.xml")
+        truth = load_truth(folder / "truth.xml", [p.key for p in parameters], truth_scene)
+        relight_maps = load_relight_maps(folder, config.evaluate.relight)
+    elif config.evaluate.relight:
+        warnings.warn(f"{folder / 'invpbr.toml'}: evaluate.relight needs a truth.xml to compare "
+                      "with; relighting is not evaluated", stacklevel=2)
     return Problem(folder=folder, config=config, scene=scene, params=params,
-                   parameters=parameters, views=views, truth=truth)
+                   parameters=parameters, views=views, truth=truth, truth_scene=truth_scene,
+                   relight_maps=relight_maps)
 
 
 def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import io
+from .evaluate import psnr
 
 
 @dataclass
@@ -51,6 +52,14 @@ class Result:
         integrator: the integrator type used.
         variant: the Mitsuba variant used.
         settings: the problem settings used.
+        held_out: ids of the views not fitted.
+        novel_view_psnr: held-out view id -> PSNR of the estimate's render.
+        novel_view_psnr_initial: the same for the starting guess.
+        relight_psnr: relighting envmap -> view id (and ``"mean"``) -> PSNR of
+            the relit estimate against the relit truth.
+        relight_psnr_initial: the same for the starting guess.
+        errors_scale_invariant: albedo key -> per-channel scale-invariant error.
+        notes: what the photos cannot determine in this problem (ambiguities).
     """
 
     name: str
@@ -69,6 +78,13 @@ class Result:
     integrator: str = ""
     variant: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    held_out: list[str] = field(default_factory=list)
+    novel_view_psnr: dict[str, float] = field(default_factory=dict)
+    novel_view_psnr_initial: dict[str, float] = field(default_factory=dict)
+    relight_psnr: dict[str, dict[str, float]] = field(default_factory=dict)
+    relight_psnr_initial: dict[str, dict[str, float]] = field(default_factory=dict)
+    errors_scale_invariant: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def psnr(self) -> dict[str, float]:
         """view id -> PSNR (dB) of the final render against the photo, both
@@ -78,8 +94,7 @@ class Result:
             photo = self.photos.get(vid)
             if photo is None:
                 continue
-            mse = float(np.mean((np.clip(render, 0, 1) - np.clip(photo, 0, 1)) ** 2))
-            out[vid] = 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+            out[vid] = psnr(render, photo)
         return out
 
 
@@ -140,6 +155,14 @@ def result_to_json(result: Result, texture_paths: dict[str, str] | None = None) 
         "errors": {k: finite(v) for k, v in result.errors.items()},
         "initial_errors": {k: finite(v) for k, v in result.initial_errors.items()},
         "psnr": {k: finite(v) for k, v in result.psnr().items()},
+        "held_out": result.held_out,
+        "novel_view_psnr": {k: finite(v) for k, v in result.novel_view_psnr.items()},
+        "novel_view_psnr_initial": {k: finite(v) for k, v in result.novel_view_psnr_initial.items()},
+        "relight_psnr": {m: {k: finite(v) for k, v in d.items()} for m, d in result.relight_psnr.items()},
+        "relight_psnr_initial": {m: {k: finite(v) for k, v in d.items()}
+                                 for m, d in result.relight_psnr_initial.items()},
+        "errors_scale_invariant": {k: finite(v) for k, v in result.errors_scale_invariant.items()},
+        "notes": result.notes,
         "loss": [finite(v) for v in result.loss],
         "iterations": result.iterations,
         "seconds_per_iteration": result.seconds_per_iteration,
@@ -162,7 +185,7 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
     try:
         texture_paths = {}
         for key, value in result.estimates.items():
-            if result.kinds.get(key) == "texture":
+            if result.kinds.get(key) in ("texture", "envmap"):
                 rel = f"textures/{_file_name(key)}.exr"
                 io.save_image(tmp / rel, value)
                 io.save_image(tmp / f"textures/{_file_name(key)}.png", value)

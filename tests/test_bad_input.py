@@ -222,7 +222,7 @@ def test_texture_key_is_a_texture(tiny_scene):
     write_estimate(tiny_scene, "floor.bsdf.reflectance.data", "resolution = [4, 8]\ntv = 0.1\n")
     (parameter,) = load_problem(tiny_scene).parameters
     assert parameter.kind == "texture" and parameter.shape == (16, 16, 3)
-    assert parameter.resolutions == [4, 8]
+    assert parameter.resolutions == [(4, 4), (8, 8)]
     # grey.png: 0.5 written as dithered 8-bit sRGB, read back as floats
     np.testing.assert_allclose(parameter.initial, 0.5, atol=5e-3)
     assert parameter.initial.mean() == pytest.approx(0.5, abs=1e-3)

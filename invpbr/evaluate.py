@@ -1,0 +1,125 @@
+"""Evaluation beyond parameter errors: novel views, relighting, ambiguities.
+
+- Novel views: sensors listed in ``[evaluate] held_out`` are not fitted; their
+  PSNR against the photos is reported for the estimate and for the starting
+  guess ("doing nothing").
+- Relighting (synthetic scenes): every environment map of the estimate and of
+  truth.xml is replaced by each map in ``[evaluate] relight``; both are
+  rendered from every sensor and compared (PSNR).
+- Albedo x light: photos fix only their product. When both are estimated the
+  result says so, and albedo errors are also given per-channel scale-invariant.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .lighting import envmap_with_halo, is_albedo_key, is_light_key, scale_invariant_error
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR (dB) of linear images clipped to [0, 1] (peak 1)."""
+    mse = float(np.mean((np.clip(image, 0, 1) - np.clip(reference, 0, 1)) ** 2))
+    return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+
+
+def render_all(scene, integrator, n_views: int, *, spp: int, seed: int = 2**31 - 1) -> list[np.ndarray]:
+    """Render every sensor of ``scene`` without gradients, linear RGB (H, W, 3) each."""
+    import drjit as dr
+    import mitsuba as mi
+
+    out = []
+    with dr.suspend_grad():
+        for i in range(n_views):
+            image = mi.render(scene, sensor=i, integrator=integrator, spp=int(spp), seed=seed)
+            out.append(np.array(image, dtype=np.float32)[..., :3])
+    return out
+
+
+def envmap_keys(params) -> list[str]:
+    """Keys of every environment map's data in ``params``."""
+    keys = []
+    for key in params.keys():
+        try:
+            node = params.properties[key][2]
+        except (KeyError, IndexError):
+            continue
+        if key.endswith(".data") and node.class_name() == "EnvironmentMapEmitter":
+            keys.append(key)
+    return keys
+
+
+def relit_renders(scene, integrator, texels: np.ndarray, *, spp: int) -> list[np.ndarray]:
+    """Renders of ``scene`` with every envmap replaced by ``texels`` (H, W, 3);
+    the scene's own maps are put back afterwards."""
+    import mitsuba as mi
+
+    params = mi.traverse(scene)
+    keys = envmap_keys(params)
+    if not keys:
+        raise ValueError("relighting with an environment map needs a scene with an envmap emitter")
+    saved = {k: type(params[k])(params[k]) for k in keys}
+    try:
+        for k in keys:
+            params[k] = mi.TensorXf(envmap_with_halo(texels.astype(np.float32)))
+        params.update()
+        return render_all(scene, integrator, len(scene.sensors()), spp=spp)
+    finally:
+        for k, v in saved.items():
+            params[k] = v
+        params.update()
+
+
+def relight_psnr(estimate: list[np.ndarray], truth: list[np.ndarray], ids: list[str]) -> dict:
+    """view id -> PSNR of relit estimate against relit truth, plus ``"mean"``."""
+    values = {vid: psnr(e, t) for vid, e, t in zip(ids, estimate, truth)}
+    finite = [v for v in values.values() if math.isfinite(v)]
+    values["mean"] = float(np.mean(finite)) if finite else float("inf")
+    return values
+
+
+def load_relight_maps(folder: Path | None, files: list[str]) -> dict[str, np.ndarray]:
+    """The relighting environment maps, file name -> texels (H, W, 3).
+
+    Raises:
+        FileNotFoundError: a file does not exist (named relative to the folder).
+    """
+    from . import io
+
+    maps = {}
+    for name in files:
+        path = (folder / name) if folder is not None else Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (named in invpbr.toml evaluate.relight)")
+        maps[name] = io.load_image(path)
+    return maps
+
+
+def albedo_scale_invariant_errors(estimates: dict[str, np.ndarray],
+                                  truth: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-channel scale-invariant errors of the albedo-like estimates."""
+    out = {}
+    for key, value in estimates.items():
+        if key in truth and is_albedo_key(key) and np.shape(value) == np.shape(truth[key]):
+            out[key] = scale_invariant_error(value, truth[key])
+    return out
+
+
+def ambiguity_notes(parameters, params) -> list[str]:
+    """Warnings about what photos cannot separate in this problem."""
+    from .params import _node_class
+
+    albedo = [p.key for p in parameters if is_albedo_key(p.key)]
+    light = [p.key for p in parameters if is_light_key(p.key, _node_class(params, p.key))]
+    notes = []
+    if albedo and light:
+        notes.append(
+            "albedo x light scale: photos determine only the product of "
+            f"{', '.join(albedo)} and {', '.join(light)}; an overall factor (per colour "
+            "channel for a coloured light) can move between them. Fix the gauge with a "
+            "known reference (an object of known albedo, or a light that is not estimated), "
+            "and compare albedos with errors_scale_invariant.")
+    return notes
