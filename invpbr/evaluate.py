@@ -23,6 +23,8 @@ from .lighting import envmap_with_halo, is_albedo_key, is_light_key, scale_invar
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     """PSNR (dB) of linear images clipped to [0, 1] (peak 1)."""
     mse = float(np.mean((np.clip(image, 0, 1) - np.clip(reference, 0, 1)) ** 2))
+    if math.isnan(mse):
+        return float("nan")
     return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
 
 
@@ -74,10 +76,11 @@ def relit_renders(scene, integrator, texels: np.ndarray, *, spp: int) -> list[np
 
 
 def relight_psnr(estimate: list[np.ndarray], truth: list[np.ndarray], ids: list[str]) -> dict:
-    """view id -> PSNR of relit estimate against relit truth, plus ``"mean"``."""
+    """view id -> PSNR of relit estimate against relit truth, plus ``"mean"``:
+    the PSNR of all views together (of their mean squared error)."""
     values = {vid: psnr(e, t) for vid, e, t in zip(ids, estimate, truth)}
-    finite = [v for v in values.values() if math.isfinite(v)]
-    values["mean"] = float(np.mean(finite)) if finite else float("inf")
+    values["mean"] = psnr(np.concatenate([e.ravel() for e in estimate]),
+                          np.concatenate([t.ravel() for t in truth]))
     return values
 
 

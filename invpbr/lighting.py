@@ -184,6 +184,22 @@ def is_albedo_key(key: str) -> bool:
     return any(name in parts for name in ALBEDO_NAMES)
 
 
+#: Parameter names that only emitters have: the emitted radiance (area, constant),
+#: intensity (point, spot) or irradiance (directional, projector). Mitsuba
+#: 3.9.1 gives such a colour's key to its spectrum object (class
+#: ``SRGBReflectanceSpectrum`` or ``UniformSpectrum``, not the emitter), and only
+#: an area light's key has ``.emitter.`` in it, so the name is what tells.
+EMITTER_NAMES = ("radiance", "intensity", "irradiance")
+
+
 def is_light_key(key: str, node_class: str | None) -> bool:
-    """Whether a parameter belongs to an emitter."""
-    return (node_class or "").endswith("Emitter") or ".emitter." in key
+    """Whether a parameter is an emitter's: any parameter of an environment map
+    or other ``*Emitter`` class, anything under an area light (``.emitter.``),
+    or the radiance, intensity or irradiance of any light (e.g. a point
+    light's ``lamp.intensity.value``, whose node class is a spectrum)."""
+    if (node_class or "").endswith("Emitter") or ".emitter." in key:
+        return True
+    parts = key.split(".")
+    if len(parts) > 1 and parts[-1] in ("value", "data"):
+        parts = parts[:-1]
+    return len(parts) > 1 and parts[-1] in EMITTER_NAMES

@@ -7,7 +7,9 @@ parameter into its bounds and writes the parameters back into the scene.
 
 from __future__ import annotations
 
+import gc
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -103,8 +105,9 @@ class _Latents:
             params[p.key] = p.to_scene(self.opt[p.key], params[p.key])
         params.update()
 
-    def advance(self, iteration: int) -> None:
-        """Move textures and envmaps to their next coarse-to-fine stage where due."""
+    def advance(self, iteration: int) -> bool:
+        """Move textures and envmaps to their next coarse-to-fine stage where due;
+        whether any did."""
         from .params import resample_texture
 
         changed = False
@@ -119,6 +122,7 @@ class _Latents:
                 changed = True
         if changed:
             self.write_scene()
+        return changed
 
     def set_fd_gradients(self, render_views: Callable[[], list[np.ndarray]],
                          image_grads: list[np.ndarray], *, step: float = 0.01) -> None:
@@ -212,6 +216,27 @@ class _Latents:
         """Scene-space estimates as numpy (envmaps: real texels (H, W, 3))."""
         return {p.key: p.from_scene(self.problem.params[p.key]) for p in self.problem.parameters}
 
+    def finish(self) -> None:
+        """Bring textures and envmaps to their final resolution, also when the
+        run stopped before the last coarse-to-fine stage."""
+        from .params import resample_texture
+
+        changed = False
+        for p in self.problem.parameters:
+            last = len(p.resolutions) - 1
+            if last >= 0 and self.stages[p.key] != last:
+                latent = resample_texture(np.array(self.opt[p.key]), p.resolutions[last])
+                self._set_latent(p, last, None, latent=latent)
+                changed = True
+        if changed:
+            self.write_scene()
+
+    def clear_gradients(self) -> None:
+        import drjit as dr
+
+        for p in self.problem.parameters:
+            dr.clear_grad(self.opt[p.key])
+
     def snapshot(self) -> dict:
         """References to the current latents (Dr.Jit arrays are not changed in
         place by the optimizer, so this costs no copy)."""
@@ -278,6 +303,25 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     per_step = min(cfg.optimize.views_per_step or len(fit), len(fit))
     rng = np.random.default_rng(cfg.optimize.seed)
 
+    frozen = can_freeze(problem, integrator_type, per_step == len(fit))
+
+    def render_and_backward(seed, chosen):
+        """Render the chosen views, add their losses' gradients; the loss (mi.Float)."""
+        total = mi.Float(0.0)
+        for v in chosen:
+            image = render_view(problem.scene, problem.params, integrator, problem.views[v].index,
+                                spp=cfg.render.spp, seed=seed + v)
+            loss = loss_fn(image, photos[v], weights[v]) / len(chosen)
+            dr.backward(loss)
+            total = total + dr.detach(loss)
+        return total
+
+    step_fn = dr.freeze(render_and_backward) if frozen else None
+    if frozen:
+        # The recording checks Mitsuba's registry of scene objects on every replay:
+        # collect other scenes' garbage now, not in the middle of the run.
+        gc.collect()
+
     initial = {p.key: p.initial for p in problem.parameters}
     # "Doing nothing": the starting guess's held-out views and relit renders.
     before = _evaluation_renders(problem, integrator)
@@ -298,18 +342,33 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             chosen = (fit if per_step == len(fit)
                       else sorted(int(i) for i in rng.choice(fit, size=per_step, replace=False)))
             step_start = time.perf_counter()
-            total = 0.0
+            base_seed = (cfg.optimize.seed * 1_000_003 + it * n_views) % (2**32 - n_views)
             image_grads: list[np.ndarray] = []
-            for v in chosen:
-                seed = cfg.optimize.seed * 1_000_003 + it * n_views + v
-                image = render_view(problem.scene, problem.params, integrator, problem.views[v].index,
-                                    spp=cfg.render.spp, seed=seed)
-                loss = loss_fn(image, photos[v], weights[v]) / len(chosen)
-                dr.backward(loss)
-                total = total + dr.detach(loss)
-                if latents.has_fd:
+            if latents.has_fd:
+                total = 0.0
+                for v in chosen:
+                    image = render_view(problem.scene, problem.params, integrator,
+                                        problem.views[v].index, spp=cfg.render.spp,
+                                        seed=base_seed + v)
+                    loss = loss_fn(image, photos[v], weights[v]) / len(chosen)
+                    dr.backward(loss)
+                    total = total + dr.detach(loss)
                     image_grads.append(_image_gradient(loss_fn, image, photos[v], weights[v],
                                                        len(chosen)))
+            elif frozen:
+                try:
+                    total = step_fn(mi.UInt32(base_seed), chosen)
+                except RuntimeError as e:
+                    # dr.freeze refuses to replay when, e.g., scene objects were created or
+                    # freed since the recording; trace this and later steps instead.
+                    warnings.warn(f"optimize(): {problem.name}: frozen step could not be replayed "
+                                  f"({str(e).splitlines()[0]}); continuing without dr.freeze",
+                                  stacklevel=2)
+                    frozen = False
+                    latents.clear_gradients()
+                    total = render_and_backward(mi.UInt32(base_seed), chosen)
+            else:
+                total = render_and_backward(mi.UInt32(base_seed), chosen)
             reg = latents.regularizer()
             if reg is not None:
                 dr.backward(reg)
@@ -320,7 +379,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                     with dr.suspend_grad():
                         return [np.array(render_view(
                             problem.scene, problem.params, integrator, problem.views[v].index,
-                            spp=cfg.render.spp, seed=FD_SEED_OFFSET + it * n_views + v))
+                            spp=cfg.render.spp, seed=(FD_SEED_OFFSET + base_seed + v) % 2**32))
                             for v in chosen]
 
                 latents.set_fd_gradients(render_views, image_grads)
@@ -349,6 +408,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - start
+    latents.finish()
     estimates = latents.values()
     latents.release()
 
@@ -377,7 +437,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         photos={v.id: v.photo for v in problem.views},
         integrator=integrator_type,
         variant=mi.variant(),
-        settings=cfg.to_dict() | {"iterations_run": len(history)},
+        settings=cfg.to_dict() | {"iterations_run": len(history), "frozen": frozen},
         held_out=[v.id for v in held_out],
         novel_view_psnr={v.id: evaluate.psnr(renders[v.id], v.photo) for v in held_out},
         novel_view_psnr_initial={v.id: evaluate.psnr(before["held_out"][v.id], v.photo)
@@ -387,6 +447,22 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         errors_scale_invariant=evaluate.albedo_scale_invariant_errors(estimates, problem.truth),
         notes=evaluate.ambiguity_notes(problem.parameters, problem.params),
     )
+
+
+def can_freeze(problem: Problem, integrator_type: str, all_views: bool) -> bool:
+    """Whether a step of ``problem`` may be recorded once with ``dr.freeze``.
+
+    Only where ``[optimize] freeze = true``, and not with projective
+    integrators (their guiding and edge sampling do not replay),
+    finite-difference gradients (Python work in the step), per-step view
+    subsets (a new recording per subset), or coarse-to-fine stages: with a
+    texture changing size between stages, Dr.Jit 1.5's replays gave wrong
+    estimates in some runs (up to 0.09 off), even when recorded anew per stage.
+    """
+    return (problem.config.optimize.freeze and all_views
+            and "projective" not in integrator_type
+            and not any(p.gradient == "fd" or len(p.resolutions) > 1
+                        for p in problem.parameters))
 
 
 def _evaluation_renders(problem: Problem, integrator, *, renders: dict | None = None) -> dict:

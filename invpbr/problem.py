@@ -98,6 +98,9 @@ class Problem:
         """Re-resolve ``config.estimate`` after changing it in Python."""
         source = self.folder / "invpbr.toml" if self.folder else "config"
         self.parameters = resolve_parameters(self.params, self.config.estimate, source=source)
+        if self.truth_scene is not None:
+            self.truth = load_truth(self.folder / "truth.xml", [p.key for p in self.parameters],
+                                    self.truth_scene)
 
 
 def _xml_float_bitmaps(path: Path) -> str:
