@@ -10,10 +10,12 @@ texture scenes the comparison favours neither in time but may differ in error.
 Usage::
 
     python benchmarks/bench_material.py scenes/cornell scenes/principled_sphere \
-        [--iterations 100] [--spp N] [--repeat 1]
+        scenes/textured_object [--iterations 100] [--spp N] [--json out.json]
 
-Prints, per scene: seconds per iteration and final mean absolute error per
-parameter for both, and the ratio invpbr / plain of the time per iteration.
+Prints, per scene: seconds per iteration (steady state: after 3 warm-up steps)
+and final mean absolute error per parameter for the plain loop, ``invpbr run``
+as configured, and invpbr with ``[optimize] freeze = true``; and the ratios
+invpbr / plain of the time per iteration.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from invpbr.result import steady_seconds_per_iteration
 
 
 def plain_mitsuba_loop(folder: Path, iterations: int, spp: int, lr: float, max_depth: int,
-                       bounds: dict[str, tuple[float, float]], lrs: dict[str, float]):
+                       bounds: dict[str, tuple[float, float]], lrs: dict[str, float], loss: str):
     import drjit as dr
     import mitsuba as mi
 
@@ -58,8 +60,9 @@ def plain_mitsuba_loop(folder: Path, iterations: int, spp: int, lr: float, max_d
         for i, ref in enumerate(refs):
             img = mi.render(scene, params, sensor=i, integrator=integrator, spp=spp,
                             seed=it * len(refs) + i)
-            loss = dr.mean(dr.abs(img - ref)) / len(refs)
-            dr.backward(loss)
+            diff = img - ref
+            err = dr.abs(diff) if loss == "l1" else dr.square(diff)  # the scene's l1 or l2
+            dr.backward(dr.mean(err, axis=None) / len(refs))
         opt.step()
         for k in keys:
             lo, hi = bounds[k]
@@ -82,12 +85,17 @@ def bench_scene(folder: Path, iterations: int | None, spp: int | None) -> dict:
     truth = problem.truth
 
     plain_steps, plain_est = plain_mitsuba_loop(folder, iterations, spp, cfg.optimize.lr,
-                                            cfg.render.max_depth, bounds, lrs)
+                                            cfg.render.max_depth, bounds, lrs, cfg.optimize.loss)
     result = invpbr.optimize(problem, iterations=iterations, progress=False)
+    frozen_problem = invpbr.load_problem(folder)
+    frozen_problem.config.render.spp = spp
+    frozen_problem.config.optimize.freeze = True
+    frozen = invpbr.optimize(frozen_problem, iterations=iterations, progress=False)
     # Steady state: the first steps compile kernels (and the second loop in a
     # process reuses the first one's kernel cache), so both skip them.
     plain_s = steady_seconds_per_iteration(plain_steps)
     invpbr_s = steady_seconds_per_iteration(result.step_seconds)
+    frozen_s = steady_seconds_per_iteration(frozen.step_seconds)
 
     def errors(estimates):
         return {k: parameter_error(v, truth[k]) for k, v in estimates.items() if k in truth}
@@ -97,6 +105,10 @@ def bench_scene(folder: Path, iterations: int | None, spp: int | None) -> dict:
         "plain_seconds_per_iteration": plain_s,
         "invpbr_seconds_per_iteration": invpbr_s,
         "ratio": invpbr_s / plain_s,
+        "invpbr_frozen_seconds_per_iteration": frozen_s,
+        "frozen_ratio": frozen_s / plain_s,
+        "frozen_applied": frozen.settings["frozen"],
+        "invpbr_frozen_errors": frozen.errors,
         "plain_errors": errors(plain_est), "invpbr_errors": result.errors,
     }
 
@@ -121,9 +133,13 @@ def main() -> None:
         print(f"  plain Mitsuba loop: {row['plain_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
         print(f"  invpbr run        : {row['invpbr_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
         print(f"  ratio invpbr/plain: {row['ratio']:.2f}")
+        applied = "" if row["frozen_applied"] else " (not applicable here: traced)"
+        print(f"  invpbr, freeze=true: {row['invpbr_frozen_seconds_per_iteration'] * 1000:7.1f} ms/iteration,"
+              f" ratio {row['frozen_ratio']:.2f}{applied}")
         for k in row["invpbr_errors"]:
             print(f"  error {k:42s} plain {row['plain_errors'].get(k, float('nan')):.4f}"
-                  f"   invpbr {row['invpbr_errors'][k]:.4f}")
+                  f"   invpbr {row['invpbr_errors'][k]:.4f}"
+                  f"   frozen {row['invpbr_frozen_errors'][k]:.4f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
