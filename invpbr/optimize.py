@@ -307,14 +307,17 @@ def optimize(problem: Problem, *, iterations: int | None = None,
 
     def render_and_backward(seed, chosen):
         """Render the chosen views, add their losses' gradients; the loss (mi.Float)."""
+        # One backward pass for all views: a backward pass per view would clear the
+        # AD graph between the latents and the scene (exp of a log-space latent, an
+        # envmap's halo columns) after the first view, and later views would add no
+        # gradient to those parameters.
         total = mi.Float(0.0)
         for v in chosen:
             image = render_view(problem.scene, problem.params, integrator, problem.views[v].index,
                                 spp=cfg.render.spp, seed=seed + v)
-            loss = loss_fn(image, photos[v], weights[v]) / len(chosen)
-            dr.backward(loss)
-            total = total + dr.detach(loss)
-        return total
+            total = total + loss_fn(image, photos[v], weights[v]) / len(chosen)
+        dr.backward(total)
+        return dr.detach(total)
 
     step_fn = dr.freeze(render_and_backward) if frozen else None
     if frozen:
@@ -345,16 +348,16 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             base_seed = (cfg.optimize.seed * 1_000_003 + it * n_views) % (2**32 - n_views)
             image_grads: list[np.ndarray] = []
             if latents.has_fd:
-                total = 0.0
+                total = mi.Float(0.0)
                 for v in chosen:
                     image = render_view(problem.scene, problem.params, integrator,
                                         problem.views[v].index, spp=cfg.render.spp,
                                         seed=base_seed + v)
-                    loss = loss_fn(image, photos[v], weights[v]) / len(chosen)
-                    dr.backward(loss)
-                    total = total + dr.detach(loss)
+                    total = total + loss_fn(image, photos[v], weights[v]) / len(chosen)
                     image_grads.append(_image_gradient(loss_fn, image, photos[v], weights[v],
                                                        len(chosen)))
+                dr.backward(total)  # one pass for all views (see render_and_backward)
+                total = dr.detach(total)
             elif frozen:
                 try:
                     total = step_fn(mi.UInt32(base_seed), chosen)
