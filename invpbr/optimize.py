@@ -61,8 +61,40 @@ def _image_gradient(loss_fn, image, photo, weight, n_views: int) -> np.ndarray:
     return np.array(dr.grad(x), dtype=np.float64)
 
 
-def _errors(estimates: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, float]:
-    return {k: parameter_error(v, truth[k]) for k, v in estimates.items() if k in truth}
+def dr_width(value) -> int:
+    import drjit as dr
+
+    return dr.width(value) if dr.is_array_v(value) else 0
+
+
+def scene_numpy(params, key: str) -> np.ndarray:
+    """A scene parameter as numpy (a transform as its 4x4 matrix)."""
+    value = params[key]
+    if key.endswith(".to_world"):
+        return np.array(value.matrix, dtype=np.float64).reshape(4, 4)
+    return np.array(value, dtype=np.float32)
+
+
+def _errors(problem: Problem, estimates: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """key -> error against the truth (mean absolute difference; geometry: mean
+    vertex distance), and geometry key -> its other errors (see
+    :func:`invpbr.geometry.geometry_errors`)."""
+    from . import geometry
+
+    truth = problem.truth
+    errors, extra = {}, {}
+    for p in problem.parameters:
+        if p.key not in estimates:
+            continue
+        if p.is_geometry:
+            if all(k in truth for k in p.scene_keys):
+                found = geometry.geometry_errors(
+                    p.kind, estimates[p.key], p.model.points({k: truth[k] for k in p.scene_keys}))
+                errors[p.key] = found.pop("vertex")
+                extra[p.key] = found
+        elif p.key in truth:
+            errors[p.key] = parameter_error(estimates[p.key], truth[p.key])
+    return errors, extra
 
 
 class _Latents:
@@ -76,33 +108,46 @@ class _Latents:
         self.problem = problem
         self.iterations = iterations
         self.opt = mi.ad.Adam(lr=cfg.lr)
+        # Large-steps shapes step with one step size for all coordinates (Nicolet et al.).
+        self.shape_opt = mi.ad.Adam(lr=cfg.lr, uniform=True)
         self.stages: dict[str, int] = {}
-        self.types = {p.key: type(problem.params[p.key]) for p in problem.parameters}
+        self.types = {p.key: type(problem.params[p.key]) for p in problem.parameters
+                      if not p.is_geometry}
         for p in problem.parameters:
             self._set_latent(p, 0, p.initial)
         self.write_scene()
+
+    def _opt(self, p: Parameter):
+        return self.shape_opt if p.kind == "shape" else self.opt
 
     def _set_latent(self, p: Parameter, stage: int, scene_value: np.ndarray | None,
                     latent: np.ndarray | None = None) -> None:
         import mitsuba as mi
 
+        opt = self._opt(p)
         if latent is None:
-            latent = p.latent_from_scene(scene_value, stage)
+            latent = p.model.initial_latent() if p.is_geometry \
+                else p.latent_from_scene(scene_value, stage)
         if p.model is not None:
-            self.opt[p.key] = mi.Float(np.ravel(latent))
+            opt[p.key] = mi.Float(np.ravel(latent))
         elif p.kind in ("texture", "envmap"):
-            self.opt[p.key] = mi.TensorXf(latent)
+            opt[p.key] = mi.TensorXf(latent)
         else:
-            self.opt[p.key] = self.types[p.key](latent)
+            opt[p.key] = self.types[p.key](latent)
         if p.config.lr is not None:
-            self.opt.set_learning_rate({p.key: p.config.lr})
+            opt.set_learning_rate({p.key: p.config.lr})
         self.stages[p.key] = stage
 
     def write_scene(self) -> None:
         """Put every parameter's scene value (a function of its latent) into the scene."""
         params = self.problem.params
         for p in self.problem.parameters:
-            params[p.key] = p.to_scene(self.opt[p.key], params[p.key])
+            if p.is_geometry:
+                for key, value in p.model.scene_values(self.shape_opt[p.key] if p.kind == "shape"
+                                                       else self.opt[p.key]).items():
+                    params[key] = value
+            else:
+                params[p.key] = p.to_scene(self.opt[p.key], params[p.key])
         params.update()
 
     def advance(self, iteration: int) -> bool:
@@ -112,6 +157,11 @@ class _Latents:
 
         changed = False
         for p in self.problem.parameters:
+            if p.kind == "shape" and p.config.remesh:
+                stage = min(p.config.remesh, iteration * (p.config.remesh + 1) // self.iterations)
+                if stage != self.stages[p.key]:
+                    self._remesh(p, stage)
+                    changed = True
             if not p.resolutions:
                 continue
             stage = p.stage(iteration, self.iterations)
@@ -123,6 +173,30 @@ class _Latents:
         if changed:
             self.write_scene()
         return changed
+
+    def _remesh(self, p: Parameter, stage: int) -> None:
+        """Remesh a shape isotropically (0.75x its mean edge length) and restart
+        its large-steps latent from the new mesh."""
+        from . import geometry
+
+        params = self.problem.params
+        vertices = np.array(params[p.key], dtype=np.float32).reshape(-1, 3)
+        faces = p.model.faces
+        h = 0.75 * geometry.mean_edge_length(vertices, faces)
+        vertices, faces = geometry.remesh(vertices, faces, h)
+        name = geometry.shape_name(p.key)
+        for extra in ("vertex_normals", "vertex_texcoords"):
+            k = f"{name}.{extra}"
+            if k in params and dr_width(params[k]) > 0:
+                raise ValueError(f"{self.problem.name}: {p.key}: remesh needs a mesh without "
+                                 f"{extra.replace('vertex_', '')} stored in its file "
+                                 "(Mitsuba computes smooth normals itself)")
+        params[p.key] = type(params[p.key])(vertices.ravel())
+        params[f"{name}.faces"] = type(params[f"{name}.faces"])(faces.astype(np.uint32).ravel())
+        params.update()
+        p.model = geometry.ShapeModel(p.key, vertices, faces, p.model.lambda_)
+        p.shape = vertices.shape
+        self._set_latent(p, stage, None, latent=p.model.initial_latent())
 
     def set_fd_gradients(self, render_views: Callable[[], list[np.ndarray]],
                          image_grads: list[np.ndarray], *, step: float = 0.01) -> None:
@@ -206,15 +280,27 @@ class _Latents:
         import drjit as dr
 
         self.opt.step()
+        if len(self.shape_opt):
+            self.shape_opt.step()
         for p in self.problem.parameters:
+            if p.is_geometry:
+                continue
             bounds = p.latent_bounds()
             if bounds is not None:
                 self.opt[p.key] = dr.clip(self.opt[p.key], *bounds)
         self.write_scene()
 
     def values(self) -> dict[str, np.ndarray]:
-        """Scene-space estimates as numpy (envmaps: real texels (H, W, 3))."""
-        return {p.key: p.from_scene(self.problem.params[p.key]) for p in self.problem.parameters}
+        """Scene-space estimates as numpy (envmaps: real texels (H, W, 3);
+        geometry: points (N, 3), see ``model.points``)."""
+        params = self.problem.params
+        out = {}
+        for p in self.problem.parameters:
+            if p.is_geometry:
+                out[p.key] = p.model.points({k: scene_numpy(params, k) for k in p.scene_keys})
+            else:
+                out[p.key] = p.from_scene(params[p.key])
+        return out
 
     def finish(self) -> None:
         """Bring textures and envmaps to their final resolution, also when the
@@ -235,14 +321,14 @@ class _Latents:
         import drjit as dr
 
         for p in self.problem.parameters:
-            dr.clear_grad(self.opt[p.key])
+            dr.clear_grad(self._opt(p)[p.key])
 
     def snapshot(self) -> dict:
         """References to the current latents (Dr.Jit arrays are not changed in
         place by the optimizer, so this costs no copy)."""
         import drjit as dr
 
-        return {p.key: (dr.detach(self.opt[p.key]), self.stages[p.key])
+        return {p.key: (dr.detach(self._opt(p)[p.key]), self.stages[p.key])
                 for p in self.problem.parameters}
 
     def release(self) -> None:
@@ -252,13 +338,21 @@ class _Latents:
 
         params = self.problem.params
         for p in self.problem.parameters:
-            params[p.key] = dr.detach(p.to_scene(dr.detach(self.opt[p.key]), params[p.key]))
+            if p.is_geometry:
+                for key, value in p.model.scene_values(dr.detach(self._opt(p)[p.key])).items():
+                    params[key] = dr.detach(value)
+            else:
+                params[p.key] = dr.detach(p.to_scene(dr.detach(self.opt[p.key]), params[p.key]))
         params.update()
-        self.opt = None
+        self.opt = self.shape_opt = None
 
     def restore(self, snapshot: dict) -> None:
+        by_key = {p.key: p for p in self.problem.parameters}
         for key, (value, stage) in snapshot.items():
-            self.opt[key] = value
+            opt = self._opt(by_key[key])
+            if dr_width(value) != dr_width(opt[key]):
+                continue  # remeshed since the snapshot: keep the current mesh
+            opt[key] = value
             self.stages[key] = stage
         self.write_scene()
 
@@ -413,7 +507,11 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     elapsed = time.perf_counter() - start
     latents.finish()
     estimates = latents.values()
+    poses = {p.key: p.model.describe(np.array(latents.opt[p.key]))
+             for p in problem.parameters if p.kind == "pose"}
     latents.release()
+    errors, geometry_errors = _errors(problem, estimates)
+    initial_errors, geometry_errors_initial = _errors(problem, initial)
 
     renders = {}
     with dr.suspend_grad():
@@ -434,8 +532,12 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         iterations=len(history),
         seconds_per_iteration=elapsed / max(len(history), 1),
         step_seconds=step_seconds,
-        errors=_errors(estimates, problem.truth),
-        initial_errors=_errors(initial, problem.truth),
+        errors=errors,
+        initial_errors=initial_errors,
+        geometry_errors=geometry_errors,
+        geometry_errors_initial=geometry_errors_initial,
+        meshes=_meshes(problem),
+        poses=poses,
         renders=renders,
         photos={v.id: v.photo for v in problem.views},
         integrator=integrator_type,
@@ -450,6 +552,19 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         errors_scale_invariant=evaluate.albedo_scale_invariant_errors(estimates, problem.truth),
         notes=evaluate.ambiguity_notes(problem.parameters, problem.params),
     )
+
+
+def _meshes(problem: Problem) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Shape id -> (vertices, faces) of every mesh an estimate moved."""
+    from . import geometry
+
+    out = {}
+    for p in problem.parameters:
+        if p.is_geometry:
+            for key in p.scene_keys:
+                if key.endswith("." + geometry.VERTICES):
+                    out[geometry.shape_name(key)] = geometry.mesh_arrays(problem.params, key)
+    return out
 
 
 def can_freeze(problem: Problem, integrator_type: str, all_views: bool) -> bool:

@@ -46,13 +46,16 @@ class Parameter:
         key: the ``mi.traverse`` key.
         config: its ``[[estimate]]`` settings.
         kind: ``"texture"`` (bitmap data, (H, W, C)), ``"envmap"`` (an
-            environment map's data) or ``"value"`` (scalars, colours, arrays).
+            environment map's data), ``"value"`` (scalars, colours, arrays),
+            ``"pose"`` or ``"shape"`` (geometry, see :mod:`invpbr.geometry`).
         shape: shape of the parameter in the scene.
         initial: the starting value as numpy (textures (H, W, C); envmaps
             their real texels (H, W, 3), without Mitsuba's halo columns).
         gradient: ``"ad"`` or ``"fd"`` (finite differences of the loss).
         space: ``"linear"`` or ``"log"``: what the optimizer steps in.
-        model: envmaps with a low-order ``model``: the model object.
+        model: envmaps with a low-order ``model``, and geometry: the model
+            object that maps the latent to scene values.
+        targets: geometry: the scene keys written (``key`` names the estimate).
     """
 
     key: str
@@ -63,11 +66,22 @@ class Parameter:
     gradient: str = "ad"
     space: str = "linear"
     model: object | None = None
+    targets: list[str] | None = None
+
+    @property
+    def scene_keys(self) -> list[str]:
+        """The scene keys this parameter writes (several for a pose of meshes
+        moved together)."""
+        return self.targets or [self.key]
+
+    @property
+    def is_geometry(self) -> bool:
+        return self.kind in ("pose", "shape")
 
     @property
     def resolutions(self) -> list[tuple[int, int]]:
         """Textures and envmaps: the (height, width) of each coarse-to-fine stage."""
-        if self.kind == "value" or self.model is not None:
+        if self.kind in ("value", "pose", "shape") or self.model is not None:
             return []
         h, w = self.initial.shape[:2]
         if self.config.resolution:
@@ -189,7 +203,12 @@ def resolve_parameters(params, estimates: list[EstimateConfig], *,
 
     keys = list(params.keys())
     found: dict[str, Parameter] = {}
+    claimed: set[str] = set()
     for i, est in enumerate(estimates):
+        if est.kind in ("pose", "shape"):
+            for parameter in _resolve_geometry(params, est, i, source, claimed):
+                found[parameter.key] = parameter
+            continue
         if est.key in keys:
             matched = [est.key]
         else:
@@ -200,7 +219,7 @@ def resolve_parameters(params, estimates: list[EstimateConfig], *,
             raise ValueError(f"{source}: estimate[{i}].key {est.key!r} matches no parameter of the "
                              f"scene{hint} (list them with `invpbr check`)")
         for key in matched:
-            if key in found:
+            if key in found or key in claimed:
                 raise ValueError(f"{source}: estimate[{i}].key {est.key!r} matches {key!r}, "
                                  "which an earlier [[estimate]] already estimates")
             value = params[key]
@@ -258,9 +277,76 @@ def resolve_parameters(params, estimates: list[EstimateConfig], *,
                 if est.model != "texels":
                     model = EnvmapModel(est.model, initial.shape[0], initial.shape[1],
                                         sh_order=est.sh_order)
+            if key.endswith((".vertex_positions", ".to_world")):
+                raise ValueError(f"{where}: geometry is estimated with kind = \"pose\" (a rigid "
+                                 "transform) or kind = \"shape\" (free vertices, meshes only)")
             found[key] = Parameter(key=key, config=est, kind=kind, shape=tuple(arr.shape),
                                    initial=initial, gradient=gradient, space=space, model=model)
+            claimed.add(key)
     return list(found.values())
+
+
+def _match(keys: list[str], pattern: str) -> list[str]:
+    return [pattern] if pattern in keys else [k for k in keys if fnmatch.fnmatchcase(k, pattern)]
+
+
+def _resolve_geometry(params, est: EstimateConfig, i: int, source, claimed: set[str]) -> list[Parameter]:
+    """The parameters of a ``kind = "pose"`` or ``"shape"`` estimate: one pose
+    for all matched keys; one shape per matched mesh."""
+    import mitsuba as mi
+
+    from . import geometry
+
+    keys = list(params.keys())
+    patterns = est.key if isinstance(est.key, list) else [est.key]
+    where = f"{source}: estimate[{i}].key {est.key!r}"
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = [k for k in _match(keys, pattern)
+                if k.endswith(("." + geometry.VERTICES, "." + geometry.TO_WORLD))]
+        if not hits:
+            close = difflib.get_close_matches(pattern, [k for k in keys if k.endswith(
+                ("." + geometry.VERTICES, "." + geometry.TO_WORLD))], n=3, cutoff=0.4)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"{where}: {pattern!r} matches no <shape>.vertex_positions or "
+                             f"<shape>.to_world key of the scene{hint}")
+        matched += [k for k in hits if k not in matched]
+    for key in matched:
+        if key in claimed:
+            raise ValueError(f"{where} matches {key!r}, which an earlier [[estimate]] already "
+                             "estimates")
+        if key.endswith("." + geometry.TO_WORLD) and (
+                est.kind == "shape" or not isinstance(params.properties[key][2], mi.Shape)):
+            raise ValueError(f"{where}: {key!r}: kind = \"{est.kind}\" applies to shapes' "
+                             "vertex_positions" + (" and to_world" if est.kind == "pose" else "")
+                             + "; sensors are not differentiable in Mitsuba 3.9")
+    if est.bounds is not None or est.resolution is not None or est.tv:
+        raise ValueError(f"{where}: bounds, resolution and tv do not apply to kind = "
+                         f"\"{est.kind}\"")
+    if est.gradient == "fd":
+        raise ValueError(f"{where}: gradient = \"fd\" does not apply to geometry")
+    geometry.warn_traps(params, matched, where)
+    claimed.update(matched)
+
+    def scene_numpy(key):
+        value = params[key]
+        if key.endswith("." + geometry.TO_WORLD):
+            return np.array(value.matrix, dtype=np.float64).reshape(4, 4)
+        return np.array(value, dtype=np.float32)
+
+    if est.kind == "pose":
+        model = geometry.PoseModel(matched, {k: scene_numpy(k) for k in matched}, scale=est.scale)
+        name = matched[0] if len(matched) == 1 else "+".join(matched)
+        initial = model.points({k: scene_numpy(k) for k in matched})
+        return [Parameter(key=name, config=est, kind="pose", shape=initial.shape, initial=initial,
+                          model=model, targets=matched)]
+    out = []
+    for key in matched:
+        vertices, faces = geometry.mesh_arrays(params, key)
+        model = geometry.ShapeModel(key, vertices, faces, est.lambda_)
+        out.append(Parameter(key=key, config=est, kind="shape", shape=vertices.shape,
+                             initial=vertices, model=model, targets=[key]))
+    return out
 
 
 def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -99,7 +99,7 @@ class Problem:
         source = self.folder / "invpbr.toml" if self.folder else "config"
         self.parameters = resolve_parameters(self.params, self.config.estimate, source=source)
         if self.truth_scene is not None:
-            self.truth = load_truth(self.folder / "truth.xml", [p.key for p in self.parameters],
+            self.truth = load_truth(self.folder / "truth.xml", [k for p in self.parameters for k in p.scene_keys],
                                     self.truth_scene)
 
 
@@ -252,7 +252,8 @@ def load_truth(path: Path, keys: list[str], scene=None) -> dict[str, np.ndarray]
         if key not in truth_params:
             warnings.warn(f"{path}: has no parameter {key!r}; its error is not reported", stacklevel=2)
             continue
-        value = np.array(truth_params[key], dtype=np.float32)
+        value = truth_params[key]
+        value = np.array(value.matrix if key.endswith(".to_world") else value, dtype=np.float32)
         node = truth_params.properties[key][2]
         if key.endswith(".data") and node.class_name() == "EnvironmentMapEmitter":
             value = envmap_texels(value)  # without Mitsuba's halo columns, like the estimates
@@ -287,7 +288,8 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     truth, truth_scene, relight_maps = {}, None, {}
     if (folder / "truth.xml").is_file():
         truth_scene = load_scene(folder / "truth.xml")
-        truth = load_truth(folder / "truth.xml", [p.key for p in parameters], truth_scene)
+        truth = load_truth(folder / "truth.xml", [k for p in parameters for k in p.scene_keys],
+                           truth_scene)
         relight_maps = load_relight_maps(folder, config.evaluate.relight)
     elif config.evaluate.relight:
         warnings.warn(f"{folder / 'invpbr.toml'}: evaluate.relight needs a truth.xml to compare "

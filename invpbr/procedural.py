@@ -574,3 +574,63 @@ def write_png_srgb(path: str | os.PathLike, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     bitmap.write(str(path))
     return path
+
+
+def icosphere(subdivisions: int = 3, radius: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Welded triangle mesh of a sphere (a subdivided icosahedron) centred at the origin.
+
+    Every vertex is shared by its faces (no seams), which geometry estimation
+    needs: split vertices open the surface along their edges.
+
+    Args:
+        subdivisions: each one splits every triangle in four (3: 642 vertices).
+        radius: the sphere's radius.
+
+    Returns:
+        ``vertices`` (N, 3) float32 and ``faces`` (F, 3) int32, counter-clockwise
+        seen from outside.
+    """
+    t = (1.0 + 5.0 ** 0.5) / 2.0
+    verts = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t),
+             (0, -1, -t), (0, 1, -t), (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
+    vertices = [np.array(v, dtype=np.float64) / np.linalg.norm(v) for v in verts]
+    faces = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4),
+             (11, 10, 2), (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8),
+             (3, 8, 9), (4, 9, 5), (2, 4, 11), (6, 2, 10), (8, 6, 7), (9, 8, 1)]
+    for _ in range(int(subdivisions)):
+        midpoints: dict[tuple[int, int], int] = {}
+
+        def middle(a: int, b: int) -> int:
+            key = (min(a, b), max(a, b))
+            if key not in midpoints:
+                m = vertices[a] + vertices[b]
+                vertices.append(m / np.linalg.norm(m))
+                midpoints[key] = len(vertices) - 1
+            return midpoints[key]
+
+        refined = []
+        for a, b, c in faces:
+            ab, bc, ca = middle(a, b), middle(b, c), middle(c, a)
+            refined += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        faces = refined
+    return (np.array(vertices) * radius).astype(np.float32), np.array(faces, dtype=np.int32)
+
+
+def blob(subdivisions: int = 3, *, seed: int = 0, amplitude: float = 0.25,
+         lobes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """A welded, smooth, asymmetric closed mesh: an icosphere displaced along its
+    normals by a sum of ``lobes`` random smooth bumps (a shape with no
+    symmetry, so that its pose is determined by its silhouettes).
+
+    Returns:
+        ``vertices`` (N, 3) float32 and ``faces`` (F, 3) int32.
+    """
+    vertices, faces = icosphere(subdivisions)
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(lobes, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    weights = amplitude * rng.uniform(0.5, 1.0, size=lobes) * rng.choice([-1.0, 1.0], size=lobes)
+    weights[0] = abs(weights[0]) * 1.5  # one clear protrusion
+    cosines = vertices.astype(np.float64) @ directions.T
+    radius = 1.0 + (weights * np.exp(3.0 * (cosines - 1.0))).sum(axis=1)
+    return (vertices * radius[:, None]).astype(np.float32), faces

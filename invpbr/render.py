@@ -18,6 +18,9 @@ from __future__ import annotations
 from .config import RenderConfig
 from .params import Parameter
 
+#: Mitsuba's integrators with projective sampling of visibility edges.
+PROJECTIVE = ("direct_projective", "prb_projective")
+
 #: Key endings that move visibility edges when estimated.
 GEOMETRY_SUFFIXES = ("vertex_positions", "to_world", "position", "radius", "center")
 
@@ -56,7 +59,10 @@ def make_integrator(render: RenderConfig, parameters: list[Parameter], scene=Non
         if scene is None or scene.integrator() is None:
             raise ValueError("make_integrator(): integrator = 'scene' but the scene has none")
         return scene.integrator()
-    return mi.load_dict({"type": kind, "max_depth": int(render.max_depth)})
+    props = {"type": kind, "max_depth": int(render.max_depth)}
+    if kind in PROJECTIVE:
+        props["guiding"] = render.guiding
+    return mi.load_dict(props)
 
 
 def render_view(scene, params, integrator, view_index: int, *, spp: int, seed):

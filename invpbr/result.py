@@ -7,6 +7,7 @@
       renders/<view>.png   photo | estimate | |difference| side by side (sRGB)
       renders/<view>.exr   the estimate's render (linear)
       textures/<key>.exr   estimated textures (linear) and .png previews (sRGB)
+      meshes/<shape>.ply   estimated meshes (poses and shapes)
       loss.png             the loss curve
 
 The folder appears whole: it is written beside the destination and renamed.
@@ -39,13 +40,14 @@ class Result:
             (Ctrl-C) or ``diverged`` (non-finite loss; estimates are the last finite ones).
         estimates: key -> estimated value (numpy; textures (H, W, C) linear).
         initial: key -> starting value.
-        kinds: key -> ``"value"`` or ``"texture"``.
+        kinds: key -> ``"value"``, ``"texture"``, ``"envmap"``, ``"pose"`` or ``"shape"``.
         loss: total loss of each step.
         iterations: steps taken.
         seconds_per_iteration: wall time of the loop per step (all steps,
             kernel compilation in the first ones included).
         step_seconds: wall time of each step.
-        errors: key -> mean absolute difference from truth (if known).
+        errors: key -> mean absolute difference from truth (if known); for
+            geometry the mean distance between corresponding vertices.
         initial_errors: the same for the starting values.
         renders: view id -> the estimate rendered (linear RGB (H, W, 3)).
         photos: view id -> the photo (linear RGB (H, W, 3)).
@@ -60,6 +62,13 @@ class Result:
         relight_psnr_initial: the same for the starting guess.
         errors_scale_invariant: albedo key -> per-channel scale-invariant error.
         notes: what the photos cannot determine in this problem (ambiguities).
+        geometry_errors: geometry key -> further errors against the truth:
+            ``chamfer`` (shapes; symmetric, over the truth's bounding-box
+            diagonal), ``position`` and ``rotation_deg`` (poses).
+        geometry_errors_initial: the same for the starting geometry.
+        meshes: shape id -> (vertices (N, 3), faces (F, 3)) of each estimated mesh.
+        poses: pose key -> the estimated transform (translation, rotation
+            axis and angle, scale, centre).
     """
 
     name: str
@@ -85,6 +94,10 @@ class Result:
     relight_psnr_initial: dict[str, dict[str, float]] = field(default_factory=dict)
     errors_scale_invariant: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    geometry_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    geometry_errors_initial: dict[str, dict[str, float]] = field(default_factory=dict)
+    meshes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    poses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def psnr(self) -> dict[str, float]:
         """view id -> PSNR (dB) of the final render against the photo, both
@@ -135,13 +148,28 @@ def plot_loss(loss: list[float], path: str | os.PathLike, *, title: str = "") ->
     plt.close(fig)
 
 
-def result_to_json(result: Result, texture_paths: dict[str, str] | None = None) -> dict[str, Any]:
-    """The JSON document of ``result.json``."""
+def result_to_json(result: Result, texture_paths: dict[str, str] | None = None,
+                   mesh_paths: dict[str, str] | None = None) -> dict[str, Any]:
+    """The JSON document of ``result.json``.
+
+    Args:
+        result: the result.
+        texture_paths: texture key -> its file, relative to the result folder.
+        mesh_paths: shape id -> its PLY file, relative to the result folder.
+    """
     texture_paths = texture_paths or {}
+    mesh_paths = mesh_paths or {}
     parameters: dict[str, Any] = {}
     for key, value in result.estimates.items():
         if key in texture_paths:
             parameters[key] = texture_paths[key]
+        elif result.kinds.get(key) in ("pose", "shape"):
+            shapes = {k.removesuffix(".vertex_positions") for k in key.split("+")}
+            parameters[key] = {"points": int(np.asarray(value).reshape(-1, 3).shape[0]),
+                               "meshes": [path for name, path in mesh_paths.items()
+                                          if name in shapes]}
+            if key in result.poses:
+                parameters[key] |= result.poses[key]
         else:
             parameters[key] = [float(v) for v in np.asarray(value).ravel()]
 
@@ -162,6 +190,10 @@ def result_to_json(result: Result, texture_paths: dict[str, str] | None = None) 
         "relight_psnr_initial": {m: {k: finite(v) for k, v in d.items()}
                                  for m, d in result.relight_psnr_initial.items()},
         "errors_scale_invariant": {k: finite(v) for k, v in result.errors_scale_invariant.items()},
+        "geometry_errors": {k: {n: finite(v) for n, v in d.items()}
+                            for k, d in result.geometry_errors.items()},
+        "geometry_errors_initial": {k: {n: finite(v) for n, v in d.items()}
+                                    for k, d in result.geometry_errors_initial.items()},
         "notes": result.notes,
         "loss": [finite(v) for v in result.loss],
         "iterations": result.iterations,
@@ -190,6 +222,13 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
                 io.save_image(tmp / rel, value)
                 io.save_image(tmp / f"textures/{_file_name(key)}.png", value)
                 texture_paths[key] = rel
+        mesh_paths = {}
+        for name, (vertices, faces) in result.meshes.items():
+            from .procedural import write_ply
+
+            rel = f"meshes/{_file_name(name)}.ply"
+            write_ply(tmp / rel, vertices, faces)
+            mesh_paths[name] = rel
         for vid, render in result.renders.items():
             io.save_image(tmp / "renders" / f"{_file_name(vid)}.exr", render)
             photo = result.photos.get(vid)
@@ -197,7 +236,7 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
             io.save_image(tmp / "renders" / f"{_file_name(vid)}.png", preview)
         plot_loss(result.loss, tmp / "loss.png", title=result.name)
         with open(tmp / "result.json", "w") as f:
-            json.dump(result_to_json(result, texture_paths), f, indent=2)
+            json.dump(result_to_json(result, texture_paths, mesh_paths), f, indent=2)
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
             os.replace(out_dir, old / "x")
