@@ -196,17 +196,21 @@ class ShapeModel:
         vertices: the starting vertices (N, 3).
         faces: the triangles (F, 3).
         lambda_: smoothness of the steps (larger: smoother, slower detail).
+        first_faces: after a remeshing, the faces of the original mesh.
     """
 
     kind = "shape"
 
-    def __init__(self, key: str, vertices: np.ndarray, faces: np.ndarray, lambda_: float):
+    def __init__(self, key: str, vertices: np.ndarray, faces: np.ndarray, lambda_: float, *,
+                 first_faces: np.ndarray | None = None):
         import mitsuba as mi
 
         if faces.size == 0:
             raise ValueError(f"{key}: kind = \"shape\" needs a triangle mesh with faces")
         self.keys = [key]
         self.faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+        #: The faces of the mesh before any remeshing (the starting guess's).
+        self.first_faces = self.faces if first_faces is None else first_faces
         self.lambda_ = float(lambda_)
         self.start = np.asarray(vertices, dtype=np.float32).reshape(-1, 3)
         self.steps = mi.ad.LargeSteps(mi.Float(self.start.ravel()),
@@ -226,6 +230,11 @@ class ShapeModel:
 
     def points(self, values: dict) -> np.ndarray:
         return np.asarray(values[self.keys[0]], dtype=np.float32).reshape(-1, 3)
+
+    def faces_of(self, points: np.ndarray) -> np.ndarray:
+        """The faces that go with ``points``: the current mesh's, or the
+        original mesh's for points from before a remeshing."""
+        return self.faces if len(points) == len(self.start) else self.first_faces
 
 
 def remesh(vertices: np.ndarray, faces: np.ndarray, edge_length: float,
@@ -259,19 +268,41 @@ def vertex_error(estimate: np.ndarray, truth: np.ndarray) -> float:
     return chamfer_distance(a, b)
 
 
-def chamfer_distance(a: np.ndarray, b: np.ndarray, *, normalize: bool = False) -> float:
-    """Symmetric Chamfer distance between two point sets (mean of both
-    directions' mean nearest distances); normalized by ``b``'s bounding-box
-    diagonal when ``normalize``."""
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int = 30000,
+                   seed: int = 0) -> np.ndarray:
+    """``n`` points distributed uniformly by area over a triangle mesh."""
+    v = np.asarray(vertices, np.float64).reshape(-1, 3)
+    f = np.asarray(faces).reshape(-1, 3)
+    tri = v[f]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(f), size=n, p=area / area.sum())
+    r1, r2 = rng.random(n), rng.random(n)
+    s = np.sqrt(r1)
+    w = np.stack([1 - s, s * (1 - r2), s * r2], axis=1)
+    return (tri[chosen] * w[:, :, None]).sum(axis=1)
+
+
+def chamfer_distance(a: np.ndarray, b: np.ndarray, *, normalize: bool = False,
+                     faces_a: np.ndarray | None = None,
+                     faces_b: np.ndarray | None = None) -> float:
+    """Symmetric Chamfer distance (mean of both directions' mean nearest
+    distances) between two point sets, or between two surfaces when their
+    faces are given (30 000 area-uniform samples each, so the mesh resolution
+    does not set a floor); normalized by ``b``'s bounding-box diagonal when
+    ``normalize``."""
     from scipy.spatial import cKDTree
 
     a = np.asarray(a, np.float64).reshape(-1, 3)
     b = np.asarray(b, np.float64).reshape(-1, 3)
+    diagonal = float(np.linalg.norm(b.max(axis=0) - b.min(axis=0)))
+    if faces_a is not None and faces_b is not None and len(faces_a) and len(faces_b):
+        a, b = sample_surface(a, faces_a, seed=1), sample_surface(b, faces_b, seed=2)
     d_ab = cKDTree(b).query(a)[0].mean()
     d_ba = cKDTree(a).query(b)[0].mean()
     d = 0.5 * (d_ab + d_ba)
     if normalize:
-        d /= max(float(np.linalg.norm(b.max(axis=0) - b.min(axis=0))), 1e-12)
+        d /= max(diagonal, 1e-12)
     return float(d)
 
 
@@ -298,12 +329,17 @@ def pose_error(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "rotation_deg": float(angle)}
 
 
-def geometry_errors(kind: str, estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def geometry_errors(kind: str, estimate: np.ndarray, truth: np.ndarray, *,
+                    faces: np.ndarray | None = None,
+                    truth_faces: np.ndarray | None = None) -> dict[str, float]:
     """Errors of a geometry estimate: ``vertex`` (mean vertex distance), and
-    ``chamfer`` (normalized) for shapes or ``position``/``rotation_deg`` for poses."""
+    ``chamfer`` (between surfaces where faces are given, normalized by the
+    truth's bounding-box diagonal) for shapes or ``position``/``rotation_deg``
+    for poses."""
     out = {"vertex": vertex_error(estimate, truth)}
     if kind == "shape":
-        out["chamfer"] = chamfer_distance(estimate, truth, normalize=True)
+        out["chamfer"] = chamfer_distance(estimate, truth, normalize=True, faces_a=faces,
+                                          faces_b=truth_faces)
     elif np.asarray(estimate).size == np.asarray(truth).size:
         out.update(pose_error(estimate, truth))
     return out

@@ -81,10 +81,21 @@ def relative_errors(ad: np.ndarray, fd: np.ndarray) -> tuple[float, float]:
     return float(err.mean()), float(err.max())
 
 
-def _directions(parameter: Parameter, value: np.ndarray, params, view_render) -> list[tuple[str, np.ndarray]]:
-    """The directions checked for a parameter: each component of a small value;
-    for a texture, the texel whose (reverse-mode) gradient is largest."""
+def _directions(parameter: Parameter, value: np.ndarray,
+                grad: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The directions checked for a parameter: each component of a small value
+    (a pose: its translation and rotation components); for a texture, the
+    texel, and for a shape the vertex coordinate, whose (reverse-mode)
+    gradient ``grad`` is largest."""
     flat = value.reshape(-1)
+    if parameter.kind == "pose":
+        names = ["tx", "ty", "tz", "rx", "ry", "rz", "log scale"]
+        out = []
+        for i in range(flat.size):
+            d = np.zeros_like(flat)
+            d[i] = 1.0
+            out.append((names[i], d))
+        return out
     if parameter.kind == "value":
         out = []
         for i in range(min(flat.size, 3)):
@@ -92,7 +103,11 @@ def _directions(parameter: Parameter, value: np.ndarray, params, view_render) ->
             d[i] = 1.0
             out.append((f"[{i}]" if flat.size > 1 else "", d.reshape(value.shape)))
         return out
-    grad = view_render(reverse=True)
+    if parameter.kind == "shape":
+        i = int(np.argmax(np.abs(grad).reshape(-1)))
+        d = np.zeros_like(value)
+        d.reshape(-1)[i] = 1.0
+        return [(f"vertex {i // 3} {'xyz'[i % 3]}", d)]
     h, w, c = value.shape
     strength = np.abs(grad).sum(axis=-1)
     if parameter.kind == "envmap":
@@ -139,14 +154,12 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
     checks = []
     for key in keys:
         parameter = by_key[key]
-        original = params[key]
-        kind = type(original)
-        base = np.array(original, dtype=np.float32)
+        base, kind, write, restore = _writer(parameter, params)
 
         def put(value):
-            params[key] = kind(value) if parameter.kind in ("texture", "envmap") \
-                else kind(value.reshape(base.shape))
-            params.update()
+            write(kind(value) if parameter.kind in ("texture", "envmap")
+                  else kind(np.ravel(value)) if parameter.is_geometry
+                  else kind(value.reshape(base.shape)))
 
         for view in chosen:
             def render(value, n_spp, s):
@@ -156,25 +169,25 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
                                     spp=n_spp, seed=s)
                 return np.array(img, dtype=np.float64)[..., :3]
 
-            def reverse(reverse=True):
-                x = kind(base)
+            def reverse():
+                x = kind(base) if not parameter.is_geometry else kind(np.ravel(base))
                 dr.enable_grad(x)
-                params[key] = x
-                params.update()
+                write(x)
                 img = mi.render(problem.scene, params, sensor=view.index, integrator=integrator,
                                 spp=spp, seed=seed)
                 dr.backward(dr.sum(img, axis=None))
-                return np.array(dr.grad(x), dtype=np.float64)
+                return np.array(dr.grad(x), dtype=np.float64).reshape(base.shape)
 
             reverse_grad = reverse()
-            for label, direction in _directions(parameter, base, params, lambda **_: reverse_grad):
+            for label, direction in _directions(parameter, base, reverse_grad):
                 theta = mi.Float(0.0)
                 dr.enable_grad(theta)
                 if parameter.kind in ("texture", "envmap"):
-                    params[key] = kind(base) + mi.TensorXf(direction) * theta
+                    write(kind(base) + mi.TensorXf(direction) * theta)
+                elif parameter.is_geometry:
+                    write(kind(np.ravel(base)) + kind(np.ravel(direction)) * theta)
                 else:
-                    params[key] = kind(base) + kind(direction.reshape(base.shape)) * theta
-                params.update()
+                    write(kind(base) + kind(direction.reshape(base.shape)) * theta)
                 img = mi.render(problem.scene, params, sensor=view.index, integrator=integrator,
                                 spp=spp, seed=seed)
                 dr.forward(theta)
@@ -198,9 +211,47 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
                     key=key, component=label, view=view.id, error_mean=mean, error_max=worst,
                     sum_error=abs(ad_sum - fd_sum) / denominator, fd_noise=noise, ad_sum=ad_sum,
                     fd_sum=fd_sum, reverse_error=reverse_error, forward_lost=forward_lost))
-        params[key] = kind(base)
-        params.update()
+        restore()
     return checks
+
+
+def _writer(parameter: Parameter, params):
+    """How a check moves ``parameter``: its base value (numpy), the Dr.Jit
+    type of a value, a function writing a value into the scene, and one
+    putting the original back. Geometry is moved through its latent: a pose's
+    ``[t, w(, log s)]`` (see :mod:`invpbr.geometry`), a shape's vertices."""
+    import mitsuba as mi
+
+    if parameter.kind == "pose":
+        originals = {k: params[k] for k in parameter.scene_keys}
+
+        def write(value):
+            for k, v in parameter.model.scene_values(value).items():
+                params[k] = v
+            params.update()
+
+        def restore():
+            for k, v in originals.items():
+                params[k] = v
+            params.update()
+
+        return parameter.model.initial_latent().astype(np.float64), mi.Float, write, restore
+    key = parameter.key
+    original = params[key]
+    kind = type(original)
+
+    def write(value):
+        params[key] = value
+        params.update()
+
+    def restore():
+        params[key] = original
+        params.update()
+
+    base = np.array(original, dtype=np.float32)
+    if parameter.kind == "shape":
+        base = base.reshape(-1, 3)
+    return base, kind, write, restore
 
 
 def format_checks(checks: list[GradientCheck]) -> str:

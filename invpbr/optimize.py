@@ -88,8 +88,15 @@ def _errors(problem: Problem, estimates: dict[str, np.ndarray]) -> tuple[dict, d
             continue
         if p.is_geometry:
             if all(k in truth for k in p.scene_keys):
+                faces = truth_faces = None
+                if p.kind == "shape":
+                    faces = p.model.faces_of(estimates[p.key])
+                    truth_faces = truth.get(p.truth_keys[-1])
+                    if truth_faces is not None:
+                        truth_faces = truth_faces.astype(np.int64).reshape(-1, 3)
                 found = geometry.geometry_errors(
-                    p.kind, estimates[p.key], p.model.points({k: truth[k] for k in p.scene_keys}))
+                    p.kind, estimates[p.key], p.model.points({k: truth[k] for k in p.scene_keys}),
+                    faces=faces, truth_faces=truth_faces)
                 errors[p.key] = found.pop("vertex")
                 extra[p.key] = found
         elif p.key in truth:
@@ -185,16 +192,14 @@ class _Latents:
         h = 0.75 * geometry.mean_edge_length(vertices, faces)
         vertices, faces = geometry.remesh(vertices, faces, h)
         name = geometry.shape_name(p.key)
-        for extra in ("vertex_normals", "vertex_texcoords"):
-            k = f"{name}.{extra}"
-            if k in params and dr_width(params[k]) > 0:
-                raise ValueError(f"{self.problem.name}: {p.key}: remesh needs a mesh without "
-                                 f"{extra.replace('vertex_', '')} stored in its file "
-                                 "(Mitsuba computes smooth normals itself)")
+        if dr_width(params.get(f"{name}.vertex_texcoords", None)) > 0:
+            raise ValueError(f"{self.problem.name}: {p.key}: remesh needs a mesh without texture "
+                             "coordinates (they cannot follow a new triangulation)")
         params[p.key] = type(params[p.key])(vertices.ravel())
         params[f"{name}.faces"] = type(params[f"{name}.faces"])(faces.astype(np.uint32).ravel())
         params.update()
-        p.model = geometry.ShapeModel(p.key, vertices, faces, p.model.lambda_)
+        p.model = geometry.ShapeModel(p.key, vertices, faces, p.model.lambda_,
+                                      first_faces=p.model.first_faces)
         p.shape = vertices.shape
         self._set_latent(p, stage, None, latent=p.model.initial_latent())
 

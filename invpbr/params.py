@@ -75,6 +75,15 @@ class Parameter:
         return self.targets or [self.key]
 
     @property
+    def truth_keys(self) -> list[str]:
+        """The keys read from truth.xml to score this parameter (a shape's
+        faces too: its error is measured between surfaces)."""
+        if self.kind == "shape":
+            return self.scene_keys + [k.removesuffix("vertex_positions") + "faces"
+                                      for k in self.scene_keys]
+        return self.scene_keys
+
+    @property
     def is_geometry(self) -> bool:
         return self.kind in ("pose", "shape")
 

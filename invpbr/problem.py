@@ -99,7 +99,7 @@ class Problem:
         source = self.folder / "invpbr.toml" if self.folder else "config"
         self.parameters = resolve_parameters(self.params, self.config.estimate, source=source)
         if self.truth_scene is not None:
-            self.truth = load_truth(self.folder / "truth.xml", [k for p in self.parameters for k in p.scene_keys],
+            self.truth = load_truth(self.folder / "truth.xml", [k for p in self.parameters for k in p.truth_keys],
                                     self.truth_scene)
 
 
@@ -288,7 +288,7 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     truth, truth_scene, relight_maps = {}, None, {}
     if (folder / "truth.xml").is_file():
         truth_scene = load_scene(folder / "truth.xml")
-        truth = load_truth(folder / "truth.xml", [k for p in parameters for k in p.scene_keys],
+        truth = load_truth(folder / "truth.xml", [k for p in parameters for k in p.truth_keys],
                            truth_scene)
         relight_maps = load_relight_maps(folder, config.evaluate.relight)
     elif config.evaluate.relight:
