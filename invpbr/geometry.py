@@ -268,7 +268,7 @@ def vertex_error(estimate: np.ndarray, truth: np.ndarray) -> float:
     return chamfer_distance(a, b)
 
 
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int = 30000,
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int = 20000,
                    seed: int = 0) -> np.ndarray:
     """``n`` points distributed uniformly by area over a triangle mesh."""
     v = np.asarray(vertices, np.float64).reshape(-1, 3)
@@ -288,18 +288,23 @@ def chamfer_distance(a: np.ndarray, b: np.ndarray, *, normalize: bool = False,
                      faces_b: np.ndarray | None = None) -> float:
     """Symmetric Chamfer distance (mean of both directions' mean nearest
     distances) between two point sets, or between two surfaces when their
-    faces are given (30 000 area-uniform samples each, so the mesh resolution
-    does not set a floor); normalized by ``b``'s bounding-box diagonal when
+    faces are given (20 000 area-uniform samples of each surface, each
+    against 200 000 samples of the other, so that the mesh resolution does
+    not set a floor: two samplings of one unit sphere measure 0.004); normalized by ``b``'s bounding-box diagonal when
     ``normalize``."""
     from scipy.spatial import cKDTree
 
     a = np.asarray(a, np.float64).reshape(-1, 3)
     b = np.asarray(b, np.float64).reshape(-1, 3)
     diagonal = float(np.linalg.norm(b.max(axis=0) - b.min(axis=0)))
+    a_ref, b_ref = a, b
     if faces_a is not None and faces_b is not None and len(faces_a) and len(faces_b):
-        a, b = sample_surface(a, faces_a, seed=1), sample_surface(b, faces_b, seed=2)
-    d_ab = cKDTree(b).query(a)[0].mean()
-    d_ba = cKDTree(a).query(b)[0].mean()
+        # Query points against a ten times denser sampling of the other surface.
+        a, b = sample_surface(a_ref, faces_a, seed=1), sample_surface(b_ref, faces_b, seed=2)
+        a_ref = sample_surface(a_ref, faces_a, n=10 * len(a), seed=3)
+        b_ref = sample_surface(b_ref, faces_b, n=10 * len(b), seed=4)
+    d_ab = cKDTree(b_ref).query(a)[0].mean()
+    d_ba = cKDTree(a_ref).query(b)[0].mean()
     d = 0.5 * (d_ab + d_ba)
     if normalize:
         d /= max(diagonal, 1e-12)
