@@ -354,3 +354,38 @@ def test_shape_recovery_with_remeshing(tmp_path):
     start = result.geometry_errors_initial[key]["chamfer"]
     end = result.geometry_errors[key]["chamfer"]
     assert end < 0.6 * start, (start, end)
+
+
+def test_guiding_structure_is_rebuilt_every_n_renders_per_sensor():
+    from types import SimpleNamespace
+
+    from invpbr.render import reuse_guiding
+
+    builds = []
+
+    def build(scene, sensor, seed):
+        builds.append((sensor, seed))
+        detail.guiding_distr = f"octree {len(builds)}"
+
+    detail = SimpleNamespace(guiding_distr=None, init_indirect_silhouette=build)
+    integrator = SimpleNamespace(proj_detail=detail)
+    reuse_guiding(integrator, 3)
+    a, b = object(), object()
+    used = []
+    for i in range(7):
+        detail.init_indirect_silhouette(None, a, i)
+        used.append(detail.guiding_distr)
+        detail.init_indirect_silhouette(None, b, i)
+    assert [s for s, _ in builds].count(a) == 3 and [s for s, _ in builds].count(b) == 3
+    assert [seed for s, seed in builds if s is a] == [0, 3, 6]
+    assert used == ["octree 1"] * 3 + ["octree 3"] * 3 + ["octree 5"]
+
+
+def test_projective_integrators_get_the_guiding_settings():
+    from invpbr.config import RenderConfig
+    from invpbr.render import make_integrator
+
+    render = RenderConfig(integrator="direct_projective", max_depth=2, guiding="grid")
+    assert make_integrator(render, []).guiding == "grid"
+    none = make_integrator(RenderConfig(integrator="prb_projective", guiding="none"), [])
+    assert none.guiding == "none"
