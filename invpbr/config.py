@@ -34,8 +34,13 @@ INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective"
 
 @dataclass
 class RenderConfig:
-    spp: int = 16
-    """Samples per pixel of each view's render in an optimization step."""
+    spp: int | list[int] = 16
+    """Samples per pixel of each view's render in an optimization step; a
+    list is a schedule: the iterations split evenly into one stage per entry
+    (e.g. ``[4, 16, 64]``: few samples while far off, more near the end)."""
+    spp_grad: int = 0
+    """Samples per pixel of the gradient (adjoint) pass of prb-family and
+    projective integrators (Mitsuba's ``spp_grad``); 0: the same as ``spp``."""
     max_depth: int = 4
     """Longest light path (Mitsuba's ``max_depth``; -1 for unbounded)."""
     integrator: str = "auto"
@@ -53,6 +58,16 @@ class RenderConfig:
     """Projective integrators: rebuild each view's guiding structure every
     this many renders and reuse it in between (1: every render, as Mitsuba
     does; the octree costs 1-5 s per build on 2 CPU cores)."""
+
+
+def spp_at(render: RenderConfig, iteration: int, iterations: int) -> int:
+    """Samples per pixel of step ``iteration`` under ``render.spp`` (an int or
+    a schedule of evenly long stages)."""
+    if not isinstance(render.spp, list):
+        return int(render.spp)
+    n = len(render.spp)
+    stage = min(n - 1, iteration * n // max(iterations, 1))
+    return int(render.spp[stage])
 
 
 @dataclass
@@ -187,7 +202,15 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
 
     r = _check_table("render", data.get("render", {}), RenderConfig, source)
     render = RenderConfig(**r)
-    _number(source, "render.spp", render.spp, integer=True, minimum=1)
+    if isinstance(render.spp, list):
+        if not render.spp:
+            raise ConfigError(f"{source}: render.spp must be a positive integer or a non-empty "
+                              "list of them")
+        for i, v in enumerate(render.spp):
+            _number(source, f"render.spp[{i}]", v, integer=True, minimum=1)
+    else:
+        _number(source, "render.spp", render.spp, integer=True, minimum=1)
+    _number(source, "render.spp_grad", render.spp_grad, integer=True, minimum=0)
     _number(source, "render.spp_final", render.spp_final, integer=True, minimum=1)
     _number(source, "render.max_depth", render.max_depth, integer=True, minimum=-1)
     _number(source, "render.guiding_every", render.guiding_every, integer=True, minimum=1)

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from . import evaluate
+from .config import spp_at
 from .losses import image_loss, total_variation
 from .params import Parameter, parameter_error
 from .problem import Problem
@@ -59,6 +60,18 @@ def _image_gradient(loss_fn, image, photo, weight, n_views: int) -> np.ndarray:
     dr.enable_grad(x)
     dr.backward(loss_fn(x, photo, weight) / n_views)
     return np.array(dr.grad(x), dtype=np.float64)
+
+
+def peak_memory_mb() -> float | None:
+    """Peak resident memory of this process so far, in MiB (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def dr_width(value) -> int:
@@ -404,7 +417,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
 
     frozen = can_freeze(problem, integrator_type, per_step == len(fit))
 
-    def render_and_backward(seed, chosen):
+    def render_and_backward(seed, chosen, spp):
         """Render the chosen views, add their losses' gradients; the loss (mi.Float)."""
         # One backward pass for all views: a backward pass per view would clear the
         # AD graph between the latents and the scene (exp of a log-space latent, an
@@ -413,7 +426,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         total = mi.Float(0.0)
         for v in chosen:
             image = render_view(problem.scene, problem.params, integrator, problem.views[v].index,
-                                spp=cfg.render.spp, seed=seed + v)
+                                spp=spp, seed=seed + v, spp_grad=cfg.render.spp_grad)
             total = total + loss_fn(image, photos[v], weights[v]) / len(chosen)
         dr.backward(total)
         return dr.detach(total)
@@ -444,14 +457,15 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             chosen = (fit if per_step == len(fit)
                       else sorted(int(i) for i in rng.choice(fit, size=per_step, replace=False)))
             step_start = time.perf_counter()
+            spp = spp_at(cfg.render, it, iterations)
             base_seed = (cfg.optimize.seed * 1_000_003 + it * n_views) % (2**32 - n_views)
             image_grads: list[np.ndarray] = []
             if latents.has_fd:
                 total = mi.Float(0.0)
                 for v in chosen:
                     image = render_view(problem.scene, problem.params, integrator,
-                                        problem.views[v].index, spp=cfg.render.spp,
-                                        seed=base_seed + v)
+                                        problem.views[v].index, spp=spp,
+                                        seed=base_seed + v, spp_grad=cfg.render.spp_grad)
                     total = total + loss_fn(image, photos[v], weights[v]) / len(chosen)
                     image_grads.append(_image_gradient(loss_fn, image, photos[v], weights[v],
                                                        len(chosen)))
@@ -459,7 +473,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                 total = dr.detach(total)
             elif frozen:
                 try:
-                    total = step_fn(mi.UInt32(base_seed), chosen)
+                    total = step_fn(mi.UInt32(base_seed), chosen, spp)
                 except RuntimeError as e:
                     # dr.freeze refuses to replay when, e.g., scene objects were created or
                     # freed since the recording; trace this and later steps instead.
@@ -468,9 +482,9 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                                   stacklevel=2)
                     frozen = False
                     latents.clear_gradients()
-                    total = render_and_backward(mi.UInt32(base_seed), chosen)
+                    total = render_and_backward(mi.UInt32(base_seed), chosen, spp)
             else:
-                total = render_and_backward(mi.UInt32(base_seed), chosen)
+                total = render_and_backward(mi.UInt32(base_seed), chosen, spp)
             reg = latents.regularizer()
             if reg is not None:
                 dr.backward(reg)
@@ -481,7 +495,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                     with dr.suspend_grad():
                         return [np.array(render_view(
                             problem.scene, problem.params, integrator, problem.views[v].index,
-                            spp=cfg.render.spp, seed=(FD_SEED_OFFSET + base_seed + v) % 2**32))
+                            spp=spp, seed=(FD_SEED_OFFSET + base_seed + v) % 2**32))
                             for v in chosen]
 
                 latents.set_fd_gradients(render_views, image_grads)
@@ -543,6 +557,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         geometry_errors_initial=geometry_errors_initial,
         meshes=_meshes(problem),
         poses=poses,
+        peak_memory_mb=peak_memory_mb(),
         renders=renders,
         photos={v.id: v.photo for v in problem.views},
         integrator=integrator_type,

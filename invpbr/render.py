@@ -96,7 +96,7 @@ def reuse_guiding(integrator, every: int) -> None:
     detail.init_indirect_silhouette = init_indirect_silhouette
 
 
-def render_view(scene, params, integrator, view_index: int, *, spp: int, seed):
+def render_view(scene, params, integrator, view_index: int, *, spp: int, seed, spp_grad: int = 0):
     """Render one sensor of ``scene`` with gradients tracked for ``params``.
 
     Args:
@@ -106,6 +106,7 @@ def render_view(scene, params, integrator, view_index: int, *, spp: int, seed):
         view_index: index into ``scene.sensors()``.
         spp: samples per pixel.
         seed: sampler seed (int or ``mi.UInt32``).
+        spp_grad: samples per pixel of the gradient pass (0: ``spp``).
 
     Returns:
         Linear RGB tensor (H, W, 3).
@@ -113,7 +114,7 @@ def render_view(scene, params, integrator, view_index: int, *, spp: int, seed):
     import mitsuba as mi
 
     image = mi.render(scene, params, sensor=int(view_index), integrator=integrator, spp=int(spp),
-                      seed=seed)
+                      seed=seed, spp_grad=int(spp_grad))
     if image.shape[-1] > 3:  # films with alpha/extra channels
         image = image[:, :, :3]
     return image

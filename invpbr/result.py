@@ -69,6 +69,8 @@ class Result:
         meshes: shape id -> (vertices (N, 3), faces (F, 3)) of each estimated mesh.
         poses: pose key -> the estimated transform (translation, rotation
             axis and angle, scale, centre).
+        peak_memory_mb: the process's peak resident memory (MiB) at the end of
+            the run (host memory: the CPU backend's arrays live there).
     """
 
     name: str
@@ -98,6 +100,7 @@ class Result:
     geometry_errors_initial: dict[str, dict[str, float]] = field(default_factory=dict)
     meshes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     poses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    peak_memory_mb: float | None = None
 
     def psnr(self) -> dict[str, float]:
         """view id -> PSNR (dB) of the final render against the photo, both
@@ -201,6 +204,9 @@ def result_to_json(result: Result, texture_paths: dict[str, str] | None = None,
         "seconds_per_iteration_steady": steady_seconds_per_iteration(result.step_seconds),
         "integrator": result.integrator,
         "variant": result.variant,
+        "backend": ("gpu (cuda)" if result.variant.startswith("cuda") else "cpu (llvm)"
+                    if result.variant.startswith("llvm") else result.variant),
+        "peak_memory_mb": result.peak_memory_mb,
         "settings": result.settings,
     }
 

@@ -93,6 +93,8 @@ def test_run_writes_a_result_folder(tiny_scene, tmp_path, capsys):
     assert all(isinstance(v, float) and v > 0 for v in result["loss"])
     assert result["seconds_per_iteration"] > 0
     assert result["integrator"] == "prb" and result["variant"].endswith("_ad_rgb")
+    assert result["backend"] in ("cpu (llvm)", "gpu (cuda)")
+    assert result["peak_memory_mb"] > 50  # Mitsuba alone takes more
     assert set(result["psnr"]) == {"front", "side"}
     settings = result["settings"]
     assert settings["render"]["spp"] == 2 and settings["render"]["max_depth"] == 3

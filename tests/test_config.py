@@ -172,7 +172,7 @@ def test_invalid_values_name_file_and_key(tmp_path, text, expected):
 def test_unknown_key_lists_the_known_ones(tmp_path):
     message = error_for(tmp_path, "[render]\nmaxdepth = 3\n")
     assert "unknown key render.maxdepth" in message
-    assert "expected one of spp, max_depth, integrator, spp_final" in message
+    assert "expected one of spp, spp_grad, max_depth, integrator, spp_final, guiding" in message
 
 
 def test_parse_config_names_its_source():
@@ -207,3 +207,25 @@ def test_missing_file(tmp_path):
     path = tmp_path / "invpbr.toml"
     with pytest.raises(FileNotFoundError, match=re.escape(str(path)) + ": no such file"):
         load_config(path)
+
+
+def test_spp_schedule_splits_the_iterations_evenly():
+    from invpbr.config import spp_at
+
+    cfg = parse_config({"render": {"spp": [4, 16, 64], "spp_grad": 8}})
+    assert [spp_at(cfg.render, i, 9) for i in range(9)] == [4, 4, 4, 16, 16, 16, 64, 64, 64]
+    assert cfg.render.spp_grad == 8
+    assert spp_at(parse_config({}).render, 5, 10) == 16
+
+
+@pytest.mark.parametrize("render, message", [
+    ({"spp": []}, "render.spp must be a positive integer or a non-empty list"),
+    ({"spp": [4, 0]}, "render.spp[1] must be >= 1"),
+    ({"spp_grad": -1}, "render.spp_grad must be >= 0"),
+    ({"guiding": "bvh"}, "render.guiding = 'bvh'"),
+    ({"guiding_every": 0}, "render.guiding_every must be >= 1"),
+])
+def test_render_schedule_errors(render, message):
+    with pytest.raises(ConfigError, match="x.toml") as e:
+        parse_config({"render": render}, source="x.toml")
+    assert message in str(e.value)

@@ -273,3 +273,26 @@ def test_loss_recovers_base_color(tiny_scene, loss):
     assert result.status == "completed"
     assert result.settings["optimize"]["loss"] == loss
     assert result.errors[BASE] < 0.5 * result.initial_errors[BASE], result.errors
+
+
+def test_spp_schedule_and_gradient_spp_are_used(tiny_scene, monkeypatch):
+    import sys
+
+    optimize_module = sys.modules["invpbr.optimize"]  # the name invpbr.optimize is the function
+
+    problem = load_problem(tiny_scene)
+    problem.config.render.spp = [2, 6]
+    problem.config.render.spp_grad = 3
+    calls = []
+    real = optimize_module.render_view
+
+    def spy(*args, spp, seed, spp_grad=0):
+        calls.append((spp, spp_grad))
+        return real(*args, spp=spp, seed=seed, spp_grad=spp_grad)
+
+    monkeypatch.setattr(optimize_module, "render_view", spy)
+    result = optimize_module.optimize(problem, iterations=4, progress=False)
+    assert result.status == "completed"
+    steps = calls[:4 * 2]  # 2 views per step, then the final renders
+    assert [c[0] for c in steps] == [2, 2, 2, 2, 6, 6, 6, 6]
+    assert all(c[1] == 3 for c in steps)
