@@ -132,6 +132,11 @@ class OptimizeConfig:
     """Views rendered per step (a random subset); 0 means all views."""
     seed: int = 0
     """Seed of the renders' samplers and of the view subsets."""
+    batch: bool = True
+    """Render all views of a step with one call (Mitsuba's ``batch`` sensor:
+    the views side by side in one image, one kernel), where the views' films
+    match and the integrator is not projective; 1.9x faster per step on the
+    3-view principled sphere. Same expected images; other random numbers."""
     freeze: bool = False
     """Experimental: record each step's kernels once with ``dr.freeze`` and
     replay them (1.6x faster per step on the principled sphere, same
@@ -227,6 +232,8 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
     _number(source, "optimize.lr", opt.lr, minimum=0)
     _number(source, "optimize.views_per_step", opt.views_per_step, integer=True, minimum=0)
     _number(source, "optimize.seed", opt.seed, integer=True, minimum=0)
+    if not isinstance(opt.batch, bool):
+        raise ConfigError(f"{source}: optimize.batch must be true or false, found {opt.batch!r}")
     if not isinstance(opt.freeze, bool):
         raise ConfigError(f"{source}: optimize.freeze must be true or false, found {opt.freeze!r}")
     if opt.loss not in LOSSES:

@@ -20,7 +20,8 @@ from .config import spp_at
 from .losses import image_loss, total_variation
 from .params import Parameter, parameter_error
 from .problem import Problem
-from .render import choose_integrator_type, make_integrator, render_view
+from .render import (choose_integrator_type, make_batch_sensor, make_integrator, render_batch,
+                     render_view)
 from .result import Result
 
 
@@ -416,6 +417,10 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     rng = np.random.default_rng(cfg.optimize.seed)
 
     frozen = can_freeze(problem, integrator_type, per_step == len(fit))
+    batch_sensor = None
+    if cfg.optimize.batch and "projective" not in integrator_type and per_step == len(fit) \
+            and not any(p.gradient == "fd" for p in problem.parameters):
+        batch_sensor = make_batch_sensor(problem.scene, [problem.views[v].index for v in fit])
 
     def render_and_backward(seed, chosen, spp):
         """Render the chosen views, add their losses' gradients; the loss (mi.Float)."""
@@ -424,9 +429,14 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         # envmap's halo columns) after the first view, and later views would add no
         # gradient to those parameters.
         total = mi.Float(0.0)
-        for v in chosen:
-            image = render_view(problem.scene, problem.params, integrator, problem.views[v].index,
-                                spp=spp, seed=seed + v, spp_grad=cfg.render.spp_grad)
+        if batch_sensor is not None and chosen == fit:
+            images = render_batch(problem.scene, problem.params, integrator, batch_sensor,
+                                  len(fit), spp=spp, seed=seed, spp_grad=cfg.render.spp_grad)
+        else:
+            images = [render_view(problem.scene, problem.params, integrator,
+                                  problem.views[v].index, spp=spp, seed=seed + v,
+                                  spp_grad=cfg.render.spp_grad) for v in chosen]
+        for v, image in zip(chosen, images):
             total = total + loss_fn(image, photos[v], weights[v]) / len(chosen)
         dr.backward(total)
         return dr.detach(total)
@@ -562,7 +572,8 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         photos={v.id: v.photo for v in problem.views},
         integrator=integrator_type,
         variant=mi.variant(),
-        settings=cfg.to_dict() | {"iterations_run": len(history), "frozen": frozen},
+        settings=cfg.to_dict() | {"iterations_run": len(history), "frozen": frozen,
+                                  "batched": batch_sensor is not None},
         held_out=[v.id for v in held_out],
         novel_view_psnr={v.id: evaluate.psnr(renders[v.id], v.photo) for v in held_out},
         novel_view_psnr_initial={v.id: evaluate.psnr(before["held_out"][v.id], v.photo)

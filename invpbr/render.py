@@ -120,6 +120,55 @@ def render_view(scene, params, integrator, view_index: int, *, spp: int, seed, s
     return image
 
 
+def make_batch_sensor(scene, indices: list[int]):
+    """One Mitsuba ``batch`` sensor holding the sensors ``indices`` of
+    ``scene`` side by side, so that one render call (one kernel) covers all
+    those views; None where they cannot be batched (films of different sizes
+    or types, crop windows, fewer than two views).
+
+    Its image is the views' images concatenated along the width, each
+    rendered as by its own sensor (same film, filter and sampling; only the
+    random numbers differ).
+    """
+    import mitsuba as mi
+
+    sensors = [scene.sensors()[i] for i in indices]
+    if len(sensors) < 2:
+        return None
+    films = [s.film() for s in sensors]
+    sizes = {tuple(int(v) for v in f.size()) for f in films}
+    crops = {tuple(int(v) for v in f.crop_size()) for f in films}
+    offsets = {tuple(int(v) for v in f.crop_offset()) for f in films}
+    kinds = {f.class_name() for f in films}
+    filters = {(f.rfilter().class_name(), float(f.rfilter().radius())) for f in films}
+    if len(sizes) != 1 or crops != sizes or offsets != {(0, 0)} or kinds != {"HDRFilm"} \
+            or len(filters) != 1:
+        return None
+    (w, h), = sizes
+    props = {"type": "batch",
+             "film": {"type": "hdrfilm", "width": w * len(sensors), "height": h,
+                      "pixel_format": "rgb", "rfilter": films[0].rfilter(),
+                      "sample_border": bool(films[0].sample_border())}}
+    for i, sensor in enumerate(sensors):
+        props[f"view_{i}"] = sensor
+    try:
+        return mi.load_dict(props)
+    except RuntimeError:
+        return None
+
+
+def render_batch(scene, params, integrator, batch_sensor, n_views: int, *, spp: int, seed,
+                 spp_grad: int = 0) -> list:
+    """Render a :func:`make_batch_sensor` sensor once; the views' images
+    (linear RGB tensors (H, W, 3)), differentiable like :func:`render_view`'s."""
+    import mitsuba as mi
+
+    image = mi.render(scene, params, sensor=batch_sensor, integrator=integrator, spp=int(spp),
+                      seed=seed, spp_grad=int(spp_grad))
+    w = image.shape[1] // n_views
+    return [image[:, i * w:(i + 1) * w, :3] for i in range(n_views)]
+
+
 def render_photos(folder, *, spp: int = 256, suffix: str = ".exr", variant: str | None = None,
                   source: str = "truth.xml") -> list:
     """Render a scene folder's truth into ``photos/`` (synthetic scenes).

@@ -283,6 +283,7 @@ def test_spp_schedule_and_gradient_spp_are_used(tiny_scene, monkeypatch):
     problem = load_problem(tiny_scene)
     problem.config.render.spp = [2, 6]
     problem.config.render.spp_grad = 3
+    problem.config.optimize.batch = False  # one render_view call per view
     calls = []
     real = optimize_module.render_view
 
@@ -296,3 +297,55 @@ def test_spp_schedule_and_gradient_spp_are_used(tiny_scene, monkeypatch):
     steps = calls[:4 * 2]  # 2 views per step, then the final renders
     assert [c[0] for c in steps] == [2, 2, 2, 2, 6, 6, 6, 6]
     assert all(c[1] == 3 for c in steps)
+
+
+def test_batched_views_render_like_separate_sensors(tiny_scene):
+    import drjit as dr
+    import mitsuba as mi
+
+    from invpbr.render import make_batch_sensor, render_batch, render_view
+
+    problem = load_problem(tiny_scene)
+    batch = make_batch_sensor(problem.scene, [0, 1])
+    assert batch is not None
+    integrator = mi.load_dict({"type": "prb", "max_depth": 3})
+    with dr.suspend_grad():
+        together = [np.array(i) for i in render_batch(problem.scene, problem.params, integrator,
+                                                      batch, 2, spp=256, seed=1)]
+        apart = [np.array(render_view(problem.scene, problem.params, integrator, i, spp=256,
+                                      seed=5 + i)) for i in (0, 1)]
+        again = [np.array(render_view(problem.scene, problem.params, integrator, i, spp=256,
+                                      seed=9 + i)) for i in (0, 1)]
+    for t, a, b in zip(together, apart, again):
+        assert t.shape == a.shape
+        noise = np.abs(a - b).mean()
+        assert np.abs(t - a).mean() < 1.5 * noise  # differences are noise only
+        assert abs(t.mean() - a.mean()) < 0.01 * a.mean()
+
+
+def test_batched_and_separate_runs_recover_the_same(tiny_scene):
+    runs = {}
+    for batch in (True, False):
+        problem = load_problem(tiny_scene)
+        problem.config.optimize.batch = batch
+        result = invpbr.optimize(problem, iterations=30, progress=False)
+        assert result.settings["batched"] is batch
+        runs[batch] = result
+    key = "ball.bsdf.base_color.value"
+    assert np.allclose(runs[True].estimates[key], runs[False].estimates[key], atol=0.03)
+    assert runs[True].errors[key] < 0.5 * runs[True].initial_errors[key]
+
+
+def test_views_with_different_films_are_not_batched(tiny_scene):
+    from invpbr.render import make_batch_sensor
+
+    xml = (tiny_scene / "scene.xml").read_text()
+    first = xml.index('<integer name="width"')
+    end = xml.index("/>", first)
+    (tiny_scene / "scene.xml").write_text(xml[:first] + '<integer name="width" value="8"'
+                                          + xml[end:])
+    from invpbr.problem import load_scene
+
+    scene = load_scene(tiny_scene / "scene.xml")
+    assert make_batch_sensor(scene, [0, 1]) is None
+    assert make_batch_sensor(scene, [1]) is None  # one view: nothing to batch
