@@ -1,16 +1,32 @@
 """Rendering the views of a problem, and the choice of integrator.
 
-Integrators and when their gradients are valid (Mitsuba 3.9):
+Integrators and when their gradients are valid (Mitsuba 3.9, checked against
+finite differences in tests/test_gradients.py, tests/test_discontinuities.py
+and tests/test_geometry.py):
 
 - ``prb`` (path replay backpropagation): unbiased gradients for parameters that
   change shading only: BSDF parameters, textures, emitter radiance and
   environment maps. Biased for anything that moves a visibility edge
-  (vertex positions, shape or light poses): 30-100 % off on shadow and
-  silhouette cases. ``auto`` picks it for material, texture and emission keys.
+  (vertex positions, shape or light poses): it drops the boundary term, so
+  derivatives of silhouettes and shadows are 30-100 % off or zero. ``auto``
+  picks it for material, texture and emission keys.
 - ``prb_basic``: as prb, simpler and slower; for checking.
-- ``direct_projective`` / ``prb_projective``: projective sampling of visibility
-  edges; valid for geometry too, at a large fixed cost per render.
+- ``direct_projective`` (``max_depth`` <= 2: direct light only) and
+  ``prb_projective`` (longer paths): add the boundary terms by projective
+  sampling of visibility edges; valid for geometry on welded meshes. Not
+  valid on Mitsuba 3.9.1's traps (:data:`invpbr.geometry.TRAP_SHAPES`: the
+  built-in cube, analytic rectangles moved out of plane, moving analytic
+  sphere emitters), where invpbr warns. Shadow edges need the guiding
+  structure (``[render] guiding``, octree by default); invpbr rebuilds it
+  every ``guiding_every`` renders per view instead of every render.
+- ``prb_reparam`` (invpbr's own, :mod:`invpbr.reparam`): reparameterizes the
+  integrand so that discontinuities stop moving (Loubet et al. 2019, with
+  Bangaru et al. 2020's unbiased warped-area form); see its docstring for
+  where it is valid.
 - ``path``: no gradients of its own (primal only) — for renders, not estimation.
+
+``auto`` (the default) picks ``direct_projective`` or ``prb_projective`` as
+soon as an estimated parameter moves a visibility edge, ``prb`` otherwise.
 """
 
 from __future__ import annotations
