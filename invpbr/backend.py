@@ -205,6 +205,9 @@ def init_backend(variant: str | None = None, *, threads: int | None = None) -> s
     if "_ad_" not in variant:
         raise ValueError(f"init_backend(): variant {variant!r} has no automatic differentiation; "
                          "use one of the *_ad_rgb variants.")
+    if variant.startswith("cuda") and not dr.has_backend(dr.JitBackend.CUDA):
+        raise ValueError(f"init_backend(): variant {variant!r} needs a working CUDA GPU and "
+                         "driver, and Dr.Jit found none; use llvm_ad_rgb (--backend cpu)")
     if mi.variant() != variant:
         mi.set_variant(variant)
     if threads is not None:

@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Physically based inverse rendering: estimate materials of a Mitsuba 3 scene from photos."))
     parser.add_argument("--variant", default=None,
                         help="Mitsuba variant (default: cuda_ad_rgb if a GPU works, else llvm_ad_rgb)")
+    parser.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="force the CPU (llvm_ad_rgb) or GPU (cuda_ad_rgb) variant")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="estimate the parameters of one scene folder")
@@ -146,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
     args = build_parser().parse_args(argv)
+    if args.backend != "auto":
+        forced = {"cpu": "llvm_ad_rgb", "gpu": "cuda_ad_rgb"}[args.backend]
+        if args.variant not in (None, forced):
+            print(f"invpbr: error: --backend {args.backend} contradicts --variant {args.variant}",
+                  file=sys.stderr)
+            return 2
+        args.variant = forced
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, ConfigError, LLVMError) as e:

@@ -179,3 +179,13 @@ def test_batch_of_a_missing_folder(tmp_path, capsys):
     assert main(["batch", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert f"{tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_backend_flag(tiny_scene, capsys):
+    import drjit as dr
+
+    assert main(["--backend", "cpu", "--variant", "cuda_ad_rgb", "check", str(tiny_scene)]) == 2
+    assert "--backend cpu contradicts --variant cuda_ad_rgb" in capsys.readouterr().err
+    if not dr.has_backend(dr.JitBackend.CUDA):
+        assert main(["--backend", "gpu", "check", str(tiny_scene)]) == 2
+        assert "needs a working CUDA GPU" in capsys.readouterr().err
