@@ -357,3 +357,19 @@ def warn_traps(params, keys: list[str], where: str) -> None:
         reason = trap_warning(params, key)
         if reason:
             warnings.warn(f"{where}: {key!r}: gradients may be wrong: {reason}", stacklevel=3)
+
+
+#: Emitters whose shadows Mitsuba 3.9.1's projective integrators do not
+#: differentiate (no boundary term for shadow edges of delta lights).
+DELTA_EMITTERS = ("PointLight", "SpotLight", "DirectionalEmitter")
+
+
+def delta_light_warning(scene) -> str | None:
+    """A warning when ``scene`` has point, spot or directional lights, whose
+    moving shadow edges no projective integrator differentiates."""
+    names = sorted({e.class_name() for e in scene.emitters()} & set(DELTA_EMITTERS))
+    if not names:
+        return None
+    return (f"the scene has {', '.join(names)} emitters: Mitsuba 3.9.1's projective integrators "
+            "do not differentiate the shadow edges they cast, so geometry gradients miss those "
+            "(silhouettes and shading are fine); use area lights where shadows matter")

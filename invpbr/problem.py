@@ -283,6 +283,12 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     scene = load_scene(folder / "scene.xml")
     params = mi.traverse(scene)
     parameters = resolve_parameters(params, config.estimate, source=folder / "invpbr.toml")
+    if any(p.is_geometry for p in parameters):
+        from .geometry import delta_light_warning
+
+        reason = delta_light_warning(scene)
+        if reason:
+            warnings.warn(f"{folder / 'scene.xml'}: {reason}", stacklevel=2)
     views = load_views(scene, folder, resize=config.photos.resize)
     mark_held_out(views, config.evaluate.held_out, source=folder / "invpbr.toml")
     truth, truth_scene, relight_maps = {}, None, {}

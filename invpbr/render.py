@@ -79,6 +79,8 @@ def make_integrator(render: RenderConfig, parameters: list[Parameter], scene=Non
     if kind in PROJECTIVE:
         props["guiding"] = render.guiding
     integrator = mi.load_dict(props)
+    if kind in PROJECTIVE:
+        integrator.proj_seed_spp = int(render.proj_seed_spp)
     if kind in PROJECTIVE and render.guiding != "none" and render.guiding_every > 1:
         reuse_guiding(integrator, render.guiding_every)
     return integrator

@@ -389,3 +389,18 @@ def test_projective_integrators_get_the_guiding_settings():
     assert make_integrator(render, []).guiding == "grid"
     none = make_integrator(RenderConfig(integrator="prb_projective", guiding="none"), [])
     assert none.guiding == "none"
+
+
+def test_point_lights_with_geometry_warn(pose_folder):
+    from invpbr.problem import load_problem
+
+    with pytest.warns(UserWarning, match="PointLight emitters: Mitsuba 3.9.1's projective"):
+        load_problem(pose_folder)
+
+
+def test_projective_seed_rays_are_set():
+    from invpbr.config import RenderConfig
+    from invpbr.render import make_integrator
+
+    integrator = make_integrator(RenderConfig(integrator="direct_projective", proj_seed_spp=777), [])
+    assert integrator.proj_seed_spp == 777
