@@ -29,7 +29,8 @@ class EvaluateConfig:
     relight: list[str] = field(default_factory=list)
     """Environment maps (files relative to the scene folder) that replace every
     envmap of the estimate and of truth.xml for relighting PSNRs."""
-INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "path", "scene")
+INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "prb_reparam",
+               "path", "scene")
 
 
 @dataclass

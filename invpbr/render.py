@@ -75,6 +75,9 @@ def make_integrator(render: RenderConfig, parameters: list[Parameter], scene=Non
         if scene is None or scene.integrator() is None:
             raise ValueError("make_integrator(): integrator = 'scene' but the scene has none")
         return scene.integrator()
+    if kind == "prb_reparam":
+        from . import reparam
+        reparam.register()  # for the current variant
     props = {"type": kind, "max_depth": int(render.max_depth)}
     if kind in PROJECTIVE:
         props["guiding"] = render.guiding
