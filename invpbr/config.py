@@ -55,10 +55,18 @@ class RenderConfig:
     (uniform: no setup cost, but on a moving shadow its derivative was 0.97
     off with 2.5x its own size in noise, tests/test_discontinuities.py).
     Directly visible silhouettes do not depend on it."""
-    proj_seed_spp: int = 4096
+    proj_seed_spp: int = 512
     """Projective integrators: seed rays per pixel of the search for
-    visibility edges (Mitsuba's default 512 gave a shadow derivative 13-17 %
-    too small in tests/test_discontinuities.py; its own tests use 4192)."""
+    visibility edges and of the guiding build (Mitsuba's default). More is
+    less biased on shadows (512 gave a shadow derivative 17 % too small with a
+    fresh octree per render in docs/discontinuities.md, 4192 agreed) but the
+    guiding build costs in proportion: 7 s at 512 against 55 s at 4096 for a
+    16x16 build on 2 CPU cores."""
+    guiding_resolution: int = 16
+    """Projective integrators: build the guiding structure from a copy of
+    each view this many pixels on its longest side (0: the view itself). Its
+    cost grows with the pixels: 110 s for 64x64 against 7 s for 16x16 on 2
+    CPU cores, same derivatives within noise."""
     guiding_every: int = 10
     """Projective integrators: rebuild each view's guiding structure every
     this many renders and reuse it in between (1: every render, as Mitsuba
@@ -225,6 +233,8 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
     _number(source, "render.max_depth", render.max_depth, integer=True, minimum=-1)
     _number(source, "render.guiding_every", render.guiding_every, integer=True, minimum=1)
     _number(source, "render.proj_seed_spp", render.proj_seed_spp, integer=True, minimum=1)
+    _number(source, "render.guiding_resolution", render.guiding_resolution, integer=True,
+            minimum=0)
     if render.guiding not in GUIDING:
         raise ConfigError(f"{source}: render.guiding = {render.guiding!r}; expected one of "
                           f"{', '.join(GUIDING)}")

@@ -404,3 +404,39 @@ def test_projective_seed_rays_are_set():
 
     integrator = make_integrator(RenderConfig(integrator="direct_projective", proj_seed_spp=777), [])
     assert integrator.proj_seed_spp == 777
+
+
+def test_failed_guiding_falls_back_to_unguided_sampling():
+    from types import SimpleNamespace
+
+    from invpbr.render import reuse_guiding
+
+    def build(scene, sensor, seed):
+        detail.guiding_distr = "uniform" if integrator.guiding == "none" else None
+
+    detail = SimpleNamespace(guiding_distr=None, init_indirect_silhouette=build)
+    integrator = SimpleNamespace(proj_detail=detail, guiding="octree")
+    reuse_guiding(integrator, 10)
+    with pytest.warns(UserWarning, match="sampled without guiding"):
+        detail.init_indirect_silhouette(None, object(), 0)
+    assert detail.guiding_distr == "uniform" and integrator.guiding == "octree"
+
+
+def test_guiding_is_built_from_a_low_resolution_copy(pose_folder):
+    import mitsuba as mi
+
+    from invpbr.problem import load_scene
+    from invpbr.render import _low_resolution_copy
+
+    sensor = load_scene(pose_folder / "scene.xml").sensors()[0]
+    copy = _low_resolution_copy(sensor, 8)
+    assert [int(v) for v in copy.film().size()] == [8, 8]
+    # It sees the same: a ray through the centre of the image is the same ray.
+    a, _ = sensor.sample_ray(0.0, 0.0, mi.Point2f(0.5, 0.5), mi.Point2f(0.5, 0.5))
+    b, _ = copy.sample_ray(0.0, 0.0, mi.Point2f(0.5, 0.5), mi.Point2f(0.5, 0.5))
+    assert np.allclose(np.array(a.d), np.array(b.d), atol=1e-6)
+    assert np.allclose(np.array(a.o), np.array(b.o), atol=1e-6)
+    a, _ = sensor.sample_ray(0.0, 0.0, mi.Point2f(0.1, 0.8), mi.Point2f(0.5, 0.5))
+    b, _ = copy.sample_ray(0.0, 0.0, mi.Point2f(0.1, 0.8), mi.Point2f(0.5, 0.5))
+    assert np.allclose(np.array(a.d), np.array(b.d), atol=1e-5)
+    assert _low_resolution_copy(sensor, 64) is None  # not smaller
