@@ -23,11 +23,20 @@ def _cmd_run(args) -> int:
     print(f"{result.name}: {result.status} after {result.iterations} iterations, "
           f"{result.seconds_per_iteration:.3f} s/iteration ({result.integrator}, {result.variant})")
     for key, value in result.estimates.items():
-        shown = (f"{result.kinds[key]} " + "x".join(map(str, value.shape))
-                 if result.kinds[key] in ("texture", "envmap")
-                 else ", ".join(f"{v:.4f}" for v in value.ravel()))
+        kind = result.kinds[key]
+        if kind in ("texture", "envmap"):
+            shown = f"{kind} " + "x".join(map(str, value.shape))
+        elif kind == "pose" and key in result.poses:
+            pose = result.poses[key]
+            shown = (f"pose: translation {', '.join(f'{v:.4f}' for v in pose['translation'])}, "
+                     f"rotation {pose['rotation_deg']:.2f} deg")
+        elif kind in ("pose", "shape"):
+            shown = f"{kind}: {len(value)} vertices"
+        else:
+            shown = ", ".join(f"{v:.4f}" for v in value.ravel())
         err = f"   error {result.errors[key]:.4f}" if key in result.errors else ""
-        print(f"  {key} = {shown}{err}")
+        more = "".join(f", {name} {v:.4g}" for name, v in result.geometry_errors.get(key, {}).items())
+        print(f"  {key} = {shown}{err}{more}")
     print(f"wrote {out / 'result.json'}")
     return 0 if result.status in ("completed", "stopped") else 1
 

@@ -440,3 +440,15 @@ def test_guiding_is_built_from_a_low_resolution_copy(pose_folder):
     b, _ = copy.sample_ray(0.0, 0.0, mi.Point2f(0.1, 0.8), mi.Point2f(0.5, 0.5))
     assert np.allclose(np.array(a.d), np.array(b.d), atol=1e-5)
     assert _low_resolution_copy(sensor, 64) is None  # not smaller
+
+
+def test_cli_run_summarizes_a_pose(pose_folder, tmp_path, capsys):
+    from invpbr.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", str(pose_folder), "--out", str(out), "--iterations", "2",
+                 "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    line = next(x for x in stdout.splitlines() if x.strip().startswith("blob.vertex_positions"))
+    assert "pose: translation" in line and "rotation_deg" in line and len(line) < 300
+    assert (out / "meshes" / "blob.ply").is_file()
