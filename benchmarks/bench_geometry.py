@@ -25,8 +25,6 @@ their ratio, and the final pose errors (vertex distance, position, rotation).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -36,17 +34,15 @@ import invpbr
 from invpbr import geometry
 from invpbr.result import steady_seconds_per_iteration
 
+from common import plain_scene_and_photos, run
+
 
 def plain_pose_loop(folder: Path, key: str, iterations: int, spp: int, lr: float,
                     max_depth: int, loss: str):
     import drjit as dr
     import mitsuba as mi
 
-    scene = invpbr.load_scene(folder / "scene.xml")
-    ids = invpbr.problem.sensor_ids(scene)
-    photos = invpbr.problem.match_photos(ids, folder / "photos")
-    refs = [mi.TensorXf(mi.Bitmap(str(p)).convert(mi.Bitmap.PixelFormat.RGB, mi.Struct.Type.Float32,
-                                                  srgb_gamma=False)) for p in photos]
+    scene, refs = plain_scene_and_photos(folder)
     kind = "direct_projective" if 0 <= max_depth <= 2 else "prb_projective"
     integrator = mi.load_dict({"type": kind, "max_depth": max_depth})
     params = mi.traverse(scene)
@@ -115,32 +111,19 @@ def bench_scene(folder: Path, iterations: int | None, spp: int | None) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenes", nargs="+", type=Path)
-    parser.add_argument("--iterations", type=int)
-    parser.add_argument("--spp", type=int)
-    parser.add_argument("--json", type=Path, help="also write the rows to this file")
-    args = parser.parse_args()
-    invpbr.init_backend()
-    import drjit as dr
-    import mitsuba as mi
+def report(row: dict) -> None:
+    print(f"\n{row['scene']}: {row['views']} views, {row['iterations']} iterations, "
+          f"spp {row['spp']}, {row['integrator']}")
+    print(f"  plain Mitsuba loop: {row['plain_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
+    print(f"  invpbr run        : {row['invpbr_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
+    print(f"  ratio invpbr/plain: {row['ratio']:.3f}")
+    for name in ("vertex", "position", "rotation_deg"):
+        print(f"  {name:13s} start {row['initial_errors'][name]:.4f}   "
+              f"plain {row['plain_errors'][name]:.4f}   invpbr {row['invpbr_errors'][name]:.4f}")
 
-    print(f"variant {mi.variant()}, {dr.thread_count()} threads")
-    rows = []
-    for folder in args.scenes:
-        row = bench_scene(folder, args.iterations, args.spp)
-        rows.append(row)
-        print(f"\n{row['scene']}: {row['views']} views, {row['iterations']} iterations, "
-              f"spp {row['spp']}, {row['integrator']}")
-        print(f"  plain Mitsuba loop: {row['plain_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
-        print(f"  invpbr run        : {row['invpbr_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
-        print(f"  ratio invpbr/plain: {row['ratio']:.3f}")
-        for name in ("vertex", "position", "rotation_deg"):
-            print(f"  {name:13s} start {row['initial_errors'][name]:.4f}   "
-                  f"plain {row['plain_errors'][name]:.4f}   invpbr {row['invpbr_errors'][name]:.4f}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+
+def main() -> None:
+    run(__doc__.split("\n")[0], bench_scene, report)
 
 
 if __name__ == "__main__":

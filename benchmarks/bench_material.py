@@ -20,8 +20,6 @@ invpbr / plain of the time per iteration.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,19 +29,15 @@ import invpbr
 from invpbr.params import parameter_error
 from invpbr.result import steady_seconds_per_iteration
 
+from common import plain_scene_and_photos, run
+
 
 def plain_mitsuba_loop(folder: Path, iterations: int, spp: int, lr: float, max_depth: int,
                        bounds: dict[str, tuple[float, float]], lrs: dict[str, float], loss: str):
     import drjit as dr
     import mitsuba as mi
 
-    # invpbr.load_scene only adds <string name="format" value="variant"/> to bitmaps, which
-    # a plain user must write into the XML by hand for 8-bit textures to be differentiable.
-    scene = invpbr.load_scene(folder / "scene.xml")
-    ids = invpbr.problem.sensor_ids(scene)
-    photos = invpbr.problem.match_photos(ids, folder / "photos")
-    refs = [mi.TensorXf(mi.Bitmap(str(p)).convert(mi.Bitmap.PixelFormat.RGB, mi.Struct.Type.Float32,
-                                                  srgb_gamma=False)) for p in photos]
+    scene, refs = plain_scene_and_photos(folder)
     integrator = mi.load_dict({"type": "prb", "max_depth": max_depth})
     params = mi.traverse(scene)
     keys = list(bounds)
@@ -113,35 +107,22 @@ def bench_scene(folder: Path, iterations: int | None, spp: int | None) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenes", nargs="+", type=Path)
-    parser.add_argument("--iterations", type=int)
-    parser.add_argument("--spp", type=int)
-    parser.add_argument("--json", type=Path, help="also write the rows to this file")
-    args = parser.parse_args()
-    invpbr.init_backend()
-    import drjit as dr
-    import mitsuba as mi
+def report(row: dict) -> None:
+    print(f"\n{row['scene']}: {row['views']} views, {row['iterations']} iterations, spp {row['spp']}")
+    print(f"  plain Mitsuba loop: {row['plain_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
+    print(f"  invpbr run        : {row['invpbr_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
+    print(f"  ratio invpbr/plain: {row['ratio']:.2f}")
+    applied = "" if row["frozen_applied"] else " (not applicable here: traced)"
+    print(f"  invpbr, freeze=true: {row['invpbr_frozen_seconds_per_iteration'] * 1000:7.1f} ms/iteration,"
+          f" ratio {row['frozen_ratio']:.2f}{applied}")
+    for k in row["invpbr_errors"]:
+        print(f"  error {k:42s} plain {row['plain_errors'].get(k, float('nan')):.4f}"
+              f"   invpbr {row['invpbr_errors'][k]:.4f}"
+              f"   frozen {row['invpbr_frozen_errors'][k]:.4f}")
 
-    print(f"variant {mi.variant()}, {dr.thread_count()} threads")
-    rows = []
-    for folder in args.scenes:
-        row = bench_scene(folder, args.iterations, args.spp)
-        rows.append(row)
-        print(f"\n{row['scene']}: {row['views']} views, {row['iterations']} iterations, spp {row['spp']}")
-        print(f"  plain Mitsuba loop: {row['plain_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
-        print(f"  invpbr run        : {row['invpbr_seconds_per_iteration'] * 1000:8.1f} ms/iteration")
-        print(f"  ratio invpbr/plain: {row['ratio']:.2f}")
-        applied = "" if row["frozen_applied"] else " (not applicable here: traced)"
-        print(f"  invpbr, freeze=true: {row['invpbr_frozen_seconds_per_iteration'] * 1000:7.1f} ms/iteration,"
-              f" ratio {row['frozen_ratio']:.2f}{applied}")
-        for k in row["invpbr_errors"]:
-            print(f"  error {k:42s} plain {row['plain_errors'].get(k, float('nan')):.4f}"
-                  f"   invpbr {row['invpbr_errors'][k]:.4f}"
-                  f"   frozen {row['invpbr_frozen_errors'][k]:.4f}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+
+def main() -> None:
+    run(__doc__.split("\n")[0], bench_scene, report)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,15 @@ def trap_warning(params, key: str) -> str | None:
     return TRAP_SHAPES.get(cls)
 
 
+def scene_numpy(params, key: str) -> np.ndarray:
+    """A scene parameter as numpy: a transform (``*.to_world``) as its 4x4
+    matrix, anything else as float32."""
+    value = params[key]
+    if key.endswith("." + TO_WORLD):
+        return np.array(value.matrix, dtype=np.float64).reshape(4, 4)
+    return np.array(value, dtype=np.float32)
+
+
 def mesh_arrays(params, key: str) -> tuple[np.ndarray, np.ndarray]:
     """Vertices (N, 3) and faces (F, 3) of the mesh owning ``key``."""
     vertices = np.array(params[key], dtype=np.float32).reshape(-1, 3)
@@ -97,6 +106,13 @@ def rotation_numpy(w: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * (k @ k)
 
 
+def _unit_box_corners(to_world: np.ndarray) -> np.ndarray:
+    """The corners of the box [-1, 1]^3 under a 4x4 transform: the extent of an
+    analytic shape (sphere, rectangle, disk...) in its object space."""
+    corners = np.array([[x, y, z, 1.0] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
+    return (corners @ np.asarray(to_world, np.float64).reshape(4, 4).T)[:, :3]
+
+
 class PoseModel:
     """A rigid transform (optionally scaled) of one or more meshes.
 
@@ -114,10 +130,8 @@ class PoseModel:
         extents = []
         for k in self.keys:
             if k.endswith(TO_WORLD):  # an analytic shape: its 4x4 matrix
-                m = np.asarray(rest[k], dtype=np.float64).reshape(4, 4)
-                self.rest[k] = m
-                corners = np.array([[x, y, z, 1.0] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
-                extents.append((corners @ m.T)[:, :3])
+                self.rest[k] = np.asarray(rest[k], dtype=np.float64).reshape(4, 4)
+                extents.append(_unit_box_corners(self.rest[k]))
             else:
                 self.rest[k] = np.asarray(rest[k], dtype=np.float32).reshape(-1, 3)
                 extents.append(self.rest[k])
@@ -170,8 +184,7 @@ class PoseModel:
         for key in self.keys:
             v = np.asarray(values[key], dtype=np.float64)
             if key.endswith(TO_WORLD):
-                corners = np.array([[x, y, z, 1.0] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
-                out.append((corners @ v.reshape(4, 4).T)[:, :3])
+                out.append(_unit_box_corners(v))
             else:
                 out.append(v.reshape(-1, 3))
         return np.concatenate(out).astype(np.float32)

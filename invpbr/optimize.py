@@ -81,14 +81,6 @@ def dr_width(value) -> int:
     return dr.width(value) if dr.is_array_v(value) else 0
 
 
-def scene_numpy(params, key: str) -> np.ndarray:
-    """A scene parameter as numpy (a transform as its 4x4 matrix)."""
-    value = params[key]
-    if key.endswith(".to_world"):
-        return np.array(value.matrix, dtype=np.float64).reshape(4, 4)
-    return np.array(value, dtype=np.float32)
-
-
 def _errors(problem: Problem, estimates: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """key -> error against the truth (mean absolute difference; geometry: mean
     vertex distance), and geometry key -> its other errors (see
@@ -312,11 +304,14 @@ class _Latents:
     def values(self) -> dict[str, np.ndarray]:
         """Scene-space estimates as numpy (envmaps: real texels (H, W, 3);
         geometry: points (N, 3), see ``model.points``)."""
+        from . import geometry
+
         params = self.problem.params
         out = {}
         for p in self.problem.parameters:
             if p.is_geometry:
-                out[p.key] = p.model.points({k: scene_numpy(params, k) for k in p.scene_keys})
+                out[p.key] = p.model.points({k: geometry.scene_numpy(params, k)
+                                             for k in p.scene_keys})
             else:
                 out[p.key] = p.from_scene(params[p.key])
         return out

@@ -337,16 +337,11 @@ def _resolve_geometry(params, est: EstimateConfig, i: int, source, claimed: set[
     geometry.warn_traps(params, matched, where)
     claimed.update(matched)
 
-    def scene_numpy(key):
-        value = params[key]
-        if key.endswith("." + geometry.TO_WORLD):
-            return np.array(value.matrix, dtype=np.float64).reshape(4, 4)
-        return np.array(value, dtype=np.float32)
-
     if est.kind == "pose":
-        model = geometry.PoseModel(matched, {k: scene_numpy(k) for k in matched}, scale=est.scale)
+        values = {k: geometry.scene_numpy(params, k) for k in matched}
+        model = geometry.PoseModel(matched, values, scale=est.scale)
         name = matched[0] if len(matched) == 1 else "+".join(matched)
-        initial = model.points({k: scene_numpy(k) for k in matched})
+        initial = model.points(values)
         return [Parameter(key=name, config=est, kind="pose", shape=initial.shape, initial=initial,
                           model=model, targets=matched)]
     out = []

@@ -23,6 +23,7 @@ import numpy as np
 from . import io
 from .backend import init_backend
 from .config import ProblemConfig, load_config
+from .geometry import scene_numpy
 from .evaluate import load_relight_maps
 from .lighting import envmap_texels
 from .params import Parameter, resolve_parameters
@@ -252,8 +253,7 @@ def load_truth(path: Path, keys: list[str], scene=None) -> dict[str, np.ndarray]
         if key not in truth_params:
             warnings.warn(f"{path}: has no parameter {key!r}; its error is not reported", stacklevel=2)
             continue
-        value = truth_params[key]
-        value = np.array(value.matrix if key.endswith(".to_world") else value, dtype=np.float32)
+        value = scene_numpy(truth_params, key)
         node = truth_params.properties[key][2]
         if key.endswith(".data") and node.class_name() == "EnvironmentMapEmitter":
             value = envmap_texels(value)  # without Mitsuba's halo columns, like the estimates
