@@ -494,3 +494,140 @@ def to_mitsuba_sensor(camera: Camera, *, resolution: tuple[int, int] | None = No
         "film": {"type": "hdrfilm", "width": int(camera.width), "height": int(camera.height),
                  "pixel_format": "rgb"},
     }
+
+
+# --------------------------------------------------------------------------- Mitsuba to file
+
+#: Largest deviation of a sensor's to_world rotation from orthonormal that camera_from_sensor
+#: accepts (a sensor with scale or shear is not a pinhole camera pose).
+RIGID_ATOL = 1e-4
+
+
+def camera_from_sensor(sensor, id: str | None = None, *,
+                       file_path: str | Path | None = None) -> Camera:
+    """The :class:`Camera` of a Mitsuba perspective sensor: the inverse of
+    :func:`to_mitsuba_sensor`.
+
+    Reads ``mi.traverse(sensor)``: ``x_fov`` (Mitsuba stores the horizontal angle whatever
+    ``fov_axis`` the sensor was made with), ``principal_point_offset_x/y`` (fractions of the
+    film, c = (0.5 - offset) * size) and ``to_world`` (``c2w_opencv = to_world @
+    diag(-1, -1, 1, 1)``). The camera describes the image the sensor renders: with a film
+    crop window, that window's size, the principal point shifted by the crop offset.
+
+    Args:
+        sensor: a loaded ``perspective`` sensor (``scene.sensors()[i]``).
+        id: the camera id (default: the sensor's id).
+        file_path: recorded as the camera's photo file.
+
+    Returns:
+        The camera, square pixels (fx == fy), no distortion.
+
+    Raises:
+        ValueError: not a perspective sensor, or its to_world is not a rotation and a
+            translation (scale, shear or a mirror).
+    """
+    import mitsuba as mi
+
+    sid = id if id is not None else sensor.id()
+    where = f"camera_from_sensor(): sensor {sid!r}"
+    if sensor.class_name() != "PerspectiveCamera":
+        raise ValueError(f"{where} is a {sensor.class_name()}; only perspective sensors "
+                         "(pinhole cameras) are supported")
+    p = mi.traverse(sensor)
+
+    def scalar(key):
+        return float(np.ravel(np.array(p[key], dtype=np.float64))[0])
+
+    to_world = np.array(p["to_world"].matrix, dtype=np.float64).reshape(4, 4)
+    c2w = to_world @ _OPENCV_TO_MITSUBA
+    r = c2w[:3, :3]
+    if not (np.allclose(r.T @ r, np.eye(3), atol=RIGID_ATOL) and np.linalg.det(r) > 0):
+        raise ValueError(f"{where}: to_world is not a rigid transform (rotation {r.tolist()} "
+                         "has scale, shear or a mirror); a camera pose must be a rotation and "
+                         "a translation")
+    film = sensor.film()
+    full_w, full_h = (int(v) for v in film.size())
+    crop_w, crop_h = (int(v) for v in film.crop_size())
+    off_x, off_y = (int(v) for v in film.crop_offset())
+    f = 0.5 * full_w / math.tan(0.5 * math.radians(scalar("x_fov")))
+    cx = (0.5 - scalar("principal_point_offset_x")) * full_w - off_x
+    cy = (0.5 - scalar("principal_point_offset_y")) * full_h - off_y
+    return Camera(id=str(sid), width=crop_w, height=crop_h, fx=f, fy=f, cx=cx, cy=cy,
+                  c2w=c2w, file_path=Path(file_path) if file_path is not None else None,
+                  source=f"Mitsuba sensor {sid!r}")
+
+
+def write_transforms(path: str | Path, cameras: Sequence[Camera], *,
+                     extra: Mapping[str, Mapping] | None = None,
+                     top: Mapping | None = None) -> Path:
+    """Write cameras as a NeRF / instant-ngp ``transforms.json`` that :func:`read_transforms`
+    reads back.
+
+    Every frame carries its own intrinsics: ``fl_x``, ``fl_y``, ``cx``, ``cy`` (pixels),
+    ``w``, ``h``, and ``k1``, ``k2``, ``p1``, ``p2`` when the camera has distortion;
+    ``transform_matrix`` is the OpenGL camera-to-world matrix (``c2w_opencv @
+    diag(1, -1, -1, 1)``); ``file_path`` is the camera's photo relative to the json's
+    folder (POSIX separators; the camera id when it has no file). When all cameras share
+    their intrinsics, ``camera_angle_x`` (radians) and ``w``, ``h`` are also written at the
+    top level, for loaders that read only those (the original NeRF's).
+
+    Args:
+        path: the json file to write (its folder is created).
+        cameras: the cameras, written in this order.
+        extra: more keys per frame, by camera id (``{"front": {"gain": [1.1, 1.0, 0.9]}}``);
+            they may not replace the keys above.
+        top: more top-level keys.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: two cameras with one id, ``extra`` names an id no camera has or a
+            reserved key, or ``top`` has "frames".
+    """
+    import os
+
+    path = Path(path)
+    extra = dict(extra or {})
+    ids = [c.id for c in cameras]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ValueError(f"write_transforms(): {path}: camera ids {dup} appear more than once")
+    unknown = sorted(set(extra) - set(ids))
+    if unknown:
+        raise ValueError(f"write_transforms(): {path}: extra names camera(s) {unknown}, "
+                         f"which are not among {ids}")
+    if top and "frames" in top:
+        raise ValueError(f'write_transforms(): {path}: top may not contain "frames"')
+    frames = []
+    for cam in cameras:
+        if cam.file_path is not None:
+            rel = Path(os.path.relpath(Path(cam.file_path).resolve(), path.parent.resolve()))
+            file_path = rel.as_posix()
+        else:
+            file_path = cam.id
+        frame = {"file_path": file_path,
+                 "transform_matrix": (np.asarray(cam.c2w, dtype=np.float64)
+                                      @ _OPENGL_TO_OPENCV).tolist(),
+                 "fl_x": float(cam.fx), "fl_y": float(cam.fy), "cx": float(cam.cx),
+                 "cy": float(cam.cy), "w": int(cam.width), "h": int(cam.height)}
+        if cam.distortion is not None:
+            frame.update(zip(("k1", "k2", "p1", "p2"), (float(d) for d in cam.distortion)))
+        more = dict(extra.get(cam.id, {}))
+        clash = sorted(set(more) & set(frame))
+        if clash:
+            raise ValueError(f"write_transforms(): {path}: extra[{cam.id!r}] would replace "
+                             f"the frame's own key(s) {clash}")
+        frames.append({**frame, **more})
+    meta: dict = {}
+    shared = {(c.width, c.height, c.fx, c.fy, c.cx, c.cy) for c in cameras}
+    if len(shared) == 1:
+        c = cameras[0]
+        meta = {"camera_angle_x": 2.0 * math.atan(0.5 * c.width / c.fx), "w": int(c.width),
+                "h": int(c.height)}
+    meta.update(top or {})
+    meta["frames"] = frames
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+

@@ -42,14 +42,30 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_render(args) -> int:
-    from .render import render_photos
+    from .simulate import simulate_capture
 
     folder = Path(args.scene_dir)
     if not (folder / "truth.xml").is_file():
         raise FileNotFoundError(f"{folder / 'truth.xml'}: no such file; `invpbr render` makes "
                                 "photos of synthetic scenes from their truth.xml")
-    for path in render_photos(folder, spp=args.spp, suffix="." + args.format, variant=args.variant):
+    out = simulate_capture(
+        folder, spp=args.spp, format=args.format, jpeg_quality=args.jpeg_quality,
+        noise=args.noise, exposure=args.exposure, white_balance=args.white_balance,
+        perturb_rotation=args.perturb_rotation, perturb_translation=args.perturb_translation,
+        seed=args.seed, variant=args.variant)
+    for path in out["photos"]:
         print(f"wrote {path}")
+    if args.exposure > 0 or args.white_balance > 0:
+        for sid, gain in out["gains"].items():
+            print(f"  {sid}: gain {', '.join(f'{g:.4f}' for g in gain)}")
+    for key in ("transforms_truth", "transforms"):
+        if out[key] is not None:
+            print(f"wrote {out[key]}")
+    if args.perturb_rotation > 0 or args.perturb_translation > 0:
+        print(f"  cameras perturbed by {args.perturb_rotation:g} deg and "
+              f"{args.perturb_translation:g} x scene diagonal ({out['scene_diagonal']:.4g})")
+    for path in out["removed"]:
+        print(f"removed {path} (from an earlier simulation)")
     return 0
 
 
@@ -120,10 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
-    render = sub.add_parser("render", help="render truth.xml into photos/ (synthetic scenes)")
+    render = sub.add_parser(
+        "render", help="render truth.xml into photos/ (synthetic scenes), optionally as "
+        "simulated real captures (noise, exposure, white balance, 8-bit, JPEG, camera errors)")
     render.add_argument("scene_dir")
     render.add_argument("--spp", type=int, default=256)
-    render.add_argument("--format", choices=["exr", "png"], default="exr")
+    render.add_argument("--format", choices=["exr", "png", "jpg"], default="exr",
+                        help="exr: linear float; png: 8-bit sRGB; jpg: JPEG (sRGB)")
+    render.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality, 1-100")
+    render.add_argument("--noise", type=float, default=0.0,
+                        help="sensor noise std at linear value 1 "
+                        "(std = noise * sqrt(value + 0.01))")
+    render.add_argument("--exposure", type=float, default=0.0,
+                        help="std of each photo's exposure change, stops")
+    render.add_argument("--white-balance", type=float, default=0.0,
+                        help="std of each photo's per-channel log gain")
+    render.add_argument("--perturb-rotation", type=float, default=0.0,
+                        help="rotation error of the cameras in transforms.json, degrees")
+    render.add_argument("--perturb-translation", type=float, default=0.0,
+                        help="position error of the cameras in transforms.json, fraction of "
+                        "the scene's bounding-box diagonal")
+    render.add_argument("--seed", type=int, default=0, help="seed of the simulated effects")
     render.set_defaults(func=_cmd_render)
 
     check = sub.add_parser("check", help="validate a scene folder and list every problem")

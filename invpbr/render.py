@@ -264,19 +264,10 @@ def render_photos(folder, *, spp: int = 256, suffix: str = ".exr", variant: str 
     from pathlib import Path
 
     from . import io
-    from .backend import init_backend
-    from .problem import load_scene, sensor_ids
+    from .simulate import render_clean
 
     folder = Path(folder)
-    init_backend(variant)
-    import mitsuba as mi
-    scene = load_scene(folder / source)
-    integrator = scene.integrator() or mi.load_dict({"type": "path"})
-    written = []
-    rendered = []
-    for i, sid in enumerate(sensor_ids(scene)):
-        image = mi.render(scene, sensor=i, integrator=integrator, spp=int(spp), seed=i)
-        rendered.append((folder / "photos" / f"{sid}{suffix}", image.numpy()[..., :3]))
-    for path, image in rendered:  # all rendered before any is written
-        written.append(io.save_image(path, image))
-    return written
+    _, ids, images = render_clean(folder, spp=spp, variant=variant, source=source)
+    # all rendered before any is written
+    return [io.save_image(folder / "photos" / f"{sid}{suffix}", image)
+            for sid, image in zip(ids, images)]
