@@ -631,3 +631,108 @@ def write_transforms(path: str | Path, cameras: Sequence[Camera], *,
     path.write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
+
+# --------------------------------------------------------------------------- undistorting photos
+
+#: How far (in pixels along the image's longer side) the x and y scale factors from a camera's
+#: size to its photo's size may differ for undistort_photo to rescale the camera.
+RESCALE_TOLERANCE_PX = 1.0
+
+
+def _import_cv2(where: str, distortion) -> object:
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError(
+            f"undistort_photo(): {where} has lens distortion (k1, k2, p1, p2) = {distortion}, "
+            f"and undistorting a photo needs OpenCV, which is not installed: "
+            f'pip install "invpbr[photos]" (opencv-python-headless), or undistort the photos '
+            f"beforehand with colmap image_undistorter") from None
+    return cv2
+
+
+def undistort_photo(image: np.ndarray, camera: Camera, *, mask: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, Camera]:
+    """The photo as the pinhole camera that :func:`to_mitsuba_sensor` renders would see it.
+
+    Removes OpenCV radial-tangential distortion (k1, k2, p1, p2; the model of
+    :func:`project` with ``apply_distortion=True``) with OpenCV
+    (``cv2.initUndistortRectifyMap`` + ``cv2.remap``, bilinear, float32). The result keeps
+    the image size and the intrinsics fx, fy, cx, cy, so the point that ``project(camera,
+    p, apply_distortion=True)`` put at pixel q in the photo lands at ``project(camera, p)``.
+    Pixel centres are at half-integers here and at integers in OpenCV, so OpenCV is given
+    the principal point minus 0.5.
+
+    Pixels whose source lies outside the original photo (with k1 > 0, pincushion, near the
+    borders) are 0 and False in the returned mask. A camera without distortion returns a
+    copy of the image (OpenCV is then not needed).
+
+    Args:
+        image: the photo, (H, W) or (H, W, C), linear (or any values: each channel is
+            interpolated independently); returned as float32.
+        camera: its camera. When (camera.width, camera.height) differs from the image's
+            (W, H) by one uniform scale (photos downsampled after calibration), the camera
+            is rescaled (:meth:`Camera.rescaled`) first.
+        mask: optional (H, W) bool, True where the photo may be used (e.g. the object's
+            mask); it is undistorted with the image (bilinear, then > 0.5).
+
+    Returns:
+        (image, valid, camera): the undistorted image, same shape as ``image``, float32;
+        valid, (H, W) bool: the pixel came from inside the original photo (and inside
+        ``mask``); the camera at the image's size with ``distortion=None``.
+
+    Raises:
+        ValueError: the image is not (H, W) or (H, W, C); its size is not the camera's at
+            one uniform scale; mask's shape is not (H, W).
+        ImportError: the camera has distortion and OpenCV (opencv-python-headless) is not
+            installed; the message says how to install it.
+    """
+    where = f"camera {camera.id!r} ({camera.file_path or camera.source or 'no file'})"
+    img = np.asarray(image)
+    if img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"undistort_photo(): {where}: image has shape {img.shape}, "
+                         f"expected (H, W) or (H, W, C)")
+    h, w = img.shape[:2]
+    if (w, h) != (camera.width, camera.height):
+        sx, sy = w / camera.width, h / camera.height
+        if abs(sx - sy) * max(camera.width, camera.height) > RESCALE_TOLERANCE_PX:
+            raise ValueError(
+                f"undistort_photo(): {where}: the image is {w}x{h} but the camera is "
+                f"{camera.width}x{camera.height}, not one uniform scale (x {sx:.4g}, "
+                f"y {sy:.4g}): this photo does not belong to this camera")
+        camera = camera.rescaled(w, h)
+    if mask is None:
+        keep = np.ones((h, w), bool)
+    else:
+        keep = np.asarray(mask)
+        if keep.shape != (h, w):
+            raise ValueError(f"undistort_photo(): {where}: mask has shape {keep.shape}, "
+                             f"expected (H, W) = {(h, w)} like the image")
+        keep = keep.astype(bool)
+    pinhole = replace(camera, distortion=None)
+    if not camera.has_distortion:
+        return img.astype(np.float32, copy=True), keep.copy(), pinhole
+
+    cv2 = _import_cv2(where, camera.distortion)
+    k = np.array([[camera.fx, 0.0, camera.cx - 0.5],
+                  [0.0, camera.fy, camera.cy - 0.5],
+                  [0.0, 0.0, 1.0]])
+    dist = np.array(camera.distortion, dtype=np.float64)
+    map_x, map_y = cv2.initUndistortRectifyMap(k, dist, None, k, (w, h), cv2.CV_32FC1)
+    # The photo covers [-0.5, W - 0.5) x [-0.5, H - 0.5) in OpenCV's pixel coordinates.
+    inside = (map_x >= -0.5) & (map_x < w - 0.5) & (map_y >= -0.5) & (map_y < h - 0.5)
+    # One channel at a time: OpenCV 5 interpolates single-channel float images at the
+    # exact positions, several channels at positions rounded to 1/32 pixel.
+    src = np.asarray(img, dtype=np.float32).reshape(h, w, -1)
+    out = np.empty(src.shape, np.float32)
+    for c in range(src.shape[2]):
+        out[..., c] = cv2.remap(np.ascontiguousarray(src[..., c]), map_x, map_y,
+                                interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = out.reshape(img.shape)
+    out[~inside] = 0.0
+    valid = inside
+    if mask is not None:
+        moved = cv2.remap(keep.astype(np.float32), map_x, map_y,
+                          interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        valid = inside & (moved > 0.5)
+    return out, valid, pinhole

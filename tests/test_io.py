@@ -206,3 +206,138 @@ def test_resize_image_shape(shape, size):
     assert out.shape == (h, w, shape[-1])
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, 0.4, atol=1e-5)  # a constant stays constant
+
+
+# -- photos with alpha (load_photo)
+
+
+def test_load_photo_rgba_png_gives_mask_and_straight_colour(mi, tmp_path):
+    data = np.zeros((4, 6, 4), np.uint8)
+    data[..., 0], data[..., 1], data[..., 2] = 200, 100, 30
+    data[:, :3, 3] = 255          # left half opaque
+    data[:, 3:, 3] = 0            # right half transparent
+    data[0, 2, 3], data[0, 3, 3] = 129, 127   # just above and below one half
+    path = tmp_path / "cut.png"
+    mi.Bitmap(data, mi.Bitmap.PixelFormat.RGBA).write(str(path))
+    assert not mi.Bitmap(str(path)).premultiplied_alpha()
+    rgb, mask = io.load_photo(path)
+    assert rgb.shape == (4, 6, 3) and rgb.dtype == np.float32
+    assert mask.shape == (4, 6) and mask.dtype == bool
+    expected = np.zeros((4, 6), bool)
+    expected[:, :3] = True
+    expected[0, 3] = False
+    assert mask.tolist() == expected.tolist()
+    # PNG colour is straight: the same everywhere whatever the alpha (not premultiplied)
+    np.testing.assert_allclose(rgb, np.broadcast_to(srgb_to_linear([200 / 255, 100 / 255, 30 / 255]),
+                                                    rgb.shape), rtol=1e-5)
+    np.testing.assert_array_equal(rgb, io.load_image(path))
+
+
+def test_load_photo_without_alpha_gives_none(mi, tmp_path):
+    data = np.full((3, 5, 3), 90, np.uint8)
+    mi.Bitmap(data).write(str(tmp_path / "rgb.png"))
+    mi.Bitmap(data).write(str(tmp_path / "rgb.jpg"))
+    for name in ("rgb.png", "rgb.jpg"):
+        rgb, mask = io.load_photo(tmp_path / name)
+        assert mask is None and rgb.shape == (3, 5, 3)
+        np.testing.assert_allclose(rgb, srgb_to_linear(90 / 255), atol=2e-3)  # JPEG is lossy
+
+
+def test_load_photo_16bit_rgba_png(mi, tmp_path):
+    data = np.zeros((2, 4, 4), np.uint16)
+    data[..., 0] = [[0, 1000, 30000, 65535], [5, 6, 7, 8]]
+    data[..., 1] = 40001
+    data[..., 3] = [[65535, 32768, 32767, 0], [65535, 65535, 0, 0]]
+    path = tmp_path / "u16.png"
+    mi.Bitmap(data, mi.Bitmap.PixelFormat.RGBA).write(str(path))
+    assert mi.Bitmap(str(path)).component_format() == mi.Struct.Type.UInt16
+    rgb, mask = io.load_photo(path)
+    assert mask.tolist() == [[True, True, False, False], [True, True, False, False]]
+    np.testing.assert_allclose(rgb[0, :, 0], srgb_to_linear(data[0, :, 0] / 65535), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(rgb[..., 1], srgb_to_linear(40001 / 65535), rtol=1e-5)
+
+
+def test_load_photo_grey_alpha_png(mi, tmp_path):
+    data = np.zeros((2, 2, 2), np.uint8)
+    data[..., 0] = 180
+    data[..., 1] = [[255, 0], [200, 10]]
+    mi.Bitmap(data, mi.Bitmap.PixelFormat.YA).write(str(tmp_path / "ya.png"))
+    rgb, mask = io.load_photo(tmp_path / "ya.png")
+    assert rgb.shape == (2, 2, 3)
+    assert mask.tolist() == [[True, False], [True, False]]
+    np.testing.assert_allclose(rgb, srgb_to_linear(180 / 255), rtol=1e-5)
+
+
+def test_load_photo_exr_alpha_is_unpremultiplied(mi, tmp_path):
+    # OpenEXR colour is premultiplied (Mitsuba's rgba films write R = alpha * colour)
+    colour = np.array([0.8, 0.4, 0.2], np.float32)
+    alpha = np.array([[1.0, 0.6, 0.25, 0.0]], np.float32)
+    rgba = np.concatenate([colour * alpha[..., None], alpha[..., None]], axis=-1)
+    path = tmp_path / "premul.exr"
+    mi.Bitmap(rgba, mi.Bitmap.PixelFormat.RGBA).write(str(path))
+    assert mi.Bitmap(str(path)).premultiplied_alpha()
+    rgb, mask = io.load_photo(path)
+    assert mask.tolist() == [[True, True, False, False]]
+    np.testing.assert_allclose(rgb[0, :3], np.broadcast_to(colour, (3, 3)), rtol=1e-6)
+    np.testing.assert_array_equal(rgb[0, 3], 0.0)   # alpha 0: nothing to divide
+    np.testing.assert_allclose(io.load_image(path)[0, 1], colour * 0.6, rtol=1e-6)  # as stored
+
+
+# -- resizing to a working resolution
+
+
+@pytest.mark.parametrize("size", [(256, 256, 16, 16), (256, 256, 17, 15), (250, 260, 9, 7)])
+def test_resize_image_filters_fine_detail(size):
+    """Downsampling a checkerboard of 1-pixel squares must give grey, not a moire."""
+    h, w, new_w, new_h = size
+    y, x = np.mgrid[:h, :w]
+    board = ((x + y) % 2).astype(np.float32)[..., None].repeat(3, axis=2)
+    out = io.resize_image(board, new_w, new_h)
+    assert out.shape == (new_h, new_w, 3)
+    np.testing.assert_allclose(out, 0.5, atol=0.01)   # measured: 0.5 +- 0.005
+    # a sine of period 3 px too
+    sine = (0.5 + 0.5 * np.sin(2 * np.pi * x / 3)).astype(np.float32)[..., None]
+    np.testing.assert_allclose(io.resize_image(sine, new_w, new_h), 0.5, atol=0.05)
+
+
+def test_resize_image_keeps_pixel_alignment():
+    # a linear ramp sampled at pixel centres stays one (centres at (i + 0.5) * scale)
+    x = (np.arange(256) + 0.5) / 256
+    ramp = np.broadcast_to(x[None, :, None], (8, 256, 3)).astype(np.float32)
+    for new_w in (16, 37, 100):
+        out = io.resize_image(np.ascontiguousarray(ramp), new_w, 8)[4, :, 0]
+        centre = slice(new_w // 4, 3 * new_w // 4)   # away from the clamped borders
+        np.testing.assert_allclose(out[centre], ((np.arange(new_w) + 0.5) / new_w)[centre],
+                                   atol=0.1 / 256)
+
+
+def test_resize_mask_area_coverage():
+    mask = np.zeros((8, 8), bool)
+    mask[:, :4] = True              # left half
+    mask[0:2, 4:5] = True           # one-column bump, top right
+    out = io.resize_mask(mask, 4, 4)
+    assert out.dtype == bool and out.shape == (4, 4)
+    # block (0, 2) covers mask[0:2, 4:6]: half True, not more: False
+    assert out.tolist() == [[True, True, False, False]] * 4
+    mask[0, 5] = True               # now 3/4 of that block
+    assert io.resize_mask(mask, 4, 4)[0].tolist() == [True, True, True, False]
+    # a non-integer factor: 8/3 columns per new pixel, fractional overlaps weighted
+    cols = np.zeros((1, 8), bool)
+    cols[0, :4] = True              # coverage 1, 1/2 (computed as 0.5000000000000001), 0
+    assert io.resize_mask(cols, 3, 1).tolist() == [[True, False, False]]
+    cols[0, 4] = True               # middle: 7/8
+    assert io.resize_mask(cols, 3, 1).tolist() == [[True, True, False]]
+    # upsampling repeats; the identity is the identity
+    np.testing.assert_array_equal(io.resize_mask(mask, 16, 16), mask.repeat(2, 0).repeat(2, 1))
+    np.testing.assert_array_equal(io.resize_mask(mask, 8, 8), mask)
+    # a 1-pixel checkerboard has exactly half coverage everywhere: False
+    y, x = np.mgrid[:16, :16]
+    assert not io.resize_mask((x + y) % 2 == 1, 4, 4).any()
+
+
+def test_resize_mask_errors():
+    with pytest.raises(ValueError, match=r"resize_mask\(\): mask has shape \(2, 2, 3\)"):
+        io.resize_mask(np.zeros((2, 2, 3), bool), 1, 1)
+    with pytest.raises(ValueError, match="must be positive"):
+        io.resize_mask(np.zeros((2, 2), bool), 0, 1)
