@@ -32,11 +32,24 @@ def _cmd_run(args) -> int:
                      f"rotation {pose['rotation_deg']:.2f} deg")
         elif kind in ("pose", "shape"):
             shown = f"{kind}: {len(value)} vertices"
+        elif kind == "camera":
+            shown = f"{len(value)} cameras refined"
         else:
             shown = ", ".join(f"{v:.4f}" for v in value.ravel())
         err = f"   error {result.errors[key]:.4f}" if key in result.errors else ""
         more = "".join(f", {name} {v:.4g}" for name, v in result.geometry_errors.get(key, {}).items())
         print(f"  {key} = {shown}{err}{more}")
+    for name, errors in (("camera", result.camera_errors), ("start", result.camera_errors_initial)):
+        if errors:
+            pos = [e["position"] for e in errors.values()]
+            rot = [e["rotation_deg"] for e in errors.values()]
+            print(f"  {name} errors: rotation mean {sum(rot) / len(rot):.3f} deg (max {max(rot):.3f}), "
+                  f"position mean {sum(pos) / len(pos):.4f} (max {max(pos):.4f})")
+    if result.gains:
+        worst = f", error max {max(result.gain_errors.values()):.3f}" if result.gain_errors else ""
+        print(f"  gains of {len(result.gains)} photos: "
+              f"{min(g.min() for g in result.gains.values()):.3f} .. "
+              f"{max(g.max() for g in result.gains.values()):.3f}{worst}")
     print(f"wrote {out / 'result.json'}")
     return 0 if result.status in ("completed", "stopped") else 1
 

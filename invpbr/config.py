@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LOSSES = ("l1", "l2", "relative_l2")
+LOSSES = ("l1", "l2", "relative_l2", "cauchy")
 GRADIENTS = ("auto", "ad", "fd")
-ESTIMATE_KINDS = ("auto", "pose", "shape")
+ESTIMATE_KINDS = ("auto", "pose", "shape", "camera")
+GAINS = ("none", "exposure", "rgb")
 GUIDING = ("none", "grid", "octree")
 SPACES = ("auto", "linear", "log")
 ENVMAP_MODELS = ("texels", "sh", "sun_sky")
@@ -85,14 +86,17 @@ def spp_at(render: RenderConfig, iteration: int, iterations: int) -> int:
 
 @dataclass
 class EstimateConfig:
-    key: str | list[str]
+    key: str | list[str] = ""
     """A key of ``mi.traverse(scene)``; shell-style globs (``*``, ``?``) allowed.
-    ``kind = "pose"`` also takes a list of keys: meshes moved together."""
+    ``kind = "pose"`` also takes a list of keys: meshes moved together.
+    ``kind = "camera"``: a glob over sensor ids (default ``*``: every photo)."""
     kind: str = "auto"
     """``auto``: a value, bitmap texture or environment map, from the key;
     ``pose``: a rigid transform of meshes (``<shape>.vertex_positions``) or an
     analytic shape (``<shape>.to_world``), e.g. an object or an area light;
-    ``shape``: free vertex positions with large-steps preconditioning."""
+    ``shape``: free vertex positions with large-steps preconditioning;
+    ``camera``: each matching photo's camera pose (rotation and translation),
+    refined by moving the scene relative to the camera (see invpbr.camera)."""
     scale: bool = False
     """``kind = "pose"``: also estimate a uniform scale."""
     lambda_: float = 19.0
@@ -140,7 +144,12 @@ class OptimizeConfig:
     lr: float = 0.02
     """Adam learning rate of every parameter without its own ``lr``."""
     loss: str = "l1"
-    """Image loss: ``l1``, ``l2`` or ``relative_l2``."""
+    """Image loss: ``l1``, ``l2``, ``relative_l2`` or ``cauchy`` (robust:
+    ``log(1 + (r / loss_scale)^2)``, pixels far off the render, such as
+    people or cars that are not in the model, weigh little)."""
+    loss_scale: float = 0.05
+    """``loss = "cauchy"``: the residual (linear units) at which a pixel's
+    weight has halved."""
     views_per_step: int = 0
     """Views rendered per step (a random subset); 0 means all views."""
     seed: int = 0
@@ -163,6 +172,40 @@ class PhotosConfig:
     resize: bool = False
     """Resize photos whose size differs from their sensor's film (with a
     warning) instead of stopping with an error."""
+    saturation: float = 0.98
+    """Pixels of PNG/JPEG photos with a channel at or above this linear value
+    are clipped by the camera and left out of the loss (0: keep them)."""
+    gain: str = "none"
+    """Per-photo gain estimated with the scene, for photos whose exposure and
+    white balance differ: ``none``, ``exposure`` (one factor per photo) or
+    ``rgb`` (one factor per photo and colour channel). A render is multiplied
+    by its photo's gain before it is compared with the photo."""
+    gain_reference: str = "mean"
+    """The gauge of the gains (a common factor of all gains is the same as
+    brighter lights): ``mean`` holds the geometric mean over the fitted photos
+    at 1, a photo id holds that photo's gain at 1."""
+    gain_lr: float = 0.02
+    """Adam learning rate of the gains' logarithms."""
+
+
+@dataclass
+class CamerasConfig:
+    file: str = ""
+    """A camera file, relative to the scene folder, whose frames replace the
+    sensors of scene.xml: a NeRF / instant-ngp ``transforms.json``, a COLMAP
+    model folder (cameras/images .txt or .bin) or an LLFF ``poses_bounds.npy``.
+    Each frame becomes a sensor whose id is its photo's file stem; photos are
+    found by the frames' file paths. Empty: the sensors of scene.xml."""
+    resolution: list[int] | None = None
+    """Working resolution ``[width, height]``: photos (filtered) and
+    intrinsics are rescaled together. Default: the camera file's."""
+    truth: str = ""
+    """The true cameras (a second camera file, same ids), for errors of
+    refined cameras and of the gains (frames' ``"gain": [r, g, b]``).
+    Default: the sensors of truth.xml, when it has the same ids."""
+    undistort: bool = True
+    """Undistort photos of cameras with lens distortion (OpenCV, the
+    ``photos`` extra); false: refuse them."""
 
 
 @dataclass
@@ -172,6 +215,7 @@ class ProblemConfig:
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     photos: PhotosConfig = field(default_factory=PhotosConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    cameras: CamerasConfig = field(default_factory=CamerasConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,7 +257,7 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
     Raises:
         ConfigError: unknown tables or keys, wrong types or values.
     """
-    known_tables = {"render", "estimate", "optimize", "photos", "evaluate"}
+    known_tables = {"render", "estimate", "optimize", "photos", "evaluate", "cameras"}
     for name in data:
         if name not in known_tables:
             raise ConfigError(f"{source}: unknown table [{name}]; expected {', '.join(sorted(known_tables))}")
@@ -254,11 +298,43 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
         raise ConfigError(f"{source}: optimize.freeze must be true or false, found {opt.freeze!r}")
     if opt.loss not in LOSSES:
         raise ConfigError(f"{source}: optimize.loss = {opt.loss!r}; expected one of {', '.join(LOSSES)}")
+    _number(source, "optimize.loss_scale", opt.loss_scale)
+    if not opt.loss_scale > 0:
+        raise ConfigError(f"{source}: optimize.loss_scale must be > 0, found {opt.loss_scale!r}")
 
     p = _check_table("photos", data.get("photos", {}), PhotosConfig, source)
     photos = PhotosConfig(**p)
     if not isinstance(photos.resize, bool):
         raise ConfigError(f"{source}: photos.resize must be true or false, found {photos.resize!r}")
+    if photos.gain not in GAINS:
+        raise ConfigError(f"{source}: photos.gain = {photos.gain!r}; expected one of "
+                          f"{', '.join(GAINS)}")
+    if not isinstance(photos.gain_reference, str) or not photos.gain_reference:
+        raise ConfigError(f"{source}: photos.gain_reference must be \"mean\" or a photo id, "
+                          f"found {photos.gain_reference!r}")
+    _number(source, "photos.gain_lr", photos.gain_lr, minimum=0)
+    _number(source, "photos.saturation", photos.saturation, minimum=0)
+
+    c = _check_table("cameras", data.get("cameras", {}), CamerasConfig, source)
+    cameras = CamerasConfig(**c)
+    for name in ("file", "truth"):
+        if not isinstance(getattr(cameras, name), str):
+            raise ConfigError(f"{source}: cameras.{name} must be a file name, found "
+                              f"{getattr(cameras, name)!r}")
+    if cameras.truth and not cameras.file:
+        raise ConfigError(f"{source}: cameras.truth needs cameras.file (the cameras to refine)")
+    if cameras.resolution is not None:
+        res = cameras.resolution
+        if (not isinstance(res, list) or len(res) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in res)):
+            raise ConfigError(f"{source}: cameras.resolution must be [width, height] in pixels, "
+                              f"found {res!r}")
+        if not cameras.file:
+            raise ConfigError(f"{source}: cameras.resolution needs cameras.file (scene.xml's "
+                              "sensors set their own film size)")
+    if not isinstance(cameras.undistort, bool):
+        raise ConfigError(f"{source}: cameras.undistort must be true or false, found "
+                          f"{cameras.undistort!r}")
 
     ev = _check_table("evaluate", data.get("evaluate", {}), EvaluateConfig, source)
     evaluate = EvaluateConfig(**ev)
@@ -278,6 +354,8 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
         if isinstance(t, dict) and "lambda" in t:
             t = {("lambda_" if k == "lambda" else k): v for k, v in t.items()}
         _check_table(where, t, EstimateConfig, source)
+        if isinstance(t, dict) and t.get("kind") == "camera":
+            t = {"key": "*", **t}
         key = t.get("key")
         if isinstance(key, list) and t.get("kind") == "pose":
             if not key or not all(isinstance(k, str) and k for k in key):
@@ -330,8 +408,12 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
                                   f"of them, found {e.resolution!r}")
             e.resolution = res
         estimates.append(e)
+    cams = [e for e in estimates if e.kind == "camera"]
+    if len(cams) > 1:
+        raise ConfigError(f"{source}: more than one [[estimate]] with kind = \"camera\"; use one "
+                          "key glob over the sensor ids")
     return ProblemConfig(render=render, estimate=estimates, optimize=opt, photos=photos,
-                         evaluate=evaluate)
+                         evaluate=evaluate, cameras=cameras)
 
 
 def load_config(path: str | Path) -> ProblemConfig:

@@ -81,13 +81,20 @@ def relative_errors(ad: np.ndarray, fd: np.ndarray) -> tuple[float, float]:
     return float(err.mean()), float(err.max())
 
 
-def _directions(parameter: Parameter, value: np.ndarray,
-                grad: np.ndarray) -> list[tuple[str, np.ndarray]]:
+def _directions(parameter: Parameter, value: np.ndarray, grad: np.ndarray,
+                slot: int = 0) -> list[tuple[str, np.ndarray]]:
     """The directions checked for a parameter: each component of a small value
-    (a pose: its translation and rotation components); for a texture, the
-    texel, and for a shape the vertex coordinate, whose (reverse-mode)
-    gradient ``grad`` is largest."""
+    (a pose: its translation and rotation components; a camera: those of the
+    camera in ``slot``); for a texture, the texel, and for a shape the vertex
+    coordinate, whose (reverse-mode) gradient ``grad`` is largest."""
     flat = value.reshape(-1)
+    if parameter.kind == "camera":
+        out = []
+        for i, name in enumerate(["tx", "ty", "tz", "rx", "ry", "rz"]):
+            d = np.zeros_like(flat)
+            d[6 * slot + i] = 1.0
+            out.append((f"camera {name}", d))
+        return out
     if parameter.kind == "pose":
         names = ["tx", "ty", "tz", "rx", "ry", "rz", "log scale"]
         out = []
@@ -151,17 +158,24 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
         raise ValueError(f"check_gradients(): unknown view(s) {sorted(set(views) - set(known))}; "
                          f"views: {', '.join(known)}")
     integrator = make_integrator(problem.config.render, problem.parameters, problem.scene)
+    if any(by_key[k].kind == "camera" for k in keys):
+        from .optimize import _setup_cameras
+
+        _setup_cameras(problem)
     checks = []
     for key in keys:
         parameter = by_key[key]
-        base, kind, write, restore = _writer(parameter, params)
-
-        def put(value):
-            write(kind(value) if parameter.kind in ("texture", "envmap")
-                  else kind(np.ravel(value)) if parameter.is_geometry
-                  else kind(value.reshape(base.shape)))
-
+        flat = parameter.is_geometry or parameter.kind == "camera"
         for view in chosen:
+            base, kind, write, restore = _writer(parameter, params, view.index)
+            if parameter.kind == "camera" and view.index not in parameter.model.slot:
+                continue  # not a refined camera
+
+            def put(value):
+                write(kind(value) if parameter.kind in ("texture", "envmap")
+                      else kind(np.ravel(value)) if flat
+                      else kind(value.reshape(base.shape)))
+
             def render(value, n_spp, s):
                 put(value)
                 with dr.suspend_grad():
@@ -170,7 +184,7 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
                 return np.array(img, dtype=np.float64)[..., :3]
 
             def reverse():
-                x = kind(base) if not parameter.is_geometry else kind(np.ravel(base))
+                x = kind(base) if not flat else kind(np.ravel(base))
                 dr.enable_grad(x)
                 write(x)
                 img = mi.render(problem.scene, params, sensor=view.index, integrator=integrator,
@@ -179,12 +193,13 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
                 return np.array(dr.grad(x), dtype=np.float64).reshape(base.shape)
 
             reverse_grad = reverse()
-            for label, direction in _directions(parameter, base, reverse_grad):
+            slot = parameter.model.slot[view.index] if parameter.kind == "camera" else 0
+            for label, direction in _directions(parameter, base, reverse_grad, slot):
                 theta = mi.Float(0.0)
                 dr.enable_grad(theta)
                 if parameter.kind in ("texture", "envmap"):
                     write(kind(base) + mi.TensorXf(direction) * theta)
-                elif parameter.is_geometry:
+                elif flat:
                     write(kind(np.ravel(base)) + kind(np.ravel(direction)) * theta)
                 else:
                     write(kind(base) + kind(direction.reshape(base.shape)) * theta)
@@ -211,17 +226,33 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
                     key=key, component=label, view=view.id, error_mean=mean, error_max=worst,
                     sum_error=abs(ad_sum - fd_sum) / denominator, fd_noise=noise, ad_sum=ad_sum,
                     fd_sum=fd_sum, reverse_error=reverse_error, forward_lost=forward_lost))
-        restore()
+            restore()
     return checks
 
 
-def _writer(parameter: Parameter, params):
+def _writer(parameter: Parameter, params, view_index: int = 0):
     """How a check moves ``parameter``: its base value (numpy), the Dr.Jit
     type of a value, a function writing a value into the scene, and one
     putting the original back. Geometry is moved through its latent: a pose's
-    ``[t, w(, log s)]`` (see :mod:`invpbr.geometry`), a shape's vertices."""
+    ``[t, w(, log s)]`` (see :mod:`invpbr.geometry`), a shape's vertices; a
+    camera through the scene moved for the camera of sensor ``view_index``
+    (see :mod:`invpbr.camera`)."""
     import mitsuba as mi
 
+    if parameter.kind == "camera":
+        model = parameter.model
+
+        def write(value):
+            for k, v in model.scene_values(value, view_index).items():
+                params[k] = v
+            params.update()
+
+        def restore():
+            for k, v in model.rest.items():
+                params[k] = v
+            params.update()
+
+        return model.initial_latent().astype(np.float64), mi.Float, write, restore
     if parameter.kind == "pose":
         originals = {k: params[k] for k in parameter.scene_keys}
 

@@ -90,7 +90,7 @@ def _errors(problem: Problem, estimates: dict[str, np.ndarray]) -> tuple[dict, d
     truth = problem.truth
     errors, extra = {}, {}
     for p in problem.parameters:
-        if p.key not in estimates:
+        if p.key not in estimates or p.kind == "camera":
             continue
         if p.is_geometry:
             if all(k in truth for k in p.scene_keys):
@@ -110,6 +110,76 @@ def _errors(problem: Problem, estimates: dict[str, np.ndarray]) -> tuple[dict, d
     return errors, extra
 
 
+class Gains:
+    """Per-photo gains (``[photos] gain``): a render is multiplied by its
+    photo's gain before the loss.
+
+    The latent ``x`` holds a log gain per fitted view (and channel); the gain
+    is ``exp(x - mean(x))`` over the views (or ``exp(x - x_ref)`` for a
+    reference photo), since a common factor of all gains is indistinguishable
+    from brighter lights. Fixing the gauge inside the function, rather than
+    projecting ``x`` after each step, keeps Adam's per-coordinate step sizes
+    from pulling the gains off the constrained optimum. Held-out views keep
+    gain 1.
+    """
+
+    KEY = "photo gains"
+
+    def __init__(self, problem: Problem, opt):
+        import mitsuba as mi
+
+        cfg = problem.config.photos
+        self.channels = 1 if cfg.gain == "exposure" else 3
+        self.fit = [i for i, v in enumerate(problem.views) if not v.held_out]
+        self.ids = [problem.views[i].id for i in self.fit]
+        self.slot = {v: j for j, v in enumerate(self.fit)}
+        self.reference = None if cfg.gain_reference == "mean" \
+            else self.ids.index(cfg.gain_reference)
+        self.opt = opt
+        opt[self.KEY] = mi.Float(np.zeros(len(self.fit) * self.channels, np.float32))
+        opt.set_learning_rate({self.KEY: cfg.gain_lr})
+
+    def _index(self, j: int) -> list[int]:
+        return [j * self.channels + (c if self.channels == 3 else 0) for c in range(3)]
+
+    def apply(self, image, view: int):
+        import drjit as dr
+        import mitsuba as mi
+
+        j = self.slot.get(view)
+        if j is None:
+            return image
+        x = self.opt[self.KEY]
+        log_gain = dr.gather(mi.Float, x, mi.UInt32(self._index(j)))
+        if self.reference is not None:
+            log_gain = log_gain - dr.gather(mi.Float, x, mi.UInt32(self._index(self.reference)))
+        else:
+            mean = mi.Float(0.0)
+            for k in range(len(self.fit)):
+                mean = mean + dr.gather(mi.Float, x, mi.UInt32(self._index(k)))
+            log_gain = log_gain - mean / len(self.fit)
+        return image * mi.TensorXf(dr.exp(log_gain), shape=(1, 1, 3))
+
+    def values(self) -> dict[str, np.ndarray]:
+        """Fitted view id -> its gain per colour channel, (3,)."""
+        x = np.array(self.opt[self.KEY], dtype=np.float64).reshape(len(self.fit), self.channels)
+        x = x - (x.mean(axis=0) if self.reference is None else x[self.reference])
+        return {sid: np.broadcast_to(np.exp(g), (3,)).copy() for sid, g in zip(self.ids, x)}
+
+
+def gain_errors(gains: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, float]:
+    """View id -> largest relative error of its per-channel gain against the
+    truth, after bringing the truth into the estimate's gauge (the common
+    factor of the true gains over these views, per channel, is removed)."""
+    ids = [i for i in gains if i in truth]
+    if not ids:
+        return {}
+    est = np.log(np.array([gains[i] for i in ids]))
+    ref = np.log(np.array([truth[i] for i in ids]))
+    ref = ref - ref.mean(axis=0) + est.mean(axis=0)
+    return {i: float(np.max(np.abs(np.exp(e - r) - 1.0))) for i, e, r in zip(ids, est, ref)}
+
+
 class _Latents:
     """The optimizer's variables, one per parameter (textures and envmaps per
     coarse-to-fine stage), and their mapping into the scene."""
@@ -125,9 +195,11 @@ class _Latents:
         self.shape_opt = mi.ad.Adam(lr=cfg.lr, uniform=True)
         self.stages: dict[str, int] = {}
         self.types = {p.key: type(problem.params[p.key]) for p in problem.parameters
-                      if not p.is_geometry}
+                      if not p.is_geometry and p.kind != "camera"}
+        self.camera = next((p for p in problem.parameters if p.kind == "camera"), None)
         for p in problem.parameters:
             self._set_latent(p, 0, p.initial)
+        self.gains = Gains(problem, self.opt) if problem.config.photos.gain != "none" else None
         self.write_scene()
 
     def _opt(self, p: Parameter):
@@ -139,7 +211,7 @@ class _Latents:
 
         opt = self._opt(p)
         if latent is None:
-            latent = p.model.initial_latent() if p.is_geometry \
+            latent = p.model.initial_latent() if p.is_geometry or p.kind == "camera" \
                 else p.latent_from_scene(scene_value, stage)
         if p.model is not None:
             opt[p.key] = mi.Float(np.ravel(latent))
@@ -149,18 +221,31 @@ class _Latents:
             opt[p.key] = self.types[p.key](latent)
         if p.config.lr is not None:
             opt.set_learning_rate({p.key: p.config.lr})
+        elif p.kind == "camera":
+            from .camera import CAMERA_LR
+
+            opt.set_learning_rate({p.key: CAMERA_LR})
         self.stages[p.key] = stage
 
-    def write_scene(self) -> None:
-        """Put every parameter's scene value (a function of its latent) into the scene."""
+    def write_scene(self, view_index: int | None = None) -> None:
+        """Put every parameter's scene value (a function of its latent) into the
+        scene; with camera refinement, moved for the camera of sensor
+        ``view_index`` (None: not moved)."""
         params = self.problem.params
+        values = {}
         for p in self.problem.parameters:
+            if p.kind == "camera":
+                continue
             if p.is_geometry:
-                for key, value in p.model.scene_values(self.shape_opt[p.key] if p.kind == "shape"
-                                                       else self.opt[p.key]).items():
-                    params[key] = value
+                values.update(p.model.scene_values(self.shape_opt[p.key] if p.kind == "shape"
+                                                   else self.opt[p.key]))
             else:
-                params[p.key] = p.to_scene(self.opt[p.key], params[p.key])
+                values[p.key] = p.to_scene(self.opt[p.key], params[p.key])
+        if self.camera is not None:
+            values.update(self.camera.model.scene_values(self.opt[self.camera.key], view_index,
+                                                         values))
+        for key, value in values.items():
+            params[key] = value
         params.update()
 
     def advance(self, iteration: int) -> bool:
@@ -262,6 +347,10 @@ class _Latents:
     def has_fd(self) -> bool:
         return any(p.gradient == "fd" for p in self.problem.parameters)
 
+    def apply_gain(self, image, view: int):
+        """``image`` (of view number ``view``) times its photo's gain, if gains are estimated."""
+        return image if self.gains is None else self.gains.apply(image, view)
+
     def regularizer(self):
         """Total variation of textures and envmap latents, and the envmaps'
         white-balance prior; None when there is none."""
@@ -294,7 +383,7 @@ class _Latents:
         if len(self.shape_opt):
             self.shape_opt.step()
         for p in self.problem.parameters:
-            if p.is_geometry:
+            if p.is_geometry or p.kind == "camera":
                 continue
             bounds = p.latent_bounds()
             if bounds is not None:
@@ -309,7 +398,9 @@ class _Latents:
         params = self.problem.params
         out = {}
         for p in self.problem.parameters:
-            if p.is_geometry:
+            if p.kind == "camera":
+                out[p.key] = np.array(self.opt[p.key], dtype=np.float64).reshape(-1, 6)
+            elif p.is_geometry:
                 out[p.key] = p.model.points({k: geometry.scene_numpy(params, k)
                                              for k in p.scene_keys})
             else:
@@ -351,12 +442,20 @@ class _Latents:
         import drjit as dr
 
         params = self.problem.params
+        written = set()
         for p in self.problem.parameters:
+            if p.kind == "camera":
+                continue
             if p.is_geometry:
                 for key, value in p.model.scene_values(dr.detach(self._opt(p)[p.key])).items():
                     params[key] = dr.detach(value)
+                    written.add(key)
             else:
                 params[p.key] = dr.detach(p.to_scene(dr.detach(self.opt[p.key]), params[p.key]))
+        if self.camera is not None:  # the scene as it is, not moved for a camera
+            for key, value in self.camera.model.rest.items():
+                if key not in written:
+                    params[key] = value
         params.update()
         self.opt = self.shape_opt = None
 
@@ -410,11 +509,12 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         raise ValueError(f"optimize(): {problem.name}: every view is held out; none is left to fit")
     per_step = min(cfg.optimize.views_per_step or len(fit), len(fit))
     rng = np.random.default_rng(cfg.optimize.seed)
+    camera = _setup_cameras(problem)
 
     frozen = can_freeze(problem, integrator_type, per_step == len(fit))
     batch_sensor = None
     if cfg.optimize.batch and "projective" not in integrator_type and per_step == len(fit) \
-            and not any(p.gradient == "fd" for p in problem.parameters):
+            and camera is None and not any(p.gradient == "fd" for p in problem.parameters):
         batch_sensor = make_batch_sensor(problem.scene, [problem.views[v].index for v in fit])
 
     def render_and_backward(seed, chosen, spp):
@@ -432,9 +532,25 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                                   problem.views[v].index, spp=spp, seed=seed + v,
                                   spp_grad=cfg.render.spp_grad) for v in chosen]
         for v, image in zip(chosen, images):
-            total = total + loss_fn(image, photos[v], weights[v]) / len(chosen)
+            total = total + loss_fn(latents.apply_gain(image, v), photos[v],
+                                    weights[v]) / len(chosen)
         dr.backward(total)
         return dr.detach(total)
+
+    def render_and_backward_per_view(seed, chosen, spp):
+        """Camera refinement: the scene is moved for each view's camera, and
+        each view's backward pass runs while the scene is so moved (Mitsuba's
+        adjoint pass renders the scene as it is at backward time)."""
+        total = mi.Float(0.0)
+        for v in chosen:
+            latents.write_scene(problem.views[v].index)
+            image = render_view(problem.scene, problem.params, integrator, problem.views[v].index,
+                                spp=spp, seed=seed + v, spp_grad=cfg.render.spp_grad)
+            loss = loss_fn(latents.apply_gain(image, v), photos[v], weights[v]) / len(chosen)
+            dr.backward(loss)
+            total = total + dr.detach(loss)
+        latents.write_scene()
+        return total
 
     step_fn = dr.freeze(render_and_backward) if frozen else None
     if frozen:
@@ -471,11 +587,14 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                     image = render_view(problem.scene, problem.params, integrator,
                                         problem.views[v].index, spp=spp,
                                         seed=base_seed + v, spp_grad=cfg.render.spp_grad)
+                    image = latents.apply_gain(image, v)
                     total = total + loss_fn(image, photos[v], weights[v]) / len(chosen)
                     image_grads.append(_image_gradient(loss_fn, image, photos[v], weights[v],
                                                        len(chosen)))
                 dr.backward(total)  # one pass for all views (see render_and_backward)
                 total = dr.detach(total)
+            elif camera is not None:
+                total = render_and_backward_per_view(mi.UInt32(base_seed), chosen, spp)
             elif frozen:
                 try:
                     total = step_fn(mi.UInt32(base_seed), chosen, spp)
@@ -533,16 +652,36 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     estimates = latents.values()
     poses = {p.key: p.model.describe(np.array(latents.opt[p.key]))
              for p in problem.parameters if p.kind == "pose"}
+    gains = latents.gains.values() if latents.gains is not None else {}
+    camera_latent = None if camera is None else dr.detach(latents.opt[camera.key])
     latents.release()
     errors, geometry_errors = _errors(problem, estimates)
     initial_errors, geometry_errors_initial = _errors(problem, initial)
+    cameras, camera_errors, camera_errors_initial = {}, {}, {}
+    if camera is not None:
+        from .camera import camera_errors as _camera_errors
+
+        cameras = camera.model.camera_to_world(estimates[camera.key])
+        camera_errors = _camera_errors(cameras, problem.true_cameras)
+        camera_errors_initial = _camera_errors(camera.model.start_camera_to_world(),
+                                               problem.true_cameras)
 
     renders = {}
     with dr.suspend_grad():
-        for view in problem.views:
+        for v, view in enumerate(problem.views):
+            if camera is not None:  # seen from the refined camera
+                for key, value in camera.model.scene_values(camera_latent, view.index).items():
+                    problem.params[key] = value
+                problem.params.update()
             image = render_view(problem.scene, problem.params, integrator, view.index,
                                 spp=cfg.render.spp_final, seed=2**31 - 1)
+            if view.id in gains:  # as the photo saw it
+                image = image * mi.TensorXf(mi.Float(gains[view.id]), shape=(1, 1, 3))
             renders[view.id] = np.array(image, dtype=np.float32)
+        if camera is not None:
+            for key, value in camera.model.scene_values(camera_latent, None).items():
+                problem.params[key] = value
+            problem.params.update()
     after = _evaluation_renders(problem, integrator, renders=renders)
     held_out = [v for v in problem.views if v.held_out]
 
@@ -562,6 +701,12 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         geometry_errors_initial=geometry_errors_initial,
         meshes=_meshes(problem),
         poses=poses,
+        cameras=cameras,
+        camera_errors=camera_errors,
+        camera_errors_initial=camera_errors_initial,
+        gains=gains,
+        gain_errors=gain_errors(gains, problem.true_gains),
+        gain_errors_initial=gain_errors({i: np.ones(3) for i in gains}, problem.true_gains),
         peak_memory_mb=peak_memory_mb(),
         renders=renders,
         photos={v.id: v.photo for v in problem.views},
@@ -578,6 +723,33 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         errors_scale_invariant=evaluate.albedo_scale_invariant_errors(estimates, problem.truth),
         notes=evaluate.ambiguity_notes(problem.parameters, problem.params),
     )
+
+
+def _setup_cameras(problem: Problem):
+    """The camera estimate, with its :class:`~invpbr.camera.CameraModel` built
+    for the fitted views its glob matches (the scene's current state is the
+    rest state); None without one."""
+    from .camera import CameraModel
+
+    camera = next((p for p in problem.parameters if p.kind == "camera"), None)
+    if camera is None:
+        return None
+    import fnmatch
+
+    views = [v for v in problem.views if not v.held_out
+             and fnmatch.fnmatchcase(v.id, camera.config.key)]
+    if not views:
+        raise ValueError(f"optimize(): {problem.name}: the camera estimate's key "
+                         f"{camera.config.key!r} matches no fitted view")
+    if any(p.gradient == "fd" for p in problem.parameters):
+        raise ValueError(f"optimize(): {problem.name}: finite-difference gradients "
+                         "(gradient = \"fd\") cannot be combined with camera refinement")
+    camera.targets = [v.id for v in views]
+    camera.shape = (len(views), 6)
+    camera.initial = np.zeros(camera.shape)
+    camera.model = CameraModel(problem.params, problem.scene, camera.targets,
+                               [v.index for v in views])
+    return camera
 
 
 def _meshes(problem: Problem) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -604,6 +776,8 @@ def can_freeze(problem: Problem, integrator_type: str, all_views: bool) -> bool:
     estimates in some runs (up to 0.09 off), even when recorded anew per stage.
     """
     return (problem.config.optimize.freeze and all_views
+            and problem.config.photos.gain == "none"
+            and not any(p.kind == "camera" for p in problem.parameters)
             and "projective" not in integrator_type
             and not any(p.gradient == "fd" or len(p.resolutions) > 1
                         for p in problem.parameters))

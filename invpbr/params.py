@@ -47,7 +47,9 @@ class Parameter:
         config: its ``[[estimate]]`` settings.
         kind: ``"texture"`` (bitmap data, (H, W, C)), ``"envmap"`` (an
             environment map's data), ``"value"`` (scalars, colours, arrays),
-            ``"pose"`` or ``"shape"`` (geometry, see :mod:`invpbr.geometry`).
+            ``"pose"`` or ``"shape"`` (geometry, see :mod:`invpbr.geometry`),
+            ``"camera"`` (photos' camera poses, see :mod:`invpbr.camera`; key
+            ``"cameras"``, ``targets`` the sensor ids).
         shape: shape of the parameter in the scene.
         initial: the starting value as numpy (textures (H, W, C); envmaps
             their real texels (H, W, 3), without Mitsuba's halo columns).
@@ -55,7 +57,8 @@ class Parameter:
         space: ``"linear"`` or ``"log"``: what the optimizer steps in.
         model: envmaps with a low-order ``model``, and geometry: the model
             object that maps the latent to scene values.
-        targets: geometry: the scene keys written (``key`` names the estimate).
+        targets: geometry: the scene keys written (``key`` names the estimate);
+            cameras: the sensor ids matched.
     """
 
     key: str
@@ -81,6 +84,8 @@ class Parameter:
         if self.kind == "shape":
             return self.scene_keys + [k.removesuffix("vertex_positions") + "faces"
                                       for k in self.scene_keys]
+        if self.kind == "camera":
+            return []  # true cameras come from [cameras] truth or truth.xml's sensors
         return self.scene_keys
 
     @property
@@ -90,7 +95,7 @@ class Parameter:
     @property
     def resolutions(self) -> list[tuple[int, int]]:
         """Textures and envmaps: the (height, width) of each coarse-to-fine stage."""
-        if self.kind in ("value", "pose", "shape") or self.model is not None:
+        if self.kind in ("value", "pose", "shape", "camera") or self.model is not None:
             return []
         h, w = self.initial.shape[:2]
         if self.config.resolution:
@@ -193,13 +198,16 @@ def known_gradient_bias(params, key: str) -> str | None:
 
 
 def resolve_parameters(params, estimates: list[EstimateConfig], *,
-                       source: str | Path = "invpbr.toml") -> list[Parameter]:
-    """Match each ``[[estimate]]`` key (globs allowed) against ``params``.
+                       source: str | Path = "invpbr.toml",
+                       sensor_ids: list[str] | None = None) -> list[Parameter]:
+    """Match each ``[[estimate]]`` key (globs allowed) against ``params``
+    (``kind = "camera"``: against ``sensor_ids``).
 
     Args:
         params: ``mi.SceneParameters`` of the model scene.
         estimates: the estimate tables of the problem.
         source: the file named in error messages.
+        sensor_ids: the scene's sensor ids (for camera estimates).
 
     Returns:
         One :class:`Parameter` per matched key, in the order of the tables.
@@ -214,6 +222,15 @@ def resolve_parameters(params, estimates: list[EstimateConfig], *,
     found: dict[str, Parameter] = {}
     claimed: set[str] = set()
     for i, est in enumerate(estimates):
+        if est.kind == "camera":
+            ids = [k for k in (sensor_ids or []) if fnmatch.fnmatchcase(k, est.key)]
+            if not ids:
+                raise ValueError(f"{source}: estimate[{i}].key {est.key!r} (kind = \"camera\") "
+                                 f"matches no sensor id; sensors: {', '.join(sensor_ids or [])}")
+            found["cameras"] = Parameter(key="cameras", config=est, kind="camera",
+                                         shape=(len(ids), 6), initial=np.zeros((len(ids), 6)),
+                                         targets=ids)
+            continue
         if est.kind in ("pose", "shape"):
             for parameter in _resolve_geometry(params, est, i, source, claimed):
                 found[parameter.key] = parameter

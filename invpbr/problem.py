@@ -8,6 +8,10 @@
       photos/        one image per sensor, by sensor id or by sorted order
       masks/         optional, same names; white = use the pixel
       truth.xml      optional ground truth (synthetic scenes)
+
+or, with ``[cameras] file = "transforms.json"`` (or a COLMAP model, LLFF
+poses) in invpbr.toml, the camera file's frames replace scene.xml's sensors
+and name the photos (see :mod:`invpbr.capture`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class View:
         mask: pixels to use, (H, W) bool, or None for all.
         held_out: not fitted; used to measure novel-view error
             (``[evaluate] held_out`` in invpbr.toml).
+        camera: the pinhole camera of the photo, at the working resolution,
+            when it came from a camera file (``[cameras] file``).
     """
 
     index: int
@@ -49,6 +55,7 @@ class View:
     photo: np.ndarray
     mask: np.ndarray | None = None
     held_out: bool = False
+    camera: Any = None
 
 
 @dataclass
@@ -65,6 +72,9 @@ class Problem:
         truth: key -> true value (numpy), from truth.xml, for the estimated keys.
         truth_scene: the truth.xml scene, if any.
         relight_maps: environment maps for relighting evaluation, file -> texels.
+        true_cameras: sensor id -> true camera-to-world (4, 4), OpenCV
+            convention (see :mod:`invpbr.cameras`), for camera errors.
+        true_gains: sensor id -> true per-channel gain of the photo, for gain errors.
     """
 
     folder: Path | None
@@ -76,6 +86,8 @@ class Problem:
     truth: dict[str, np.ndarray] = field(default_factory=dict)
     truth_scene: Any = None
     relight_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    true_cameras: dict[str, np.ndarray] = field(default_factory=dict)
+    true_gains: dict[str, np.ndarray] = field(default_factory=dict)
     _relit_truth: dict[str, list] = field(default_factory=dict, repr=False)
 
     def relit_truth(self, name: str) -> list[np.ndarray]:
@@ -98,19 +110,31 @@ class Problem:
     def refresh_parameters(self) -> None:
         """Re-resolve ``config.estimate`` after changing it in Python."""
         source = self.folder / "invpbr.toml" if self.folder else "config"
-        self.parameters = resolve_parameters(self.params, self.config.estimate, source=source)
+        self.parameters = resolve_parameters(self.params, self.config.estimate, source=source,
+                                             sensor_ids=sensor_ids(self.scene))
         if self.truth_scene is not None:
             self.truth = load_truth(self.folder / "truth.xml", [k for p in self.parameters for k in p.truth_keys],
                                     self.truth_scene)
 
 
-def _xml_float_bitmaps(path: Path) -> str:
-    """scene XML text with every bitmap texture stored in the variant's float
-    format, so that 8-bit PNG/JPEG textures are differentiable."""
+def _parse_xml(path: Path) -> ET.ElementTree:
     try:
-        tree = ET.parse(path)
+        return ET.parse(path)
     except ET.ParseError as e:
         raise ValueError(f"{path}: malformed XML: {e}") from None
+
+
+def _xml_float_bitmaps(path: Path, sensors: list[ET.Element] | None = None) -> str:
+    """scene XML text with every bitmap texture stored in the variant's float
+    format, so that 8-bit PNG/JPEG textures are differentiable; with
+    ``sensors``, those replace the file's sensors."""
+    tree = _parse_xml(path)
+    if sensors is not None:
+        root = tree.getroot()
+        for old in root.findall("sensor"):
+            root.remove(old)
+        for new in sensors:
+            root.append(new)
     for tex in tree.getroot().iter("texture"):
         if tex.get("type") != "bitmap":
             continue
@@ -119,11 +143,13 @@ def _xml_float_bitmaps(path: Path) -> str:
     return ET.tostring(tree.getroot(), encoding="unicode")
 
 
-def load_scene(path: str | Path):
+def load_scene(path: str | Path, *, sensors: list[ET.Element] | None = None):
     """Load a Mitsuba scene file, bitmap textures as differentiable floats.
 
     Relative file names in the XML resolve against the file's folder. Shapes
     are never merged, so every shape keeps its own ``mi.traverse`` keys.
+    ``sensors`` (XML ``<sensor>`` elements, see
+    :func:`invpbr.capture.sensor_element`) replace the file's sensors.
 
     Raises:
         FileNotFoundError: no such file.
@@ -134,7 +160,7 @@ def load_scene(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such scene file")
-    text = _xml_float_bitmaps(path)
+    text = _xml_float_bitmaps(path, sensors)
     resolver = mi.file_resolver()
     saved = [resolver[i] for i in range(len(resolver))]
     resolver.prepend(str(path.parent.resolve()))
@@ -225,6 +251,28 @@ def load_views(scene, folder: Path, *, resize: bool = False) -> list[View]:
     return views
 
 
+def mask_saturated(views: list[View], saturation: float) -> None:
+    """Leave clipped pixels of 8-bit (PNG/JPEG) photos out of their views' masks:
+    those with a channel at or above the linear value ``saturation`` (0: none).
+
+    Raises:
+        ValueError: every pixel of a photo is clipped.
+    """
+    if saturation <= 0:
+        return
+    for v in views:
+        if v.photo_path is None or v.photo_path.suffix.lower() in io.LINEAR_SUFFIXES:
+            continue
+        clipped = v.photo.max(axis=-1) >= saturation
+        if not clipped.any():
+            continue
+        keep = ~clipped if v.mask is None else v.mask & ~clipped
+        if not keep.any():
+            raise ValueError(f"{v.photo_path}: every pixel is clipped (>= {saturation:g}, "
+                             "[photos] saturation); the photo is overexposed")
+        v.mask = keep
+
+
 def mark_held_out(views: list[View], ids: list[str], *, source="invpbr.toml") -> None:
     """Flag the views named in ``ids`` as held out from fitting.
 
@@ -280,29 +328,66 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     init_backend(variant)
     import mitsuba as mi  # only now: init_backend chooses the LLVM Dr.Jit loads
 
-    scene = load_scene(folder / "scene.xml")
+    frames, sensors = None, None
+    if config.cameras.file:
+        from .capture import load_frames, sensor_element
+
+        frames = load_frames(folder, config.cameras.file, resolution=config.cameras.resolution,
+                             undistort=config.cameras.undistort, source=str(folder / "invpbr.toml"))
+        template = _parse_xml(folder / "scene.xml").getroot().find("sensor")
+        sensors = [sensor_element(f.camera, template) for f in frames]
+    scene = load_scene(folder / "scene.xml", sensors=sensors)
     params = mi.traverse(scene)
-    parameters = resolve_parameters(params, config.estimate, source=folder / "invpbr.toml")
-    if any(p.is_geometry for p in parameters):
+    parameters = resolve_parameters(params, config.estimate, source=folder / "invpbr.toml",
+                                    sensor_ids=sensor_ids(scene))
+    if any(p.is_geometry or p.kind == "camera" for p in parameters):
         from .geometry import delta_light_warning
 
         reason = delta_light_warning(scene)
         if reason:
             warnings.warn(f"{folder / 'scene.xml'}: {reason}", stacklevel=2)
-    views = load_views(scene, folder, resize=config.photos.resize)
+    if frames is None:
+        views = load_views(scene, folder, resize=config.photos.resize)
+    else:
+        views = [View(index=i, id=f.camera.id, photo_path=f.path, photo=f.photo, mask=f.mask,
+                      camera=f.camera) for i, f in enumerate(frames)]
+    mask_saturated(views, config.photos.saturation)
     mark_held_out(views, config.evaluate.held_out, source=folder / "invpbr.toml")
+    _check_gain_reference(config, views, folder / "invpbr.toml")
     truth, truth_scene, relight_maps = {}, None, {}
+    true_cameras, true_gains = {}, {}
+    if config.cameras.truth:
+        from .capture import frame_gains, truth_cameras
+
+        true_cameras = truth_cameras(folder, config.cameras.truth, [v.id for v in views])
+        true_gains = frame_gains(folder / config.cameras.truth)
     if (folder / "truth.xml").is_file():
         truth_scene = load_scene(folder / "truth.xml")
+        if frames is not None and not config.cameras.truth:
+            from .capture import truth_cameras
+
+            true_cameras = truth_cameras(folder, "", [v.id for v in views], truth_scene)
         truth = load_truth(folder / "truth.xml", [k for p in parameters for k in p.truth_keys],
                            truth_scene)
         relight_maps = load_relight_maps(folder, config.evaluate.relight)
+        if frames is not None and relight_maps:  # relit from the photos' cameras
+            truth_scene = load_scene(folder / "truth.xml", sensors=sensors)
     elif config.evaluate.relight:
         warnings.warn(f"{folder / 'invpbr.toml'}: evaluate.relight needs a truth.xml to compare "
                       "with; relighting is not evaluated", stacklevel=2)
     return Problem(folder=folder, config=config, scene=scene, params=params,
                    parameters=parameters, views=views, truth=truth, truth_scene=truth_scene,
-                   relight_maps=relight_maps)
+                   relight_maps=relight_maps, true_cameras=true_cameras, true_gains=true_gains)
+
+
+def _check_gain_reference(config: ProblemConfig, views: list[View], source) -> None:
+    ref = config.photos.gain_reference
+    if config.photos.gain == "none" or ref == "mean":
+        return
+    fitted = [v.id for v in views if not v.held_out]
+    if ref not in fitted:
+        raise ValueError(f"{source}: photos.gain_reference = {ref!r} is not a fitted photo; "
+                         f"expected \"mean\" or one of {', '.join(fitted)}")
 
 
 def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]:
@@ -326,7 +411,18 @@ def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]
     init_backend(variant)
     import mitsuba as mi  # only now: init_backend chooses the LLVM Dr.Jit loads
 
-    scene = attempt(lambda: load_scene(folder / "scene.xml"))
+    frames = sensors = None
+    if config is not None and config.cameras.file:
+        from .capture import load_frames, sensor_element
+
+        frames = attempt(lambda: load_frames(
+            folder, config.cameras.file, resolution=config.cameras.resolution,
+            undistort=config.cameras.undistort, source=str(folder / "invpbr.toml")))
+        tree = attempt(lambda: _parse_xml(folder / "scene.xml"))
+        if frames is None or tree is None:
+            return problems
+        sensors = [sensor_element(f.camera, tree.getroot().find("sensor")) for f in frames]
+    scene = attempt(lambda: load_scene(folder / "scene.xml", sensors=sensors))
     if (folder / "truth.xml").is_file():
         attempt(lambda: load_scene(folder / "truth.xml"))
     if scene is None:
@@ -334,7 +430,10 @@ def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]
     if config is not None:
         params = mi.traverse(scene)
         for i, est in enumerate(config.estimate):
-            attempt(lambda est=est, i=i: resolve_parameters(params, [est], source=folder / "invpbr.toml"))
+            attempt(lambda est=est, i=i: resolve_parameters(params, [est], source=folder / "invpbr.toml",
+                                                            sensor_ids=sensor_ids(scene)))
+    if frames is not None:
+        return problems  # the photos were checked with their frames
     ids = sensor_ids(scene)
     if not ids:
         problems.append(f"{folder / 'scene.xml'}: the scene has no sensor")

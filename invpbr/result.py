@@ -71,6 +71,15 @@ class Result:
             axis and angle, scale, centre).
         peak_memory_mb: the process's peak resident memory (MiB) at the end of
             the run (host memory: the CPU backend's arrays live there).
+        cameras: refined view id -> camera-to-world (4, 4), OpenCV convention.
+        camera_errors: view id -> ``position`` (scene units) and
+            ``rotation_deg`` errors of the refined camera against the truth.
+        camera_errors_initial: the same for the starting cameras.
+        gains: view id -> estimated gain per colour channel (``[photos] gain``);
+            the renders are saved multiplied by it, as the photos saw them.
+        gain_errors: view id -> largest relative error of its gains against
+            the truth (in the estimate's gauge).
+        gain_errors_initial: the same for gains of 1.
     """
 
     name: str
@@ -101,6 +110,12 @@ class Result:
     meshes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     poses: dict[str, dict[str, Any]] = field(default_factory=dict)
     peak_memory_mb: float | None = None
+    cameras: dict[str, np.ndarray] = field(default_factory=dict)
+    camera_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    camera_errors_initial: dict[str, dict[str, float]] = field(default_factory=dict)
+    gains: dict[str, np.ndarray] = field(default_factory=dict)
+    gain_errors: dict[str, float] = field(default_factory=dict)
+    gain_errors_initial: dict[str, float] = field(default_factory=dict)
 
     def psnr(self) -> dict[str, float]:
         """view id -> PSNR (dB) of the final render against the photo, both
@@ -166,6 +181,8 @@ def result_to_json(result: Result, texture_paths: dict[str, str] | None = None,
     for key, value in result.estimates.items():
         if key in texture_paths:
             parameters[key] = texture_paths[key]
+        elif result.kinds.get(key) == "camera":
+            parameters[key] = {sid: np.asarray(c2w).tolist() for sid, c2w in result.cameras.items()}
         elif result.kinds.get(key) in ("pose", "shape"):
             shapes = {k.removesuffix(".vertex_positions") for k in key.split("+")}
             parameters[key] = {"points": int(np.asarray(value).reshape(-1, 3).shape[0]),
@@ -197,6 +214,13 @@ def result_to_json(result: Result, texture_paths: dict[str, str] | None = None,
                             for k, d in result.geometry_errors.items()},
         "geometry_errors_initial": {k: {n: finite(v) for n, v in d.items()}
                                     for k, d in result.geometry_errors_initial.items()},
+        "camera_errors": {k: {n: finite(v) for n, v in d.items()}
+                          for k, d in result.camera_errors.items()},
+        "camera_errors_initial": {k: {n: finite(v) for n, v in d.items()}
+                                  for k, d in result.camera_errors_initial.items()},
+        "gains": {k: [float(x) for x in v] for k, v in result.gains.items()},
+        "gain_errors": {k: finite(v) for k, v in result.gain_errors.items()},
+        "gain_errors_initial": {k: finite(v) for k, v in result.gain_errors_initial.items()},
         "notes": result.notes,
         "loss": [finite(v) for v in result.loss],
         "iterations": result.iterations,

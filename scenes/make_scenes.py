@@ -839,6 +839,107 @@ views_per_step = 0
 """)
 
 
+# (j) A capture as it comes: JPEGs with their own exposure and white balance, cameras in a
+# transforms.json that are ~2 degrees and ~2 % of the scene off ---------------------------
+
+CAPTURE_VIEWS = [(az, 28 if i % 2 == 0 else 40) for i, az in enumerate(range(10, 360, 60))]
+CAPTURE_SIZE = (64, 48)
+CAPTURE_TRUTH = {"blob": (0.75, 0.35, 0.15), "ball": (0.2, 0.45, 0.7)}
+CAPTURE_MODEL = {"blob": (0.5, 0.5, 0.5), "ball": (0.5, 0.5, 0.5)}
+
+
+def ground_plane(folder: Path, size: float, y: float, tiles: float) -> None:
+    """A square ground mesh (a welded 8x8 grid at height ``y``) with texture coordinates
+    repeating ``tiles`` times."""
+    n = 9
+    u, v = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
+    vertices = np.stack([(u - 0.5) * size, np.full_like(u, y), (v - 0.5) * size], -1).reshape(-1, 3)
+    uvs = np.stack([u, v], -1).reshape(-1, 2) * tiles
+    faces = []
+    for r in range(n - 1):
+        for c in range(n - 1):
+            a, b, d, e = r * n + c, r * n + c + 1, (r + 1) * n + c, (r + 1) * n + c + 1
+            faces += [(a, d, b), (b, d, e)]  # counter-clockwise seen from +y
+    procedural.write_ply(folder / "meshes" / "ground.ply", vertices, np.array(faces), uvs=uvs)
+
+
+def real_capture_xml(materials: dict, *, with_sensors: bool) -> str:
+    body = integrator(2)
+    if with_sensors:
+        w, h = CAPTURE_SIZE
+        for i, (az, el) in enumerate(CAPTURE_VIEWS):
+            body += sensor(f"IMG_{i + 1:04d}", look_at(az, el, 6.0, (0.3, -0.3, 0.2)),
+                           (0.3, -0.3, 0.2), fov=45, size=w, sample_border=True
+                           ).replace(f'name="height" value="{w}"', f'name="height" value="{h}"')
+    body += f"""
+    <emitter type="constant" id="sky">
+        {rgb("radiance", 1.0)}
+    </emitter>"""
+    body += mesh_xml("blob", "meshes/blob.ply", materials["blob"])
+    body += mesh_xml("ball", "meshes/ball.ply", materials["ball"])
+    body += f"""
+    <shape type="ply" id="ground">
+        <string name="filename" value="meshes/ground.ply"/>
+        <bsdf type="diffuse">
+            {bitmap("reflectance", "textures/ground.png")}
+        </bsdf>
+    </shape>"""
+    return body
+
+
+def make_real_capture(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    procedural.write_ply(folder / "meshes" / "blob.ply", *procedural.blob(3, seed=1))
+    ball_v, ball_f = procedural.icosphere(2, radius=0.5)
+    procedural.write_ply(folder / "meshes" / "ball.ply", ball_v + np.array([1.7, -0.5, 1.0]), ball_f)
+    # The objects float a little above the ground: see the [render] note in invpbr.toml.
+    ground_plane(folder, 6.0, -1.25, 2.0)
+    procedural.write_png_srgb(folder / "textures" / "ground.png",
+                              0.15 + 0.7 * procedural.albedo_pattern(64, seed=3))
+    write_scene(folder, "truth.xml", "truth", real_capture_xml(CAPTURE_TRUTH, with_sensors=True))
+    write_scene(folder, "scene.xml", "model", real_capture_xml(CAPTURE_MODEL, with_sensors=False))
+    write_toml(folder, """
+# The photos are what `invpbr render scenes/real_capture --format jpg --noise 0.01
+# --exposure 0.3 --white-balance 0.05 --perturb-rotation 2 --perturb-translation 0.02`
+# makes of truth.xml: JPEGs whose exposure and white balance differ per photo, and a
+# transforms.json whose cameras are each 2 degrees and 2 % of the scene size off.
+
+[cameras]
+file = "transforms.json"          # the cameras (scene.xml has no sensors)
+truth = "transforms_truth.json"   # the true cameras and gains, for the errors
+
+[photos]
+gain = "rgb"                      # a gain per photo and colour channel, mean held at 1
+
+[render]
+spp = 8
+max_depth = 2                     # direct light only: "auto" picks direct_projective
+integrator = "auto"
+# Cameras are refined by moving the whole scene, so only the edges seen from the camera
+# are sampled (no guiding structure for shadow edges is built). What that leaves out: how
+# occlusion changes as a camera ray slides over a surface, which is why the objects float
+# a little above the ground here rather than touch it (see invpbr/camera.py).
+guiding = "none"
+
+[[estimate]]
+key = "blob.bsdf.reflectance.value"
+bounds = [0.0, 1.0]
+
+[[estimate]]
+key = "ball.bsdf.reflectance.value"
+bounds = [0.0, 1.0]
+
+[[estimate]]
+kind = "camera"                   # every photo's camera: rotation and translation
+key = "*"
+
+[optimize]
+iterations = 120
+lr = 0.02
+loss = "l2"
+""")
+
+
 SCENES = {
     "cornell": make_cornell,
     "principled_sphere": make_principled_sphere,
@@ -849,6 +950,7 @@ SCENES = {
     "object_pose": make_object_pose,
     "shape_reconstruction": make_shape_reconstruction,
     "light_position": make_light_position,
+    "real_capture": make_real_capture,
 }
 
 

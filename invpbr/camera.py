@@ -1,0 +1,216 @@
+"""Camera pose refinement by moving the scene relative to each camera.
+
+Mitsuba 3.9 does not differentiate sensor parameters, and a camera's silhouettes
+would need edge sampling of their own. But a photo taken by the camera ``C D``
+(its starting camera-to-world ``C`` corrected by a small rigid motion ``D`` in
+the camera's own frame) is the photo that ``C`` takes of the scene moved by
+
+    M = C D^-1 C^-1.
+
+So for each view invpbr writes ``M`` applied to everything in the scene (mesh
+vertices and normals, analytic shapes' and emitters' ``to_world``, point
+lights' positions) and renders with the sensor as it is; the projective
+integrators then differentiate silhouettes and shading with respect to ``D``
+like any other geometry (``invpbr gradcheck`` checks it).
+
+The latent of a camera is ``[t / size, w]``: its translation in units of the
+scene's bounding-box diagonal and an axis-angle rotation, both in the camera's
+frame, so one learning rate fits both.
+
+Limits: Mitsuba marks an environment map's ``to_world`` and a point light's
+``position`` non-differentiable; they are moved (the images are right) but
+carry no derivative, so a camera's gradient misses how such lighting turns
+with it (nothing is missed under a constant background, or area lights on
+meshes, which move with their mesh).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .geometry import VERTICES, rotation_matrix, rotation_numpy
+
+#: Default learning rate of camera latents (per step: about 0.3 degree of
+#: rotation and 0.5 % of the scene size of translation).
+CAMERA_LR = 0.005
+
+_NORMALS = "vertex_normals"
+_OPENCV_TO_MITSUBA = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def scene_movers(params) -> dict[str, str]:
+    """key -> how it moves with the world: ``points`` (mesh vertices),
+    ``normals`` (mesh vertex normals), ``transform`` (an analytic shape's or
+    emitter's ``to_world``) or ``position`` (a point light's)."""
+    import mitsuba as mi
+
+    out = {}
+    for key in params.keys():
+        node = params.properties[key][2]
+        if isinstance(node, (mi.Shape, mi.Emitter)) and key.endswith(".to_world"):
+            # (analytic shapes such as the rectangle may present as mi.Mesh)
+            out[key] = "transform"
+        elif isinstance(node, mi.Mesh):
+            if key.endswith("." + VERTICES):
+                out[key] = "points"
+            elif key.endswith("." + _NORMALS) and _width(params[key]) > 0:
+                out[key] = "normals"
+        elif isinstance(node, mi.Emitter) and key.endswith(".position"):
+            out[key] = "position"
+    return out
+
+
+def _width(value) -> int:
+    import drjit as dr
+
+    return dr.width(value) if dr.is_array_v(value) else 0
+
+
+def _matrix_numpy(value) -> np.ndarray:
+    m = value.matrix if hasattr(value, "matrix") else value
+    return np.array(m, dtype=np.float64).reshape(4, 4)
+
+
+def _constant_matrix(m: np.ndarray):
+    import mitsuba as mi
+
+    return mi.Matrix4f(*[float(v) for v in np.asarray(m, dtype=np.float64).ravel()])
+
+
+class CameraModel:
+    """Rigid corrections of some cameras, applied by moving the scene.
+
+    Args:
+        params: ``mi.traverse`` of the scene (its current values are the rest state).
+        scene: the scene (for its bounding box and sensors).
+        ids: sensor ids of the cameras to refine.
+        indices: their indices in ``scene.sensors()``.
+    """
+
+    kind = "camera"
+
+    def __init__(self, params, scene, ids: list[str], indices: list[int]):
+        self.ids = list(ids)
+        self.indices = list(indices)
+        self.slot = {index: j for j, index in enumerate(self.indices)}
+        bbox = scene.bbox()
+        lo, hi = np.array(bbox.min, dtype=np.float64), np.array(bbox.max, dtype=np.float64)
+        self.size = float(np.linalg.norm(hi - lo)) if np.all(np.isfinite(lo)) else 1.0
+        # Mitsuba camera-to-world of each camera, as loaded.
+        self.c2w = [_matrix_numpy(scene.sensors()[i].world_transform()) for i in self.indices]
+        self.movers = scene_movers(params)
+        self.rest = {key: _detached_copy(params[key]) for key in self.movers}
+        self.fixed = {key for key in self.movers
+                      if params.flags(key) & int(_non_differentiable())}
+        kinds = {params.properties[k][2].class_name() for k in params.keys()}
+        if any("Medium" in k or "Volume" in k for k in kinds):
+            warnings.warn("camera refinement moves shapes and emitters but not media or "
+                          "volumes; a scene with them renders wrongly while cameras move",
+                          stacklevel=2)
+
+    @property
+    def latent_size(self) -> int:
+        return 6 * len(self.ids)
+
+    def initial_latent(self) -> np.ndarray:
+        return np.zeros(self.latent_size, np.float32)
+
+    def world_motion(self, latent, view_index: int):
+        """``M = C D^-1 C^-1`` (``mi.Matrix4f``) of the camera of sensor
+        ``view_index``, differentiable in ``latent``; None for a camera that
+        is not refined."""
+        import drjit as dr
+        import mitsuba as mi
+
+        j = self.slot.get(view_index)
+        if j is None:
+            return None
+
+        def at(i):
+            return dr.gather(mi.Float, latent, 6 * j + i)
+
+        t = mi.Vector3f(at(0), at(1), at(2)) * self.size
+        r_t = rotation_matrix(mi.Vector3f(at(3), at(4), at(5))).T
+        back = -(r_t @ t)
+        d_inv = mi.Matrix4f(1.0)
+        for a in range(3):
+            for b in range(3):
+                d_inv[a][b] = r_t[a][b]
+            d_inv[a][3] = back[a]
+        c = self.c2w[j]
+        return _constant_matrix(c) @ d_inv @ _constant_matrix(np.linalg.inv(c))
+
+    def scene_values(self, latent, view_index: int, values: dict | None = None) -> dict:
+        """key -> the moved scene value of every mover, for the camera of
+        sensor ``view_index``. ``values`` holds current values of keys that
+        other estimates write (their rest state this step); other keys move
+        from their loaded values."""
+        import drjit as dr
+        import mitsuba as mi
+
+        values = values or {}
+        m = self.world_motion(latent, view_index)
+        out = {}
+        for key, how in self.movers.items():
+            base = values.get(key, self.rest[key])
+            if m is None:
+                out[key] = base
+                continue
+            motion = dr.detach(m) if key in self.fixed else m
+            linear = mi.Matrix3f(*[motion[a][b] for a in range(3) for b in range(3)])
+            offset = mi.Vector3f(motion[0][3], motion[1][3], motion[2][3])
+            if how in ("points", "normals"):
+                p = dr.unravel(mi.Vector3f, mi.Float(base))
+                out[key] = dr.ravel(linear @ p + offset if how == "points" else linear @ p)
+            elif how == "position":
+                out[key] = type(base)(linear @ mi.Vector3f(base) + offset)
+            else:
+                moved = motion @ mi.Matrix4f(base.matrix)
+                out[key] = type(base)(dr.detach(moved) if key in self.fixed else moved)
+        return out
+
+    def camera_to_world(self, latent: np.ndarray) -> dict[str, np.ndarray]:
+        """Sensor id -> the refined camera-to-world (4, 4), OpenCV convention
+        (see :mod:`invpbr.cameras`)."""
+        latent = np.asarray(latent, dtype=np.float64).reshape(-1, 6)
+        out = {}
+        for sid, c, x in zip(self.ids, self.c2w, latent):
+            d = np.eye(4)
+            d[:3, :3] = rotation_numpy(x[3:])
+            d[:3, 3] = x[:3] * self.size
+            out[sid] = c @ d @ _OPENCV_TO_MITSUBA
+        return out
+
+    def start_camera_to_world(self) -> dict[str, np.ndarray]:
+        """Sensor id -> the starting camera-to-world, OpenCV convention."""
+        return {sid: c @ _OPENCV_TO_MITSUBA for sid, c in zip(self.ids, self.c2w)}
+
+
+def _non_differentiable():
+    import mitsuba as mi
+
+    return mi.ParamFlags.NonDifferentiable
+
+
+def _detached_copy(value):
+    import drjit as dr
+
+    return dr.detach(value) if dr.is_array_v(value) else value
+
+
+def camera_errors(estimated: dict[str, np.ndarray],
+                  truth: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Sensor id -> {"position": distance of the camera centres (scene units),
+    "rotation_deg": angle between the orientations} for ids in both."""
+    out = {}
+    for sid, c2w in estimated.items():
+        if sid not in truth:
+            continue
+        t = np.asarray(truth[sid], dtype=np.float64)
+        r = c2w[:3, :3].T @ t[:3, :3]
+        cos = np.clip(0.5 * (np.trace(r) - 1.0), -1.0, 1.0)
+        out[sid] = {"position": float(np.linalg.norm(c2w[:3, 3] - t[:3, 3])),
+                    "rotation_deg": float(np.degrees(np.arccos(cos)))}
+    return out
