@@ -42,16 +42,34 @@ def relative_l2_loss(image, reference, weight=None, *, epsilon: float = 1e-2):
     return _masked_mean(dr.square(image - reference) / (dr.square(dr.detach(image)) + epsilon), weight)
 
 
-IMAGE_LOSSES = {"l1": l1_loss, "l2": l2_loss, "relative_l2": relative_l2_loss}
+def cauchy_loss(image, reference, weight=None, *, scale: float = 0.05):
+    """Robust: ``log(1 + ((image - reference) / scale)^2)``.
+
+    Like L2 for residuals well below ``scale``; a pixel far off (a person or a
+    car in the photo that the model does not have) pulls with a weight that
+    falls as ``1 / (1 + (r / scale)^2)`` instead of growing, so it is not baked
+    into the scene.
+    """
+    import drjit as dr
+
+    return _masked_mean(dr.log(1.0 + dr.square((image - reference) / scale)), weight)
 
 
-def image_loss(name: str):
-    """The image loss function named ``name`` (``l1``, ``l2``, ``relative_l2``)."""
+IMAGE_LOSSES = {"l1": l1_loss, "l2": l2_loss, "relative_l2": relative_l2_loss,
+                "cauchy": cauchy_loss}
+
+
+def image_loss(name: str, *, scale: float = 0.05):
+    """The image loss function named ``name`` (``l1``, ``l2``, ``relative_l2``,
+    ``cauchy`` with residual ``scale``)."""
     try:
-        return IMAGE_LOSSES[name]
+        loss = IMAGE_LOSSES[name]
     except KeyError:
         raise ValueError(f"image_loss(): unknown loss {name!r}; expected one of "
                          f"{', '.join(IMAGE_LOSSES)}") from None
+    if name == "cauchy":
+        return lambda image, reference, weight=None: loss(image, reference, weight, scale=scale)
+    return loss
 
 
 def total_variation(texture):

@@ -499,7 +499,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     iterations = cfg.optimize.iterations if iterations is None else int(iterations)
     integrator_type = choose_integrator_type(cfg.render, problem.parameters)
     integrator = make_integrator(cfg.render, problem.parameters, problem.scene)
-    loss_fn = image_loss(cfg.optimize.loss)
+    loss_fn = image_loss(cfg.optimize.loss, scale=cfg.optimize.loss_scale)
     photos = [mi.TensorXf(v.photo) for v in problem.views]
     weights = [None if v.mask is None else mi.TensorXf(v.mask[..., None].astype(np.float32))
                for v in problem.views]
@@ -657,11 +657,12 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     latents.release()
     errors, geometry_errors = _errors(problem, estimates)
     initial_errors, geometry_errors_initial = _errors(problem, initial)
-    cameras, camera_errors, camera_errors_initial = {}, {}, {}
+    cameras, camera_errors, camera_errors_initial, refined_cameras = {}, {}, {}, []
     if camera is not None:
         from .camera import camera_errors as _camera_errors
 
         cameras = camera.model.camera_to_world(estimates[camera.key])
+        refined_cameras = _refined_cameras(problem, cameras)
         camera_errors = _camera_errors(cameras, problem.true_cameras)
         camera_errors_initial = _camera_errors(camera.model.start_camera_to_world(),
                                                problem.true_cameras)
@@ -702,6 +703,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         meshes=_meshes(problem),
         poses=poses,
         cameras=cameras,
+        refined_cameras=refined_cameras,
         camera_errors=camera_errors,
         camera_errors_initial=camera_errors_initial,
         gains=gains,
@@ -750,6 +752,26 @@ def _setup_cameras(problem: Problem):
     camera.model = CameraModel(problem.params, problem.scene, camera.targets,
                                [v.index for v in views])
     return camera
+
+
+def _refined_cameras(problem: Problem, c2w: dict[str, np.ndarray]) -> list:
+    """Every view's :class:`~invpbr.cameras.Camera` with its refined pose (the
+    others as they were), for writing as a transforms.json."""
+    from dataclasses import replace
+
+    from .cameras import camera_from_sensor
+
+    out = []
+    for view in problem.views:
+        cam = view.camera
+        if cam is None:
+            try:
+                cam = camera_from_sensor(problem.scene.sensors()[view.index], view.id,
+                                         file_path=view.photo_path)
+            except ValueError:
+                continue  # not a perspective sensor
+        out.append(replace(cam, c2w=c2w[view.id]) if view.id in c2w else cam)
+    return out
 
 
 def _meshes(problem: Problem) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -8,6 +8,7 @@
       renders/<view>.exr   the estimate's render (linear)
       textures/<key>.exr   estimated textures (linear) and .png previews (sRGB)
       meshes/<shape>.ply   estimated meshes (poses and shapes)
+      transforms.json      refined cameras (camera refinement), NeRF / instant-ngp form
       loss.png             the loss curve
 
 The folder appears whole: it is written beside the destination and renamed.
@@ -72,6 +73,8 @@ class Result:
         peak_memory_mb: the process's peak resident memory (MiB) at the end of
             the run (host memory: the CPU backend's arrays live there).
         cameras: refined view id -> camera-to-world (4, 4), OpenCV convention.
+        refined_cameras: every view's camera (:class:`invpbr.cameras.Camera`)
+            with the refined poses, written to ``transforms.json``.
         camera_errors: view id -> ``position`` (scene units) and
             ``rotation_deg`` errors of the refined camera against the truth.
         camera_errors_initial: the same for the starting cameras.
@@ -111,6 +114,7 @@ class Result:
     poses: dict[str, dict[str, Any]] = field(default_factory=dict)
     peak_memory_mb: float | None = None
     cameras: dict[str, np.ndarray] = field(default_factory=dict)
+    refined_cameras: list = field(default_factory=list)
     camera_errors: dict[str, dict[str, float]] = field(default_factory=dict)
     camera_errors_initial: dict[str, dict[str, float]] = field(default_factory=dict)
     gains: dict[str, np.ndarray] = field(default_factory=dict)
@@ -264,6 +268,13 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
             photo = result.photos.get(vid)
             preview = render if photo is None else _side_by_side(photo, render)
             io.save_image(tmp / "renders" / f"{_file_name(vid)}.png", preview)
+        if result.refined_cameras:
+            from .cameras import write_transforms
+
+            # Photo paths come out relative to the temporary folder, a sibling of out_dir:
+            # the same as relative to out_dir.
+            write_transforms(tmp / "transforms.json", result.refined_cameras,
+                             top={"invpbr_refined": True})
         plot_loss(result.loss, tmp / "loss.png", title=result.name)
         with open(tmp / "result.json", "w") as f:
             json.dump(result_to_json(result, texture_paths, mesh_paths), f, indent=2)
