@@ -17,6 +17,7 @@ LOSSES = ("l1", "l2", "relative_l2", "cauchy")
 GRADIENTS = ("auto", "ad", "fd")
 ESTIMATE_KINDS = ("auto", "pose", "shape", "camera")
 GAINS = ("none", "exposure", "rgb")
+PRECISIONS = ("single", "half")
 GUIDING = ("none", "grid", "octree")
 SPACES = ("auto", "linear", "log")
 ENVMAP_MODELS = ("texels", "sh", "sun_sky")
@@ -159,6 +160,12 @@ class OptimizeConfig:
     the views side by side in one image, one kernel), where the views' films
     match and the integrator is not projective; 1.9x faster per step on the
     3-view principled sphere. Same expected images; other random numbers."""
+    precision: str = "single"
+    """``single`` or ``half``: estimated bitmap textures (and every other bitmap
+    of the scene) stored in float16 in the scene, their latents too, with
+    Dr.Jit's GradScaler against underflowing gradients. Adam keeps float32
+    moments (its ``promote_fp16``: float16 second moments of unscaled
+    gradients underflow). Envmaps and values stay float32."""
     freeze: bool = False
     """Experimental: record each step's kernels once with ``dr.freeze`` and
     replay them (1.6x faster per step on the principled sphere, same
@@ -296,6 +303,9 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
         raise ConfigError(f"{source}: optimize.batch must be true or false, found {opt.batch!r}")
     if not isinstance(opt.freeze, bool):
         raise ConfigError(f"{source}: optimize.freeze must be true or false, found {opt.freeze!r}")
+    if opt.precision not in PRECISIONS:
+        raise ConfigError(f"{source}: optimize.precision = {opt.precision!r}; expected one of "
+                          f"{', '.join(PRECISIONS)}")
     if opt.loss not in LOSSES:
         raise ConfigError(f"{source}: optimize.loss = {opt.loss!r}; expected one of {', '.join(LOSSES)}")
     _number(source, "optimize.loss_scale", opt.loss_scale)

@@ -185,6 +185,7 @@ class _Latents:
     coarse-to-fine stage), and their mapping into the scene."""
 
     def __init__(self, problem: Problem, iterations: int):
+        import drjit as dr
         import mitsuba as mi
 
         cfg = problem.config.optimize
@@ -193,6 +194,9 @@ class _Latents:
         self.opt = mi.ad.Adam(lr=cfg.lr)
         # Large-steps shapes step with one step size for all coordinates (Nicolet et al.).
         self.shape_opt = mi.ad.Adam(lr=cfg.lr, uniform=True)
+        self.half = cfg.precision == "half"
+        # Scales the loss against float16 gradients underflowing (and backs off on overflow).
+        self.scaler = dr.opt.GradScaler() if self.half else None
         self.stages: dict[str, int] = {}
         self.types = {p.key: type(problem.params[p.key]) for p in problem.parameters
                       if not p.is_geometry and p.kind != "camera"}
@@ -215,6 +219,8 @@ class _Latents:
                 else p.latent_from_scene(scene_value, stage)
         if p.model is not None:
             opt[p.key] = mi.Float(np.ravel(latent))
+        elif p.kind == "texture" and self.half:
+            opt[p.key] = mi.TensorXf16(np.asarray(latent, dtype=np.float16))
         elif p.kind in ("texture", "envmap"):
             opt[p.key] = mi.TensorXf(latent)
         else:
@@ -265,7 +271,7 @@ class _Latents:
             stage = p.stage(iteration, self.iterations)
             if stage != self.stages[p.key]:
                 # Resample the latent itself (log radiance for envmaps).
-                latent = resample_texture(np.array(self.opt[p.key]), p.resolutions[stage])
+                latent = resample_texture(np.array(self.opt[p.key], dtype=np.float32), p.resolutions[stage])
                 self._set_latent(p, stage, None, latent=latent)
                 changed = True
         if changed:
@@ -341,11 +347,19 @@ class _Latents:
                               for g, hi_img, lo_img in zip(image_grads, *sides)) / (above - below)
             params[p.key] = current
             params.update()
+            if self.scaler is not None:  # like the AD gradients, which come scaled
+                grad = grad * float(np.asarray(self.scaler.scale_factor).ravel()[0])
             dr.set_grad(current, kind(grad.reshape(x.shape).astype(np.float32)))
 
     @property
     def has_fd(self) -> bool:
         return any(p.gradient == "fd" for p in self.problem.parameters)
+
+    def backward(self, loss) -> None:
+        """``dr.backward`` of ``loss``, scaled by the GradScaler in half precision."""
+        import drjit as dr
+
+        dr.backward(loss if self.scaler is None else self.scaler.scale(loss))
 
     def apply_gain(self, image, view: int):
         """``image`` (of view number ``view``) times its photo's gain, if gains are estimated."""
@@ -363,7 +377,8 @@ class _Latents:
         for p in self.problem.parameters:
             terms = []
             if p.tv > 0 and p.kind in ("texture", "envmap") and p.model is None:
-                terms.append(p.tv * total_variation(self.opt[p.key]))
+                # (in float32: a float16 mean over a large texture loses its small terms)
+                terms.append(p.tv * total_variation(mi.TensorXf(self.opt[p.key])))
             if p.kind == "envmap" and p.config.white_balance > 0:
                 texels = p.to_scene(self.opt[p.key], None)[:, 1:-1, :]
                 h, w = texels.shape[0], texels.shape[1]
@@ -379,9 +394,15 @@ class _Latents:
     def step(self) -> None:
         import drjit as dr
 
-        self.opt.step()
-        if len(self.shape_opt):
-            self.shape_opt.step()
+        if self.scaler is not None:
+            unscale = dr.rcp(self.scaler.scale_factor)
+            self.scaler.step(self.opt)
+            if len(self.shape_opt):
+                self.shape_opt.step(grad_scale=unscale)
+        else:
+            self.opt.step()
+            if len(self.shape_opt):
+                self.shape_opt.step()
         for p in self.problem.parameters:
             if p.is_geometry or p.kind == "camera":
                 continue
@@ -416,7 +437,7 @@ class _Latents:
         for p in self.problem.parameters:
             last = len(p.resolutions) - 1
             if last >= 0 and self.stages[p.key] != last:
-                latent = resample_texture(np.array(self.opt[p.key]), p.resolutions[last])
+                latent = resample_texture(np.array(self.opt[p.key], dtype=np.float32), p.resolutions[last])
                 self._set_latent(p, last, None, latent=latent)
                 changed = True
         if changed:
@@ -534,7 +555,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         for v, image in zip(chosen, images):
             total = total + loss_fn(latents.apply_gain(image, v), photos[v],
                                     weights[v]) / len(chosen)
-        dr.backward(total)
+        latents.backward(total)
         return dr.detach(total)
 
     def render_and_backward_per_view(seed, chosen, spp):
@@ -547,7 +568,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             image = render_view(problem.scene, problem.params, integrator, problem.views[v].index,
                                 spp=spp, seed=seed + v, spp_grad=cfg.render.spp_grad)
             loss = loss_fn(latents.apply_gain(image, v), photos[v], weights[v]) / len(chosen)
-            dr.backward(loss)
+            latents.backward(loss)
             total = total + dr.detach(loss)
         latents.write_scene()
         return total
@@ -591,7 +612,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                     total = total + loss_fn(image, photos[v], weights[v]) / len(chosen)
                     image_grads.append(_image_gradient(loss_fn, image, photos[v], weights[v],
                                                        len(chosen)))
-                dr.backward(total)  # one pass for all views (see render_and_backward)
+                latents.backward(total)  # one pass for all views (see render_and_backward)
                 total = dr.detach(total)
             elif camera is not None:
                 total = render_and_backward_per_view(mi.UInt32(base_seed), chosen, spp)
@@ -611,7 +632,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                 total = render_and_backward(mi.UInt32(base_seed), chosen, spp)
             reg = latents.regularizer()
             if reg is not None:
-                dr.backward(reg)
+                latents.backward(reg)
                 total = total + dr.detach(reg)
             total = _scalar(total)  # the step's one read-back
             if latents.has_fd:
@@ -799,6 +820,7 @@ def can_freeze(problem: Problem, integrator_type: str, all_views: bool) -> bool:
     """
     return (problem.config.optimize.freeze and all_views
             and problem.config.photos.gain == "none"
+            and problem.config.optimize.precision == "single"
             and not any(p.kind == "camera" for p in problem.parameters)
             and "projective" not in integrator_type
             and not any(p.gradient == "fd" or len(p.resolutions) > 1

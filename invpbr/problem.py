@@ -124,10 +124,12 @@ def _parse_xml(path: Path) -> ET.ElementTree:
         raise ValueError(f"{path}: malformed XML: {e}") from None
 
 
-def _xml_float_bitmaps(path: Path, sensors: list[ET.Element] | None = None) -> str:
+def _xml_float_bitmaps(path: Path, sensors: list[ET.Element] | None = None,
+                       bitmap_format: str = "variant") -> str:
     """scene XML text with every bitmap texture stored in the variant's float
-    format, so that 8-bit PNG/JPEG textures are differentiable; with
-    ``sensors``, those replace the file's sensors."""
+    format (or ``bitmap_format``, e.g. ``float16``), so that 8-bit PNG/JPEG
+    textures are differentiable; with ``sensors``, those replace the file's
+    sensors."""
     tree = _parse_xml(path)
     if sensors is not None:
         root = tree.getroot()
@@ -139,17 +141,20 @@ def _xml_float_bitmaps(path: Path, sensors: list[ET.Element] | None = None) -> s
         if tex.get("type") != "bitmap":
             continue
         if not any(child.get("name") == "format" for child in tex):
-            ET.SubElement(tex, "string", {"name": "format", "value": "variant"})
+            ET.SubElement(tex, "string", {"name": "format", "value": bitmap_format})
     return ET.tostring(tree.getroot(), encoding="unicode")
 
 
-def load_scene(path: str | Path, *, sensors: list[ET.Element] | None = None):
+def load_scene(path: str | Path, *, sensors: list[ET.Element] | None = None,
+               bitmap_format: str = "variant"):
     """Load a Mitsuba scene file, bitmap textures as differentiable floats.
 
     Relative file names in the XML resolve against the file's folder. Shapes
     are never merged, so every shape keeps its own ``mi.traverse`` keys.
     ``sensors`` (XML ``<sensor>`` elements, see
-    :func:`invpbr.capture.sensor_element`) replace the file's sensors.
+    :func:`invpbr.capture.sensor_element`) replace the file's sensors;
+    ``bitmap_format`` is the storage of bitmaps that do not set their own
+    (``variant``: float32 here; ``float16``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -160,7 +165,7 @@ def load_scene(path: str | Path, *, sensors: list[ET.Element] | None = None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such scene file")
-    text = _xml_float_bitmaps(path, sensors)
+    text = _xml_float_bitmaps(path, sensors, bitmap_format)
     resolver = mi.file_resolver()
     saved = [resolver[i] for i in range(len(resolver))]
     resolver.prepend(str(path.parent.resolve()))
@@ -336,7 +341,9 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
                              undistort=config.cameras.undistort, source=str(folder / "invpbr.toml"))
         template = _parse_xml(folder / "scene.xml").getroot().find("sensor")
         sensors = [sensor_element(f.camera, template) for f in frames]
-    scene = load_scene(folder / "scene.xml", sensors=sensors)
+    scene = load_scene(folder / "scene.xml", sensors=sensors,
+                       bitmap_format="float16" if config.optimize.precision == "half"
+                       else "variant")
     params = mi.traverse(scene)
     parameters = resolve_parameters(params, config.estimate, source=folder / "invpbr.toml",
                                     sensor_ids=sensor_ids(scene))
