@@ -132,7 +132,8 @@ _INTRINSIC_KEYS = ("camera_angle_x", "camera_angle_y", "fl_x", "fl_y", "cx", "cy
                    "k1", "k2", "p1", "p2")
 
 
-def read_transforms(path: str | Path, *, skip_missing: bool = False) -> list[Camera]:
+def read_transforms(path: str | Path, *, skip_missing: bool = False,
+                    need_images: bool = True) -> list[Camera]:
     """Cameras of a NeRF / instant-ngp ``transforms.json``.
 
     Intrinsics are read at the top level and may be overridden per frame: ``fl_x``/``fl_y``
@@ -144,6 +145,8 @@ def read_transforms(path: str | Path, *, skip_missing: bool = False) -> list[Cam
     Args:
         path: the json file.
         skip_missing: leave out frames whose image is missing instead of raising.
+        need_images: False: keep frames whose image is missing (``file_path`` None)
+            when the file gives their size (``w``, ``h``): poses alone, e.g. true cameras.
 
     Returns:
         One camera per frame, in file order.
@@ -166,7 +169,8 @@ def read_transforms(path: str | Path, *, skip_missing: bool = False) -> list[Cam
         if "file_path" not in frame or "transform_matrix" not in frame:
             raise ValueError(f'read_transforms(): {where} needs "file_path" and "transform_matrix"')
         image = _resolve_image(path.parent, frame["file_path"])
-        if image is None:
+        sized = all(key in frame or key in shared for key in ("w", "h"))
+        if image is None and not (sized and not need_images):
             if skip_missing:
                 continue
             raise FileNotFoundError(

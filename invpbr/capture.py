@@ -50,7 +50,8 @@ class Frame:
     path: Path
 
 
-def read_camera_file(path: str | Path, *, skip_missing: bool = False) -> list[Camera]:
+def read_camera_file(path: str | Path, *, skip_missing: bool = False,
+                     need_images: bool = True) -> list[Camera]:
     """The cameras of a transforms.json, a COLMAP model folder or an LLFF
     ``poses_bounds.npy`` (by what ``path`` is).
 
@@ -68,7 +69,7 @@ def read_camera_file(path: str | Path, *, skip_missing: bool = False) -> list[Ca
     elif path.suffix == ".npy":
         cameras = read_llff(path.parent)
     elif path.suffix == ".json":
-        cameras = read_transforms(path, skip_missing=skip_missing)
+        cameras = read_transforms(path, skip_missing=skip_missing, need_images=need_images)
     else:
         raise ValueError(f"{path}: unknown camera file type {path.suffix!r}; expected a "
                          "transforms.json, a COLMAP model folder or poses_bounds.npy")
@@ -212,7 +213,7 @@ def truth_cameras(folder: Path, truth_file: str, ids: list[str],
     camera file) or else from the sensors of ``truth_scene`` with those ids."""
     out: dict[str, np.ndarray] = {}
     if truth_file:
-        for cam in read_camera_file(folder / truth_file, skip_missing=True):
+        for cam in read_camera_file(folder / truth_file, skip_missing=True, need_images=False):
             out[cam.id] = cam.c2w
     elif truth_scene is not None:
         from .cameras import _OPENCV_TO_MITSUBA

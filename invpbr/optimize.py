@@ -573,16 +573,16 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         latents.write_scene()
         return total
 
+    initial = {p.key: p.initial for p in problem.parameters}
+    # "Doing nothing": the starting guess's held-out views and relit renders.
+    before = _evaluation_renders(problem, integrator)
+    latents = _Latents(problem, iterations)
+    # (dr.freeze reads the step's closure, latents included, so only now)
     step_fn = dr.freeze(render_and_backward) if frozen else None
     if frozen:
         # The recording checks Mitsuba's registry of scene objects on every replay:
         # collect other scenes' garbage now, not in the middle of the run.
         gc.collect()
-
-    initial = {p.key: p.initial for p in problem.parameters}
-    # "Doing nothing": the starting guess's held-out views and relit renders.
-    before = _evaluation_renders(problem, integrator)
-    latents = _Latents(problem, iterations)
     last_good = latents.snapshot()
     history: list[float] = []
     step_seconds: list[float] = []

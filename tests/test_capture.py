@@ -353,3 +353,33 @@ def test_scene_xml_sensor_is_the_template(capture, mi):
     plain = invpbr.load_problem(REAL).scene.sensors()[0]
     assert plain.film().rfilter().class_name() == "BoxFilter"
     assert re.search(r"sample_border\s*=\s*1|sample_border\s*=\s*true", str(plain.film()))
+
+
+def test_true_cameras_need_no_photos(capture, mi):
+    """transforms_truth.json in another folder (its photo paths lead nowhere): its frames
+    still give the true cameras, since they carry their size."""
+    from invpbr.problem import load_problem
+
+    (capture / "truth").mkdir()
+    (capture / "transforms_truth.json").rename(capture / "truth" / "transforms_truth.json")
+    toml = capture / "invpbr.toml"
+    toml.write_text(toml.read_text().replace('truth = "transforms_truth.json"',
+                                             'truth = "truth/transforms_truth.json"'))
+    problem = load_problem(capture)
+    assert sorted(problem.true_cameras) == [f"IMG_{i:04d}" for i in range(1, 7)]
+
+
+def test_truth_xml_sensors_are_the_true_cameras(capture, mi):
+    """Without [cameras] truth, truth.xml's sensors with the same ids are the truth."""
+    from invpbr.camera import camera_errors
+    from invpbr.problem import load_problem
+
+    text = (capture / "invpbr.toml").read_text()
+    (capture / "invpbr.toml").write_text(
+        "\n".join(ln for ln in text.splitlines() if not ln.startswith("truth =")) + "\n")
+    problem = load_problem(capture)
+    start = {v.id: v.camera.c2w for v in problem.views}
+    errors = camera_errors(start, problem.true_cameras)
+    assert sorted(errors) == [f"IMG_{i:04d}" for i in range(1, 7)]
+    for e in errors.values():  # the file's cameras are 2 degrees off truth.xml's sensors
+        assert abs(e["rotation_deg"] - 2.0) < 1e-3
