@@ -1,4 +1,5 @@
-"""Frozen steps (dr.freeze, opt-in) give the same numbers as traced ones."""
+"""Frozen steps (dr.freeze, on by default where it applies) give the same numbers as
+traced ones."""
 
 from __future__ import annotations
 
@@ -40,13 +41,20 @@ def test_frozen_and_traced_steps_give_the_same_estimates(tiny_scene):
     np.testing.assert_allclose(frozen.loss, traced.loss, rtol=1e-3)
 
 
-def test_freeze_is_opt_in_and_skipped_where_it_cannot_apply(tiny_scene):
+def test_freeze_is_default_and_skipped_where_it_cannot_apply(tiny_scene):
     problem = invpbr.load_problem(tiny_scene)
-    assert not can_freeze(problem, "prb", all_views=True)  # off by default
+    assert can_freeze(problem, "prb", all_views=True)  # on by default
+    problem.config.optimize.freeze = False
+    assert not can_freeze(problem, "prb", all_views=True)
     problem.config.optimize.freeze = True
-    assert can_freeze(problem, "prb", all_views=True)
     assert not can_freeze(problem, "prb_projective", all_views=True)
     assert not can_freeze(problem, "prb", all_views=False)
+    problem.config.optimize.precision = "half"
+    assert not can_freeze(problem, "prb", all_views=True)
+    problem.config.optimize.precision = "single"
+    problem.config.photos.gain = "rgb"
+    assert not can_freeze(problem, "prb", all_views=True)
+    problem.config.photos.gain = "none"
     problem.parameters[0].gradient = "fd"
     assert not can_freeze(problem, "prb", all_views=True)
 

@@ -284,6 +284,7 @@ def test_spp_schedule_and_gradient_spp_are_used(tiny_scene, monkeypatch):
     problem.config.render.spp = [2, 6]
     problem.config.render.spp_grad = 3
     problem.config.optimize.batch = False  # one render_view call per view
+    problem.config.optimize.freeze = False  # (a replayed step calls no Python)
     calls = []
     real = optimize_module.render_view
 
