@@ -144,6 +144,11 @@ class OptimizeConfig:
     """Optimization steps."""
     lr: float = 0.02
     """Adam learning rate of every parameter without its own ``lr``."""
+    lr_decay: float = 1.0
+    """Learning rates at the last step, as a fraction of their start: constant
+    for the first half of the run, then shrinking geometrically (1: constant
+    throughout). Below 1, an estimate that wanders with Monte Carlo noise
+    around the answer settles."""
     loss: str = "l1"
     """Image loss: ``l1``, ``l2``, ``relative_l2`` or ``cauchy`` (robust:
     ``log(1 + (r / loss_scale)^2)``, pixels far off the render, such as
@@ -300,6 +305,9 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
     opt = OptimizeConfig(**o)
     _number(source, "optimize.iterations", opt.iterations, integer=True, minimum=0)
     _number(source, "optimize.lr", opt.lr, minimum=0)
+    _number(source, "optimize.lr_decay", opt.lr_decay)
+    if not 0 < opt.lr_decay <= 1:
+        raise ConfigError(f"{source}: optimize.lr_decay must be in (0, 1], found {opt.lr_decay!r}")
     _number(source, "optimize.views_per_step", opt.views_per_step, integer=True, minimum=0)
     _number(source, "optimize.seed", opt.seed, integer=True, minimum=0)
     if not isinstance(opt.batch, bool):

@@ -191,6 +191,8 @@ class _Latents:
         cfg = problem.config.optimize
         self.problem = problem
         self.iterations = iterations
+        self.lr = cfg.lr
+        self.own_lr: dict[str, tuple] = {}  # key -> (optimizer, its own learning rate)
         self.opt = mi.ad.Adam(lr=cfg.lr)
         # Large-steps shapes step with one step size for all coordinates (Nicolet et al.).
         self.shape_opt = mi.ad.Adam(lr=cfg.lr, uniform=True)
@@ -204,6 +206,8 @@ class _Latents:
         for p in problem.parameters:
             self._set_latent(p, 0, p.initial)
         self.gains = Gains(problem, self.opt) if problem.config.photos.gain != "none" else None
+        if self.gains is not None:
+            self.own_lr[Gains.KEY] = (self.opt, problem.config.photos.gain_lr)
         self.write_scene()
 
     def _opt(self, p: Parameter):
@@ -226,11 +230,13 @@ class _Latents:
         else:
             opt[p.key] = self.types[p.key](latent)
         if p.config.lr is not None:
-            opt.set_learning_rate({p.key: p.config.lr})
+            self.own_lr[p.key] = (opt, p.config.lr)
         elif p.kind == "camera":
             from .camera import CAMERA_LR
 
-            opt.set_learning_rate({p.key: CAMERA_LR})
+            self.own_lr[p.key] = (opt, CAMERA_LR)
+        if p.key in self.own_lr:
+            opt.set_learning_rate({p.key: self.own_lr[p.key][1]})
         self.stages[p.key] = stage
 
     def write_scene(self, view_index: int | None = None) -> None:
@@ -354,6 +360,13 @@ class _Latents:
     @property
     def has_fd(self) -> bool:
         return any(p.gradient == "fd" for p in self.problem.parameters)
+
+    def decay(self, factor: float) -> None:
+        """Set every learning rate to ``factor`` times its start (``lr_decay``)."""
+        self.opt.set_learning_rate(self.lr * factor)
+        self.shape_opt.set_learning_rate(self.lr * factor)
+        for key, (opt, lr) in self.own_lr.items():
+            opt.set_learning_rate({key: lr * factor})
 
     def backward(self, loss) -> None:
         """``dr.backward`` of ``loss``, scaled by the GradScaler in half precision."""
@@ -648,6 +661,8 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                 status = "diverged"
                 latents.restore(last_good)
                 break
+            if cfg.optimize.lr_decay != 1.0:
+                latents.decay(decay_factor(cfg.optimize.lr_decay, it, iterations))
             latents.step()
             last_good = latents.snapshot()
             history.append(total)
@@ -746,6 +761,16 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         errors_scale_invariant=evaluate.albedo_scale_invariant_errors(estimates, problem.truth),
         notes=evaluate.ambiguity_notes(problem.parameters, problem.params),
     )
+
+
+def decay_factor(lr_decay: float, iteration: int, iterations: int) -> float:
+    """Learning-rate factor of step ``iteration``: 1 for the first half of the
+    run, then geometric down to ``lr_decay`` at the last step (an estimate gets
+    there at full speed, then settles)."""
+    half = iterations // 2
+    if iteration < half or iterations - 1 <= half:
+        return 1.0
+    return lr_decay ** ((iteration - half) / (iterations - 1 - half))
 
 
 def _setup_cameras(problem: Problem):

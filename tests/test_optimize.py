@@ -350,3 +350,28 @@ def test_views_with_different_films_are_not_batched(tiny_scene):
     scene = load_scene(tiny_scene / "scene.xml")
     assert make_batch_sensor(scene, [0, 1]) is None
     assert make_batch_sensor(scene, [1]) is None  # one view: nothing to batch
+
+
+def test_lr_decay_shrinks_the_steps(tiny_scene):
+    """lr_decay = 1e-4: the last step's learning rate is 1e-4 of the first's (constant
+    for the first half, then geometric), so the last step moves the estimate ~1e-4 as
+    far as the first (Adam's steps are ~lr)."""
+    from invpbr.optimize import decay_factor
+
+    assert [decay_factor(0.01, i, 5) for i in range(5)] == pytest.approx([1, 1, 1, 0.1, 0.01])
+    problem = load(tiny_scene, toml(base_color(), iterations=12, lr=0.05))
+    problem.config.optimize.lr_decay = 1e-4
+    seen = []
+    run(problem, callback=lambda info: seen.append(info.estimates[BASE].copy()))
+    first = np.abs(seen[0] - problem.parameters[0].initial).max()
+    last = np.abs(seen[-1] - seen[-2]).max()
+    assert first > 0.02, first
+    assert last < 1e-3 * first, (first, last)
+
+
+def test_lr_decay_is_validated():
+    from invpbr.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="optimize.lr_decay must be in"):
+        parse_config({"optimize": {"lr_decay": 0}}, source="x.toml")
+    assert parse_config({"optimize": {"lr_decay": 0.1}}).optimize.lr_decay == 0.1
