@@ -26,11 +26,12 @@ from .optimize import StepInfo, optimize  # noqa: E402
 from .problem import Problem, View, check_folder, load_problem, load_scene  # noqa: E402
 from .render import render_photos  # noqa: E402
 from .result import Result, save_result  # noqa: E402
+from .simulate import simulate_capture  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "LLVMError", "Problem", "ProblemConfig", "Result", "StepInfo", "View",
     "check_folder", "init_backend", "load_config", "load_problem", "load_scene", "optimize",
-    "render_photos", "save_result",
+    "render_photos", "save_result", "simulate_capture",
 ]
