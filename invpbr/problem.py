@@ -370,7 +370,7 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
         true_gains = frame_gains(folder / config.cameras.truth)
     if (folder / "truth.xml").is_file():
         truth_scene = load_scene(folder / "truth.xml")
-        if frames is not None and not config.cameras.truth:
+        if not config.cameras.truth:  # truth.xml's sensors, by id
             from .capture import truth_cameras
 
             true_cameras = truth_cameras(folder, "", [v.id for v in views], truth_scene)
