@@ -49,7 +49,7 @@ import warnings
 
 import numpy as np
 
-from .geometry import VERTICES, rotation_matrix, rotation_numpy
+from .geometry import TRAP_SHAPES, VERTICES, rotation_matrix, rotation_numpy
 
 #: Default learning rate of camera latents (per step: about 0.3 degree of
 #: rotation and 0.5 % of the scene size of translation).
@@ -124,6 +124,10 @@ class CameraModel:
         self.fixed = {key for key in self.movers
                       if params.flags(key) & int(_non_differentiable())}
         kinds = {params.properties[k][2].class_name() for k in params.keys()}
+        traps = sorted(kinds & set(TRAP_SHAPES))
+        if traps:
+            warnings.warn("camera refinement moves every shape, and the scene has "
+                          + "; ".join(f"{k}: {TRAP_SHAPES[k]}" for k in traps), stacklevel=2)
         if any("Medium" in k or "Volume" in k for k in kinds):
             warnings.warn("camera refinement moves shapes and emitters but not media or "
                           "volumes; a scene with them renders wrongly while cameras move",
