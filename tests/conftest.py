@@ -96,3 +96,17 @@ def tiny_scene(tiny_scene_master, tmp_path) -> Path:
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def sensor_ray_miss(sensor, pixel, point) -> float:
+    """Distance from ``point`` to the ray a Mitsuba ``sensor`` shoots through ``pixel``
+    (x right, y down, in pixels of its film's crop window)."""
+    import mitsuba as mi
+
+    size = np.array(sensor.film().crop_size(), dtype=np.float64)
+    s = np.asarray(pixel, dtype=np.float64) / size
+    ray, _ = sensor.sample_ray(0.0, 0.5, mi.Point2f(float(s[0]), float(s[1])), mi.Point2f(0.5, 0.5))
+    o = np.array(ray.o, dtype=np.float64).ravel()
+    d = np.array(ray.d, dtype=np.float64).ravel()
+    v = np.asarray(point, dtype=np.float64) - o
+    return float(np.linalg.norm(v - np.dot(v, d) * d))

@@ -15,6 +15,8 @@ import pytest
 import invpbr
 from invpbr import cameras
 
+from conftest import sensor_ray_miss
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multiview"
 
 W, H = 48, 32
@@ -47,14 +49,7 @@ def _ray_miss(camera: cameras.Camera, pixel, point, **kw) -> float:
     """Distance from `point` to the ray Mitsuba's sensor shoots through `pixel`."""
     invpbr.init_backend()
     import mitsuba as mi
-    sensor = mi.load_dict(cameras.to_mitsuba_sensor(camera, **kw))
-    size = np.array(sensor.film().size(), dtype=np.float64)
-    s = np.asarray(pixel, dtype=np.float64) / size
-    ray, _ = sensor.sample_ray(0.0, 0.5, mi.Point2f(float(s[0]), float(s[1])), mi.Point2f(0.5, 0.5))
-    o = np.array(ray.o, dtype=np.float64).ravel()
-    d = np.array(ray.d, dtype=np.float64).ravel()
-    v = point - o
-    return float(np.linalg.norm(v - np.dot(v, d) * d))
+    return sensor_ray_miss(mi.load_dict(cameras.to_mitsuba_sensor(camera, **kw)), pixel, point)
 
 
 def _check(camera, expected_uv, **kw):

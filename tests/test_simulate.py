@@ -19,6 +19,8 @@ from invpbr import cameras, io
 from invpbr.cli import main
 from invpbr.simulate import NOISE_FLOOR, render_clean, simulate_capture
 
+from conftest import sensor_ray_miss
+
 REPO = Path(__file__).resolve().parents[1]
 W, H = 24, 16
 POINT = np.array([0.3, -0.2, 0.25])
@@ -71,15 +73,7 @@ def _sensor(**kw):
 
 
 def _ray_miss(sensor, pixel, point) -> float:
-    """Distance from `point` to the ray `sensor` shoots through `pixel` of its image."""
-    import mitsuba as mi
-    size = np.array(sensor.film().crop_size(), dtype=np.float64)
-    s = np.asarray(pixel, dtype=np.float64) / size
-    ray, _ = sensor.sample_ray(0.0, 0.5, mi.Point2f(float(s[0]), float(s[1])), mi.Point2f(0.5, 0.5))
-    o = np.array(ray.o, dtype=np.float64).ravel()
-    d = np.array(ray.d, dtype=np.float64).ravel()
-    v = point - o
-    return float(np.linalg.norm(v - np.dot(v, d) * d))
+    return sensor_ray_miss(sensor, pixel, point)
 
 
 def _params(sensor) -> dict:
