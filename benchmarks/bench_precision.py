@@ -33,9 +33,6 @@ def child(folder: Path, precision: str, iterations: int | None, resolution: int 
             est.resolution = [resolution]
     if precision == "half":  # the scene's bitmaps are loaded in float16
         problem = _reload_half(folder, problem)
-        if resolution:
-            for est in problem.config.estimate:
-                est.resolution = [resolution]
     problem.refresh_parameters()
     result = optimize(problem, iterations=iterations, progress=False)
     texture = next(p for p in problem.parameters if p.kind == "texture")

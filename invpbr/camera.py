@@ -49,14 +49,14 @@ import warnings
 
 import numpy as np
 
-from .geometry import TRAP_SHAPES, VERTICES, rotation_matrix, rotation_numpy
+from .cameras import _OPENCV_TO_MITSUBA
+from .geometry import TRAP_SHAPES, VERTICES, dr_width, rotation_matrix, rotation_numpy
 
 #: Default learning rate of camera latents (per step: about 0.3 degree of
 #: rotation and 0.5 % of the scene size of translation).
 CAMERA_LR = 0.005
 
 _NORMALS = "vertex_normals"
-_OPENCV_TO_MITSUBA = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def scene_movers(params) -> dict[str, str]:
@@ -74,17 +74,11 @@ def scene_movers(params) -> dict[str, str]:
         elif isinstance(node, mi.Mesh):
             if key.endswith("." + VERTICES):
                 out[key] = "points"
-            elif key.endswith("." + _NORMALS) and _width(params[key]) > 0:
+            elif key.endswith("." + _NORMALS) and dr_width(params[key]) > 0:
                 out[key] = "normals"
         elif isinstance(node, mi.Emitter) and key.endswith(".position"):
             out[key] = "position"
     return out
-
-
-def _width(value) -> int:
-    import drjit as dr
-
-    return dr.width(value) if dr.is_array_v(value) else 0
 
 
 def _matrix_numpy(value) -> np.ndarray:
@@ -111,6 +105,8 @@ class CameraModel:
     kind = "camera"
 
     def __init__(self, params, scene, ids: list[str], indices: list[int]):
+        import mitsuba as mi
+
         self.ids = list(ids)
         self.indices = list(indices)
         self.slot = {index: j for j, index in enumerate(self.indices)}
@@ -122,7 +118,7 @@ class CameraModel:
         self.movers = scene_movers(params)
         self.rest = {key: _detached_copy(params[key]) for key in self.movers}
         self.fixed = {key for key in self.movers
-                      if params.flags(key) & int(_non_differentiable())}
+                      if params.flags(key) & int(mi.ParamFlags.NonDifferentiable)}
         kinds = {params.properties[k][2].class_name() for k in params.keys()}
         traps = sorted(kinds & set(TRAP_SHAPES))
         if traps:
@@ -194,6 +190,13 @@ class CameraModel:
                 out[key] = type(base)(dr.detach(moved) if key in self.fixed else moved)
         return out
 
+    def move_scene(self, params, latent, view_index: int | None) -> None:
+        """Write the scene moved for the camera of sensor ``view_index`` (None:
+        the rest state) into ``params``, for renders outside the optimizer."""
+        for key, value in self.scene_values(latent, view_index).items():
+            params[key] = value
+        params.update()
+
     def camera_to_world(self, latent: np.ndarray) -> dict[str, np.ndarray]:
         """Sensor id -> the refined camera-to-world (4, 4), OpenCV convention
         (see :mod:`invpbr.cameras`)."""
@@ -209,12 +212,6 @@ class CameraModel:
     def start_camera_to_world(self) -> dict[str, np.ndarray]:
         """Sensor id -> the starting camera-to-world, OpenCV convention."""
         return {sid: c @ _OPENCV_TO_MITSUBA for sid, c in zip(self.ids, self.c2w)}
-
-
-def _non_differentiable():
-    import mitsuba as mi
-
-    return mi.ParamFlags.NonDifferentiable
 
 
 def _detached_copy(value):

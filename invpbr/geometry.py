@@ -61,6 +61,13 @@ def trap_warning(params, key: str) -> str | None:
     return TRAP_SHAPES.get(cls)
 
 
+def dr_width(value) -> int:
+    """Width of a Dr.Jit array (0 for anything else, e.g. a missing parameter)."""
+    import drjit as dr
+
+    return dr.width(value) if dr.is_array_v(value) else 0
+
+
 def scene_numpy(params, key: str) -> np.ndarray:
     """A scene parameter as numpy: a transform (``*.to_world``) as its 4x4
     matrix, anything else as float32."""

@@ -243,14 +243,10 @@ def _writer(parameter: Parameter, params, view_index: int = 0):
         model = parameter.model
 
         def write(value):
-            for k, v in model.scene_values(value, view_index).items():
-                params[k] = v
-            params.update()
+            model.move_scene(params, value, view_index)
 
         def restore():
-            for k, v in model.rest.items():
-                params[k] = v
-            params.update()
+            model.move_scene(params, model.initial_latent(), None)
 
         return model.initial_latent().astype(np.float64), mi.Float, write, restore
     if parameter.kind == "pose":

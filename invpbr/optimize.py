@@ -17,6 +17,7 @@ import numpy as np
 
 from . import evaluate
 from .config import spp_at
+from .geometry import dr_width
 from .losses import image_loss, total_variation
 from .params import Parameter, parameter_error
 from .problem import Problem
@@ -73,12 +74,6 @@ def peak_memory_mb() -> float | None:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
-def dr_width(value) -> int:
-    import drjit as dr
-
-    return dr.width(value) if dr.is_array_v(value) else 0
 
 
 def _errors(problem: Problem, estimates: dict[str, np.ndarray]) -> tuple[dict, dict]:
@@ -153,11 +148,13 @@ class Gains:
         log_gain = dr.gather(mi.Float, x, mi.UInt32(self._index(j)))
         if self.reference is not None:
             log_gain = log_gain - dr.gather(mi.Float, x, mi.UInt32(self._index(self.reference)))
-        else:
-            mean = mi.Float(0.0)
-            for k in range(len(self.fit)):
-                mean = mean + dr.gather(mi.Float, x, mi.UInt32(self._index(k)))
-            log_gain = log_gain - mean / len(self.fit)
+        else:  # the mean over the views, per channel: one gather and a block sum
+            n, c = len(self.fit), self.channels
+            by_channel = dr.gather(mi.Float, x, mi.UInt32([k * c + ch for ch in range(c)
+                                                            for k in range(n)]))
+            means = dr.block_sum(by_channel, n) / n
+            log_gain = log_gain - dr.gather(mi.Float, means, mi.UInt32(
+                [ch if c == 3 else 0 for ch in range(3)]))
         return image * mi.TensorXf(dr.exp(log_gain), shape=(1, 1, 3))
 
     def values(self) -> dict[str, np.ndarray]:
@@ -583,8 +580,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             loss = loss_fn(latents.apply_gain(image, v), photos[v], weights[v]) / len(chosen)
             latents.backward(loss)
             total = total + dr.detach(loss)
-        latents.write_scene()
-        return total
+        return total  # (the step's latents.step() writes the unmoved scene)
 
     initial = {p.key: p.initial for p in problem.parameters}
     # "Doing nothing": the starting guess's held-out views and relit renders.
@@ -707,18 +703,14 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     with dr.suspend_grad():
         for v, view in enumerate(problem.views):
             if camera is not None:  # seen from the refined camera
-                for key, value in camera.model.scene_values(camera_latent, view.index).items():
-                    problem.params[key] = value
-                problem.params.update()
+                camera.model.move_scene(problem.params, camera_latent, view.index)
             image = render_view(problem.scene, problem.params, integrator, view.index,
                                 spp=cfg.render.spp_final, seed=2**31 - 1)
             if view.id in gains:  # as the photo saw it
                 image = image * mi.TensorXf(mi.Float(gains[view.id]), shape=(1, 1, 3))
             renders[view.id] = np.array(image, dtype=np.float32)
         if camera is not None:
-            for key, value in camera.model.scene_values(camera_latent, None).items():
-                problem.params[key] = value
-            problem.params.update()
+            camera.model.move_scene(problem.params, camera_latent, None)
     after = _evaluation_renders(problem, integrator, renders=renders)
     held_out = [v for v in problem.views if v.held_out]
 

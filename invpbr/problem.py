@@ -333,14 +333,7 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     init_backend(variant)
     import mitsuba as mi  # only now: init_backend chooses the LLVM Dr.Jit loads
 
-    frames, sensors = None, None
-    if config.cameras.file:
-        from .capture import load_frames, sensor_element
-
-        frames = load_frames(folder, config.cameras.file, resolution=config.cameras.resolution,
-                             undistort=config.cameras.undistort, source=str(folder / "invpbr.toml"))
-        template = _parse_xml(folder / "scene.xml").getroot().find("sensor")
-        sensors = [sensor_element(f.camera, template) for f in frames]
+    frames, sensors = _camera_file_sensors(folder, config) if config.cameras.file else (None, None)
     scene = load_scene(folder / "scene.xml", sensors=sensors,
                        bitmap_format="float16" if config.optimize.precision == "half"
                        else "variant")
@@ -387,6 +380,17 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
                    relight_maps=relight_maps, true_cameras=true_cameras, true_gains=true_gains)
 
 
+def _camera_file_sensors(folder: Path, config: ProblemConfig) -> tuple[list, list[ET.Element]]:
+    """The frames of ``[cameras] file`` (photos, masks, cameras) and their XML
+    sensors, with scene.xml's first sensor as template."""
+    from .capture import load_frames, sensor_element
+
+    frames = load_frames(folder, config.cameras.file, resolution=config.cameras.resolution,
+                         undistort=config.cameras.undistort, source=str(folder / "invpbr.toml"))
+    template = _parse_xml(folder / "scene.xml").getroot().find("sensor")
+    return frames, [sensor_element(f.camera, template) for f in frames]
+
+
 def _check_gain_reference(config: ProblemConfig, views: list[View], source) -> None:
     ref = config.photos.gain_reference
     if config.photos.gain == "none" or ref == "mean":
@@ -420,15 +424,10 @@ def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]
 
     frames = sensors = None
     if config is not None and config.cameras.file:
-        from .capture import load_frames, sensor_element
-
-        frames = attempt(lambda: load_frames(
-            folder, config.cameras.file, resolution=config.cameras.resolution,
-            undistort=config.cameras.undistort, source=str(folder / "invpbr.toml")))
-        tree = attempt(lambda: _parse_xml(folder / "scene.xml"))
-        if frames is None or tree is None:
+        found = attempt(lambda: _camera_file_sensors(folder, config))
+        if found is None:
             return problems
-        sensors = [sensor_element(f.camera, tree.getroot().find("sensor")) for f in frames]
+        frames, sensors = found
     scene = attempt(lambda: load_scene(folder / "scene.xml", sensors=sensors))
     if (folder / "truth.xml").is_file():
         attempt(lambda: load_scene(folder / "truth.xml"))

@@ -80,6 +80,15 @@ def make_tiny_scene(folder: Path, *, res: int = 24, toml: str = TOML, photos: bo
 
 
 @pytest.fixture(scope="session")
+def mi():
+    """Mitsuba with invpbr's variant set."""
+    invpbr.init_backend()
+    import mitsuba
+
+    return mitsuba
+
+
+@pytest.fixture(scope="session")
 def tiny_scene_master(tmp_path_factory) -> Path:
     return make_tiny_scene(tmp_path_factory.mktemp("tiny") / "tiny")
 

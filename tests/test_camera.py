@@ -28,14 +28,6 @@ REAL = REPO / "scenes" / "real_capture"
 MITSUBA_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])   # OpenCV camera-to-world -> Mitsuba to_world
 
 
-@pytest.fixture(scope="module")
-def mi():
-    invpbr.init_backend()
-    import mitsuba
-
-    return mitsuba
-
-
 def _rotation(axis, angle_deg) -> np.ndarray:
     axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])

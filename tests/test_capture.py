@@ -25,14 +25,6 @@ IDS = [f"IMG_000{i}" for i in range(1, 7)]
 W, H = 64, 48
 
 
-@pytest.fixture(scope="module")
-def mi():
-    invpbr.init_backend()
-    import mitsuba
-
-    return mitsuba
-
-
 @pytest.fixture
 def capture(tmp_path, mi) -> Path:
     """A fresh copy of scenes/real_capture that a test may change."""

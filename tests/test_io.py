@@ -12,14 +12,6 @@ import invpbr
 from invpbr import io
 
 
-@pytest.fixture(scope="module")
-def mi():
-    invpbr.init_backend()
-    import mitsuba
-
-    return mitsuba
-
-
 def srgb_to_linear(c):
     """The sRGB transfer function (IEC 61966-2-1), decoding to linear."""
     c = np.asarray(c, dtype=np.float64)

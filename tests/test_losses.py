@@ -12,14 +12,6 @@ from invpbr import losses
 from invpbr.params import parameter_error, resample_texture
 
 
-@pytest.fixture(scope="module")
-def mi():
-    invpbr.init_backend()
-    import mitsuba
-
-    return mitsuba
-
-
 def value(x) -> float:
     return float(np.asarray(x).ravel()[0])
 

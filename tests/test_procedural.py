@@ -11,15 +11,6 @@ import invpbr
 from invpbr import procedural
 
 
-@pytest.fixture(scope="module")
-def mi():
-    """Mitsuba with invpbr's variant set."""
-    invpbr.init_backend()
-    import mitsuba
-
-    return mitsuba
-
-
 MESHES = {
     "uv_sphere": lambda: procedural.uv_sphere(6, 12),
     "uv_sphere_welded_poles": lambda: procedural.uv_sphere(6, 12, split_poles=False),
