@@ -281,6 +281,11 @@ class _Latents:
             self.write_scene()
         return changed
 
+    def stage_key(self) -> tuple:
+        """Every parameter's coarse-to-fine (or remesh) stage: what a frozen
+        step's recording depends on beyond its arguments."""
+        return tuple(sorted(self.stages.items()))
+
     def _remesh(self, p: Parameter, stage: int) -> None:
         """Remesh a shape isotropically (0.75x its mean edge length) and restart
         its large-steps latent from the new mesh."""
@@ -587,7 +592,10 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     before = _evaluation_renders(problem, integrator)
     latents = _Latents(problem, iterations)
     # (dr.freeze reads the step's closure, latents included, so only now)
-    step_fn = dr.freeze(render_and_backward) if frozen else None
+    # A coarse-to-fine stage changes the size of a texture: each stage (and each spp of a
+    # schedule, an argument) gets its own recording, never a replay of another's kernels.
+    step_fn = dr.freeze(render_and_backward, state_fn=lambda *_: latents.stage_key(),
+                        warn_after=100) if frozen else None
     if frozen:
         # The recording checks Mitsuba's registry of scene objects on every replay:
         # collect other scenes' garbage now, not in the middle of the run.
@@ -831,17 +839,15 @@ def can_freeze(problem: Problem, integrator_type: str, all_views: bool) -> bool:
     Only where ``[optimize] freeze = true``, and not with projective
     integrators (their guiding and edge sampling do not replay),
     finite-difference gradients (Python work in the step), per-step view
-    subsets (a new recording per subset), or coarse-to-fine stages: with a
-    texture changing size between stages, Dr.Jit 1.5's replays gave wrong
-    estimates in some runs (up to 0.09 off), even when recorded anew per stage.
+    subsets (a new recording per subset), per-photo gains, camera refinement
+    or half precision. Coarse-to-fine textures are recorded once per stage.
     """
     return (problem.config.optimize.freeze and all_views
             and problem.config.photos.gain == "none"
             and problem.config.optimize.precision == "single"
             and not any(p.kind == "camera" for p in problem.parameters)
             and "projective" not in integrator_type
-            and not any(p.gradient == "fd" or len(p.resolutions) > 1
-                        for p in problem.parameters))
+            and not any(p.gradient == "fd" for p in problem.parameters))
 
 
 def _evaluation_renders(problem: Problem, integrator, *, renders: dict | None = None) -> dict:
