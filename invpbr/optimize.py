@@ -21,8 +21,8 @@ from .geometry import dr_width
 from .losses import image_loss, total_variation
 from .params import Parameter, parameter_error
 from .problem import Problem
-from .render import (choose_integrator_type, make_batch_sensor, make_integrator, render_batch,
-                     render_view)
+from .render import (ViewSlots, choose_integrator_type, make_batch_sensor, make_integrator,
+                     render_batch, render_view)
 from .result import Result
 
 
@@ -547,11 +547,25 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     rng = np.random.default_rng(cfg.optimize.seed)
     camera = _setup_cameras(problem)
 
-    frozen = can_freeze(problem, integrator_type, per_step == len(fit))
-    batch_sensor = None
-    if cfg.optimize.batch and "projective" not in integrator_type and per_step == len(fit) \
-            and camera is None and not any(p.gradient == "fd" for p in problem.parameters):
-        batch_sensor = make_batch_sensor(problem.scene, [problem.views[v].index for v in fit])
+    batch_sensor = slots = None
+    if cfg.optimize.batch and "projective" not in integrator_type and camera is None \
+            and not any(p.gradient == "fd" for p in problem.parameters):
+        fit_sensors = [problem.views[v].index for v in fit]
+        if per_step == len(fit):
+            batch_sensor = make_batch_sensor(problem.scene, fit_sensors)
+        elif cfg.photos.gain == "none":
+            slots = ViewSlots.make(problem.scene, fit_sensors, per_step)
+    frozen = can_freeze(problem, integrator_type, per_step == len(fit) or slots is not None)
+    if slots is not None:
+        # all fitted photos (and masks) in one array each, for the step to gather its
+        # views' from by Dr.Jit index
+        fit_position = {v: i for i, v in enumerate(fit)}
+        image_shape = problem.views[fit[0]].photo.shape
+        slot_photos = mi.Float(np.concatenate([problem.views[v].photo.ravel() for v in fit]))
+        masks = [problem.views[v].mask for v in fit]
+        slot_weights = None if all(m is None for m in masks) else mi.Float(np.concatenate(
+            [np.ones(image_shape[:2], np.float32).ravel() if m is None
+             else m.astype(np.float32).ravel() for m in masks]))
 
     def render_and_backward(seed, chosen, spp):
         """Render the chosen views, add their losses' gradients; the loss (mi.Float)."""
@@ -570,6 +584,24 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         for v, image in zip(chosen, images):
             total = total + loss_fn(latents.apply_gain(image, v), photos[v],
                                     weights[v]) / len(chosen)
+        latents.backward(total)
+        return dr.detach(total)
+
+    def render_and_backward_slots(seed, slot_views, spp):
+        """View subsets: render the views the slots are aimed at (``slot_views``:
+        their positions in ``fit``, an ``mi.UInt32``), and add their losses'
+        gradients; the loss."""
+        images = slots.render(problem.scene, problem.params, integrator, spp=spp, seed=seed,
+                              spp_grad=cfg.render.spp_grad)
+        h, w, c = image_shape
+        total = mi.Float(0.0)
+        for k, image in enumerate(images):
+            v = dr.gather(mi.UInt32, slot_views, k)
+            photo = mi.TensorXf(dr.gather(mi.Float, slot_photos, v * (h * w * c)
+                                          + dr.arange(mi.UInt32, h * w * c)), (h, w, c))
+            weight = None if slot_weights is None else mi.TensorXf(dr.gather(
+                mi.Float, slot_weights, v * (h * w) + dr.arange(mi.UInt32, h * w)), (h, w, 1))
+            total = total + loss_fn(image, photo, weight) / slots.k
         latents.backward(total)
         return dr.detach(total)
 
@@ -594,7 +626,8 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     # (dr.freeze reads the step's closure, latents included, so only now)
     # A coarse-to-fine stage changes the size of a texture: each stage (and each spp of a
     # schedule, an argument) gets its own recording, never a replay of another's kernels.
-    step_fn = dr.freeze(render_and_backward, state_fn=lambda *_: latents.stage_key(),
+    step = render_and_backward if slots is None else render_and_backward_slots
+    step_fn = dr.freeze(step, state_fn=lambda *_: latents.stage_key(),
                         warn_after=100) if frozen else None
     if frozen:
         # The recording checks Mitsuba's registry of scene objects on every replay:
@@ -633,20 +666,25 @@ def optimize(problem: Problem, *, iterations: int | None = None,
                 total = dr.detach(total)
             elif camera is not None:
                 total = render_and_backward_per_view(mi.UInt32(base_seed), chosen, spp)
-            elif frozen:
-                try:
-                    total = step_fn(mi.UInt32(base_seed), chosen, spp)
-                except RuntimeError as e:
-                    # dr.freeze refuses to replay when, e.g., scene objects were created or
-                    # freed since the recording; trace this and later steps instead.
-                    warnings.warn(f"optimize(): {problem.name}: frozen step could not be replayed "
-                                  f"({str(e).splitlines()[0]}); continuing without dr.freeze",
-                                  stacklevel=2)
-                    frozen = False
-                    latents.clear_gradients()
-                    total = render_and_backward(mi.UInt32(base_seed), chosen, spp)
             else:
-                total = render_and_backward(mi.UInt32(base_seed), chosen, spp)
+                which = chosen
+                if slots is not None:
+                    slots.aim([fit_position[v] for v in chosen])
+                    which = mi.UInt32([fit_position[v] for v in chosen])
+                if frozen:
+                    try:
+                        total = step_fn(mi.UInt32(base_seed), which, spp)
+                    except RuntimeError as e:
+                        # dr.freeze refuses to replay when, e.g., scene objects were created
+                        # or freed since the recording; trace this and later steps instead.
+                        warnings.warn(f"optimize(): {problem.name}: frozen step could not be "
+                                      f"replayed ({str(e).splitlines()[0]}); continuing "
+                                      "without dr.freeze", stacklevel=2)
+                        frozen = False
+                        latents.clear_gradients()
+                        total = step(mi.UInt32(base_seed), which, spp)
+                else:
+                    total = step(mi.UInt32(base_seed), which, spp)
             reg = latents.regularizer()
             if reg is not None:
                 latents.backward(reg)
@@ -751,7 +789,8 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         integrator=integrator_type,
         variant=mi.variant(),
         settings=cfg.to_dict() | {"iterations_run": len(history), "frozen": frozen,
-                                  "batched": batch_sensor is not None},
+                                  "recordings": step_fn.n_recordings if frozen else 0,
+                                  "batched": batch_sensor is not None or slots is not None},
         held_out=[v.id for v in held_out],
         novel_view_psnr={v.id: evaluate.psnr(renders[v.id], v.photo) for v in held_out},
         novel_view_psnr_initial={v.id: evaluate.psnr(before["held_out"][v.id], v.photo)
@@ -833,16 +872,18 @@ def _meshes(problem: Problem) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def can_freeze(problem: Problem, integrator_type: str, all_views: bool) -> bool:
+def can_freeze(problem: Problem, integrator_type: str, fixed_views: bool) -> bool:
     """Whether a step of ``problem`` may be recorded once with ``dr.freeze``.
 
     Only where ``[optimize] freeze = true``, and not with projective
     integrators (their guiding and edge sampling do not replay),
     finite-difference gradients (Python work in the step), per-step view
-    subsets (a new recording per subset), per-photo gains, camera refinement
-    or half precision. Coarse-to-fine textures are recorded once per stage.
+    subsets that are not rendered through :class:`~invpbr.render.ViewSlots`
+    (``fixed_views`` False: a new recording per subset), per-photo gains,
+    camera refinement or half precision. Coarse-to-fine textures are
+    recorded once per stage.
     """
-    return (problem.config.optimize.freeze and all_views
+    return (problem.config.optimize.freeze and fixed_views
             and problem.config.photos.gain == "none"
             and problem.config.optimize.precision == "single"
             and not any(p.kind == "camera" for p in problem.parameters)

@@ -31,6 +31,8 @@ soon as an estimated parameter moves a visibility edge, ``prb`` otherwise.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .config import RenderConfig
 from .params import Parameter
 
@@ -220,8 +222,25 @@ def make_batch_sensor(scene, indices: list[int]):
     import mitsuba as mi
 
     sensors = [scene.sensors()[i] for i in indices]
-    if len(sensors) < 2:
+    film = _common_film(sensors) if len(sensors) > 1 else None
+    if film is None:
         return None
+    w, h = (int(v) for v in film.size())
+    props = {"type": "batch",
+             "film": {"type": "hdrfilm", "width": w * len(sensors), "height": h,
+                      "pixel_format": "rgb", "rfilter": film.rfilter(),
+                      "sample_border": bool(film.sample_border())}}
+    for i, sensor in enumerate(sensors):
+        props[f"view_{i}"] = sensor
+    try:
+        return mi.load_dict(props)
+    except RuntimeError:
+        return None
+
+
+def _common_film(sensors):
+    """The film all ``sensors`` share in size, type and filter (one of them),
+    or None (different films, crop windows, not an ``hdrfilm``)."""
     films = [s.film() for s in sensors]
     sizes = {tuple(int(v) for v in f.size()) for f in films}
     crops = {tuple(int(v) for v in f.crop_size()) for f in films}
@@ -231,17 +250,7 @@ def make_batch_sensor(scene, indices: list[int]):
     if len(sizes) != 1 or crops != sizes or offsets != {(0, 0)} or kinds != {"HDRFilm"} \
             or len(filters) != 1:
         return None
-    (w, h), = sizes
-    props = {"type": "batch",
-             "film": {"type": "hdrfilm", "width": w * len(sensors), "height": h,
-                      "pixel_format": "rgb", "rfilter": films[0].rfilter(),
-                      "sample_border": bool(films[0].sample_border())}}
-    for i, sensor in enumerate(sensors):
-        props[f"view_{i}"] = sensor
-    try:
-        return mi.load_dict(props)
-    except RuntimeError:
-        return None
+    return films[0]
 
 
 def render_batch(scene, params, integrator, batch_sensor, n_views: int, *, spp: int, seed,
@@ -254,6 +263,86 @@ def render_batch(scene, params, integrator, batch_sensor, n_views: int, *, spp: 
                       seed=seed, spp_grad=int(spp_grad))
     w = image.shape[1] // n_views
     return [image[:, i * w:(i + 1) * w, :3] for i in range(n_views)]
+
+
+class ViewSlots:
+    """``k`` perspective sensors in one Mitsuba ``batch`` sensor, aimed anew at
+    each step's subset of the views (``[optimize] views_per_step``): one render
+    call per step whichever views it picks, and, since the sensors' values are
+    Dr.Jit variables rather than a choice among scene objects, one recording
+    of a frozen step for all subsets.
+
+    Build it with :meth:`make`. The slots copy each view's ``to_world``, field of
+    view, principal point and clip planes; the film (size, filter) is the
+    views' common one.
+    """
+
+    KEYS = ("to_world", "x_fov", "principal_point_offset_x", "principal_point_offset_y",
+            "near_clip", "far_clip")
+
+    def __init__(self, slots: list, batch_sensor, values: list[dict[str, np.ndarray]]):
+        import mitsuba as mi
+
+        self.sensor = batch_sensor
+        self.k = len(slots)
+        self._params = [mi.traverse(s) for s in slots]
+        self._values = values
+
+    @classmethod
+    def make(cls, scene, indices: list[int], k: int) -> "ViewSlots | None":
+        """Slots for ``k`` of the sensors ``indices`` of ``scene``; None where
+        they cannot share one (not all perspective, films of different sizes,
+        types or filters, crop windows, or ``k`` < 2)."""
+        import mitsuba as mi
+
+        sensors = [scene.sensors()[i] for i in indices]
+        film = _common_film(sensors)
+        if k < 2 or film is None or any(s.class_name() != "PerspectiveCamera" for s in sensors):
+            return None
+        w, h = (int(v) for v in film.size())
+        values = []
+        for s in sensors:
+            p = mi.traverse(s)
+            values.append({key: np.array(p[key].matrix if key == "to_world" else p[key],
+                                         dtype=np.float32).reshape((4, 4) if key == "to_world" else -1)
+                           for key in cls.KEYS})
+        slot = {"type": "perspective", "fov": 45.0, "fov_axis": "x",
+                "film": {"type": "hdrfilm", "width": w, "height": h, "rfilter": film.rfilter(),
+                         "sample_border": bool(film.sample_border())}}
+        slots = [mi.load_dict(slot) for _ in range(k)]
+        props = {"type": "batch",
+                 "film": {"type": "hdrfilm", "width": w * k, "height": h, "pixel_format": "rgb",
+                          "rfilter": film.rfilter(), "sample_border": bool(film.sample_border())}}
+        props.update({f"slot_{i}": s for i, s in enumerate(slots)})
+        return cls(slots, mi.load_dict(props), values)
+
+    def aim(self, views: list[int]) -> None:
+        """Point the slots at ``views`` (positions in the ``indices`` given to
+        :meth:`make`), in order."""
+        import drjit as dr
+        import mitsuba as mi
+
+        for params, v in zip(self._params, views):
+            for key in self.KEYS:
+                kind = type(params[key])
+                if kind is float:  # the clip planes: scalars
+                    params[key] = float(self._values[v][key][0])
+                    continue
+                # A fresh opaque variable per number: the recording of a frozen step then
+                # holds for any views (literals would be baked into its kernels, and equal
+                # ones shared between slots would change its inputs' layout).
+                value = self._values[v][key]
+                if key == "to_world":
+                    params[key] = kind(mi.Matrix4f([[dr.opaque(mi.Float, float(x)) for x in row]
+                                                    for row in value]))
+                else:
+                    params[key] = kind(dr.opaque(mi.Float, float(value[0])))
+            params.update()
+
+    def render(self, scene, params, integrator, *, spp: int, seed, spp_grad: int = 0) -> list:
+        """The aimed views' images, as :func:`render_batch`'s."""
+        return render_batch(scene, params, integrator, self.sensor, self.k, spp=spp, seed=seed,
+                            spp_grad=spp_grad)
 
 
 def render_photos(folder, *, spp: int = 256, suffix: str = ".exr", variant: str | None = None,
