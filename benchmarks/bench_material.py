@@ -2,8 +2,10 @@
 
 The plain loop is what a user writes from Mitsuba's inverse-rendering
 tutorials: ``mi.traverse`` + ``params.keep``, ``mi.ad.Adam``, one
-``mi.render(scene, params, sensor=i, spp=..., seed=...)`` per view, an L1 loss,
-``dr.backward``, ``opt.step()``, clipping, ``params.update(opt)``. Texture
+``mi.render(scene, params, sensor=i, spp=..., seed=...)`` per view (the scene's
+fitted views; with ``views_per_step``, that many drawn at random per step), the
+scene's L1 or L2 loss, ``dr.backward``, ``opt.step()``, clipping,
+``params.update(opt)``. Texture
 stages and regularizers are left out of it (a tutorial loop has none), so on
 texture scenes the comparison favours neither in time but may differ in error.
 
@@ -34,11 +36,15 @@ from common import plain_scene_and_photos, run
 
 
 def plain_mitsuba_loop(folder: Path, iterations: int, spp: int, lr: float, max_depth: int,
-                       bounds: dict[str, tuple[float, float]], lrs: dict[str, float], loss: str):
+                       bounds: dict[str, tuple[float, float]], lrs: dict[str, float], loss: str,
+                       views: list[int], per_step: int):
+    """``views``: the sensors to fit (held-out ones left out); ``per_step`` of them,
+    drawn at random, per step."""
     import drjit as dr
     import mitsuba as mi
 
     scene, refs = plain_scene_and_photos(folder)
+    rng = np.random.default_rng(0)
     integrator = mi.load_dict({"type": "prb", "max_depth": max_depth})
     params = mi.traverse(scene)
     keys = list(bounds)
@@ -52,12 +58,13 @@ def plain_mitsuba_loop(folder: Path, iterations: int, spp: int, lr: float, max_d
     step_seconds = []
     for it in range(iterations):
         start = time.perf_counter()
-        for i, ref in enumerate(refs):
-            img = mi.render(scene, params, sensor=i, integrator=integrator, spp=spp,
-                            seed=it * len(refs) + i)
-            diff = img - ref
+        chosen = views if per_step == len(views) else rng.choice(views, per_step, replace=False)
+        for i in chosen:
+            img = mi.render(scene, params, sensor=int(i), integrator=integrator, spp=spp,
+                            seed=it * len(refs) + int(i))
+            diff = img - refs[i]
             err = dr.abs(diff) if loss == "l1" else dr.square(diff)  # the scene's l1 or l2
-            dr.backward(dr.mean(err, axis=None) / len(refs))
+            dr.backward(dr.mean(err, axis=None) / len(chosen))
         opt.step()
         for k in keys:
             lo, hi = bounds[k]
@@ -79,8 +86,11 @@ def bench_scene(folder: Path, iterations: int | None, spp: int | None) -> dict:
     lrs = {p.key: p.config.lr for p in problem.parameters if p.config.lr is not None}
     truth = problem.truth
 
+    views = [v.index for v in problem.views if not v.held_out]
+    per_step = min(cfg.optimize.views_per_step or len(views), len(views))
     plain_steps, plain_est = plain_mitsuba_loop(folder, iterations, spp, cfg.optimize.lr,
-                                            cfg.render.max_depth, bounds, lrs, cfg.optimize.loss)
+                                                cfg.render.max_depth, bounds, lrs,
+                                                cfg.optimize.loss, views, per_step)
     result = invpbr.optimize(problem, iterations=iterations, progress=False)
     traced_problem = invpbr.load_problem(folder)
     traced_problem.config.render.spp = spp
@@ -96,7 +106,8 @@ def bench_scene(folder: Path, iterations: int | None, spp: int | None) -> dict:
         return {k: parameter_error(v, truth[k]) for k, v in estimates.items() if k in truth}
 
     return {
-        "scene": folder.name, "iterations": iterations, "spp": spp, "views": len(problem.views),
+        "scene": folder.name, "iterations": iterations, "spp": spp,
+        "views": f"{per_step} of {len(views)}" if per_step < len(views) else len(views),
         "plain_seconds_per_iteration": plain_s,
         "invpbr_seconds_per_iteration": invpbr_s,
         "ratio": invpbr_s / plain_s,

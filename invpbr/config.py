@@ -164,7 +164,10 @@ class OptimizeConfig:
     """Render all views of a step with one call (Mitsuba's ``batch`` sensor:
     the views side by side in one image, one kernel), where the views' films
     match and the integrator is not projective; 1.9x faster per step on the
-    3-view principled sphere. Same expected images; other random numbers."""
+    3-view principled sphere. Same expected images; other random numbers.
+    With ``views_per_step``, perspective views are rendered by that many
+    sensors of one batch, aimed anew at each step's views (and a frozen step
+    is recorded once for all subsets)."""
     precision: str = "single"
     """``single`` or ``half``: estimated bitmap textures (and every other bitmap
     of the scene) stored in float16 in the scene, their latents too, with
