@@ -303,9 +303,9 @@ class ViewSlots:
         values = []
         for s in sensors:
             p = mi.traverse(s)
-            values.append({key: np.array(p[key].matrix if key == "to_world" else p[key],
-                                         dtype=np.float32).reshape((4, 4) if key == "to_world" else -1)
-                           for key in cls.KEYS})
+            values.append({key: np.array(p[key], dtype=np.float32).ravel() for key in cls.KEYS
+                           if key != "to_world"})
+            values[-1]["to_world"] = np.array(p["to_world"].matrix, dtype=np.float32).reshape(4, 4)
         slot = {"type": "perspective", "fov": 45.0, "fov_axis": "x",
                 "film": {"type": "hdrfilm", "width": w, "height": h, "rfilter": film.rfilter(),
                          "sample_border": bool(film.sample_border())}}
