@@ -130,3 +130,26 @@ def test_view_subsets_are_frozen_once_and_give_the_same_numbers(tiny_scene):
     np.testing.assert_allclose(frozen.loss, traced.loss, rtol=1e-4)
     np.testing.assert_allclose(frozen.estimates[key], traced.estimates[key], atol=1e-4)
     assert frozen.errors[key] < 0.5 * frozen.initial_errors[key]
+
+
+def test_view_subsets_leave_masked_pixels_out(tiny_scene):
+    # The lower half of two photos is ruined (a white blob over it) and masked out: the
+    # slots must gather each view's own mask with its photo, or the blob pulls the
+    # base colour up.
+    folder = four_views(tiny_scene)
+    (folder / "invpbr.toml").write_text(TOML.replace("[optimize]", "[optimize]\nviews_per_step = 2\n"
+                                                     'loss = "l2"'))
+    mask = np.ones((24, 24, 3), np.float32)
+    mask[12:] = 0.0
+    for view in ("front", "left"):
+        photo = invpbr.io.load_image(folder / "photos" / f"{view}.exr")
+        photo[12:] = 4.0
+        invpbr.io.save_image(folder / "photos" / f"{view}.exr", photo)
+        invpbr.io.save_image(folder / "masks" / f"{view}.png", mask)
+    key = "ball.bsdf.base_color.value"
+    result = run(folder, True, iterations=40)
+    assert result.settings["batched"] and result.settings["frozen"] is True
+    assert result.errors[key] < 0.5 * result.initial_errors[key]
+    (folder / "masks" / "left.png").unlink()  # one ruined photo left unmasked
+    unmasked = run(folder, True, iterations=40)
+    assert unmasked.errors[key] > 2 * result.errors[key]
