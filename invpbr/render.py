@@ -292,12 +292,12 @@ class ViewSlots:
     def make(cls, scene, indices: list[int], k: int) -> "ViewSlots | None":
         """Slots for ``k`` of the sensors ``indices`` of ``scene``; None where
         they cannot share one (not all perspective, films of different sizes,
-        types or filters, crop windows, or ``k`` < 2)."""
+        types or filters, crop windows)."""
         import mitsuba as mi
 
         sensors = [scene.sensors()[i] for i in indices]
         film = _common_film(sensors)
-        if k < 2 or film is None or any(s.class_name() != "PerspectiveCamera" for s in sensors):
+        if k < 1 or film is None or any(s.class_name() != "PerspectiveCamera" for s in sensors):
             return None
         w, h = (int(v) for v in film.size())
         values = []

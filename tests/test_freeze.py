@@ -114,7 +114,10 @@ def test_view_slots_render_the_views_they_are_aimed_at(tiny_scene, mi):
             # the view itself up to noise; any other view is far off
             assert np.abs(image - renders[v]).mean() < 0.01
             assert min(np.abs(image - renders[u]).mean() for u in range(4) if u != v) > 0.03
-    assert ViewSlots.make(problem.scene, indices, 1) is None  # one view per step: no batch
+    one = ViewSlots.make(problem.scene, indices, 1)  # one view per step: a batch of one
+    one.aim([3])
+    image = np.array(one.render(problem.scene, problem.params, integrator, spp=256, seed=3)[0])
+    assert np.abs(image - renders[3]).mean() < 0.01
 
 
 def test_view_subsets_are_frozen_once_and_give_the_same_numbers(tiny_scene):
