@@ -536,9 +536,6 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     integrator_type = choose_integrator_type(cfg.render, problem.parameters)
     integrator = make_integrator(cfg.render, problem.parameters, problem.scene)
     loss_fn = image_loss(cfg.optimize.loss, scale=cfg.optimize.loss_scale)
-    photos = [mi.TensorXf(v.photo) for v in problem.views]
-    weights = [None if v.mask is None else mi.TensorXf(v.mask[..., None].astype(np.float32))
-               for v in problem.views]
     n_views = len(problem.views)
     fit = [i for i, v in enumerate(problem.views) if not v.held_out]
     if not fit:
@@ -556,9 +553,13 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         elif cfg.photos.gain == "none":
             slots = ViewSlots.make(problem.scene, fit_sensors, per_step)
     frozen = can_freeze(problem, integrator_type, per_step == len(fit) or slots is not None)
-    if slots is not None:
-        # all fitted photos (and masks) in one array each, for the step to gather its
-        # views' from by Dr.Jit index
+    if slots is None:
+        photos = [mi.TensorXf(v.photo) for v in problem.views]
+        weights = [None if v.mask is None else mi.TensorXf(v.mask[..., None].astype(np.float32))
+                   for v in problem.views]
+    else:
+        # all fitted photos (and masks) in one array each (and nowhere else: large
+        # captures), for the step to gather its views' from by Dr.Jit index
         fit_position = {v: i for i, v in enumerate(fit)}
         image_shape = problem.views[fit[0]].photo.shape
         slot_photos = mi.Float(np.concatenate([problem.views[v].photo.ravel() for v in fit]))
