@@ -670,8 +670,9 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             else:
                 which = chosen
                 if slots is not None:
-                    slots.aim([fit_position[v] for v in chosen])
-                    which = mi.UInt32([fit_position[v] for v in chosen])
+                    positions = [fit_position[v] for v in chosen]
+                    slots.aim(positions)
+                    which = mi.UInt32(positions)
                 if frozen:
                     try:
                         total = step_fn(mi.UInt32(base_seed), which, spp)

@@ -219,12 +219,16 @@ def make_batch_sensor(scene, indices: list[int]):
     rendered as by its own sensor (same film, filter and sampling; only the
     random numbers differ).
     """
-    import mitsuba as mi
-
     sensors = [scene.sensors()[i] for i in indices]
     film = _common_film(sensors) if len(sensors) > 1 else None
-    if film is None:
-        return None
+    return None if film is None else _batch(sensors, film)
+
+
+def _batch(sensors: list, film):
+    """A Mitsuba ``batch`` sensor of ``sensors`` side by side, each with a film
+    like ``film``; None where Mitsuba refuses it."""
+    import mitsuba as mi
+
     w, h = (int(v) for v in film.size())
     props = {"type": "batch",
              "film": {"type": "hdrfilm", "width": w * len(sensors), "height": h,
@@ -310,11 +314,8 @@ class ViewSlots:
                 "film": {"type": "hdrfilm", "width": w, "height": h, "rfilter": film.rfilter(),
                          "sample_border": bool(film.sample_border())}}
         slots = [mi.load_dict(slot) for _ in range(k)]
-        props = {"type": "batch",
-                 "film": {"type": "hdrfilm", "width": w * k, "height": h, "pixel_format": "rgb",
-                          "rfilter": film.rfilter(), "sample_border": bool(film.sample_border())}}
-        props.update({f"slot_{i}": s for i, s in enumerate(slots)})
-        return cls(slots, mi.load_dict(props), values)
+        batch = _batch(slots, film)
+        return None if batch is None else cls(slots, batch, values)
 
     def aim(self, views: list[int]) -> None:
         """Point the slots at ``views`` (positions in the ``indices`` given to

@@ -149,7 +149,7 @@ def test_distorted_camera_refused_without_undistort(capture, mi):
 
 
 def test_undistort_gives_the_view_a_mask(capture, mi):
-    pytest.importorskip("cv2")
+    pytest.importorskip("cv2", reason="opencv-python-headless is not installed")
     _edit_frames(capture, lambda frames: frames[1].update(k1=0.1))
     _set_toml(capture, "photos", "saturation = 0")
     problem = invpbr.load_problem(capture)
