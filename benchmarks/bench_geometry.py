@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 import invpbr
-from invpbr import geometry
-from invpbr.result import steady_seconds_per_iteration
+from invpbr.estimates import meshes as geometry
+from invpbr.results import steady_seconds_per_iteration
 
 from common import plain_scene_and_photos, run
 

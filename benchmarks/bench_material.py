@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 import invpbr
-from invpbr.params import parameter_error
-from invpbr.result import steady_seconds_per_iteration
+from invpbr.estimates import parameter_error
+from invpbr.results import steady_seconds_per_iteration
 
 from common import plain_scene_and_photos, run
 

@@ -24,7 +24,7 @@ def child(folder: Path, precision: str, iterations: int | None, resolution: int 
     import invpbr
     from invpbr.optimize import optimize
     from invpbr.problem import load_problem
-    from invpbr.result import steady_seconds_per_iteration
+    from invpbr.results import steady_seconds_per_iteration
 
     problem = load_problem(folder)
     problem.config.optimize.precision = precision

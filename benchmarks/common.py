@@ -22,7 +22,7 @@ def plain_scene_and_photos(folder: Path):
     import mitsuba as mi
 
     scene = invpbr.load_scene(folder / "scene.xml")
-    photos = invpbr.problem.match_photos(invpbr.problem.sensor_ids(scene), folder / "photos")
+    photos = invpbr.problem.match_photos(invpbr.capture.cameras.sensor_ids(scene), folder / "photos")
     refs = [mi.TensorXf(mi.Bitmap(str(p)).convert(mi.Bitmap.PixelFormat.RGB, mi.Struct.Type.Float32,
                                                   srgb_gamma=False)) for p in photos]
     return scene, refs

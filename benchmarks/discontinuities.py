@@ -3,7 +3,7 @@
 For every case of :mod:`invpbr.discontinuities` and every gradient integrator available
 (prb, direct_projective, prb_projective, and invpbr's prb_reparam when registered), the
 forward-mode derivative of a 16x16 render is compared with finite differences of ``path``
-(:func:`invpbr.discontinuities.compare`). Plain ``prb`` is the plain-Mitsuba baseline.
+(:func:`invpbr.testing.discontinuities.compare`). Plain ``prb`` is the plain-Mitsuba baseline.
 
 Usage::
 
@@ -35,7 +35,7 @@ def run(cases: list[str], integrators: list[str], *, fd_spp: int, seeds: tuple[i
         resolution: int) -> list[dict]:
     """Rows of the table, one per case and integrator (plus the shadow case with
     Mitsuba's default ``proj_seed_spp``)."""
-    from invpbr import discontinuities as disc
+    from invpbr.testing import discontinuities as disc
 
     rows = []
     for name in cases:
@@ -97,7 +97,7 @@ def write_markdown(path: Path, rows: list[dict], command: str, seconds: float,
         "standard deviation over seeds of the AD image-sum derivative (variance); "
         "`s/render`: median wall time of one forward-mode AD render. `vs FD`: ok when "
         "both errors are within the noise-derived tolerances of "
-        "`invpbr.discontinuities.tolerances`. Projective integrators use "
+        "`invpbr.testing.discontinuities.tolerances`. Projective integrators use "
         "`proj_seed_spp = 4192` as in Mitsuba's own tests unless the row says 512. "
         "Traps are marked with *.",
         "",
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     invpbr.init_backend("llvm_ad_rgb")
-    from invpbr import discontinuities as disc
+    from invpbr.testing import discontinuities as disc
 
     integrators = disc.registered_integrators()
     missing = [] if "prb_reparam" in integrators else ["prb_reparam (invpbr.reparam)"]

@@ -9,6 +9,16 @@ Typical use::
 
 Importing invpbr first points Dr.Jit at a usable LLVM (see
 :mod:`invpbr.backend`); it imports neither Dr.Jit nor Mitsuba itself.
+
+The package follows the data flow, each layer importing only from the ones
+before it: ``backend`` and ``config``; ``capture`` (photos, masks, camera
+files, the capture simulator's effects); ``estimates`` (one module per kind
+of unknown, behind one protocol); ``problem`` (a scene folder -> Problem);
+``render`` (integrators, batching, invpbr's own integrators, photos of
+synthetic scenes); ``results`` (Result, metrics, the result folder);
+``optimize`` (the loop, step strategies, losses, gradient checks); ``run``
+(command line, batches). ``invpbr.testing`` holds scene generators and
+discontinuity cases for tests and benchmarks; the library never imports it.
 """
 
 from . import backend as _backend
@@ -22,16 +32,17 @@ except _backend.LLVMError:
 
 from .backend import LLVMError, init_backend  # noqa: E402
 from .config import ConfigError, ProblemConfig, load_config  # noqa: E402
-from .optimize import StepInfo, optimize  # noqa: E402
-from .problem import Problem, View, check_folder, load_problem, load_scene  # noqa: E402
-from .render import render_photos  # noqa: E402
-from .result import Result, save_result  # noqa: E402
-from .simulate import simulate_capture  # noqa: E402
+from .optimize.loop import StepInfo, optimize  # noqa: E402
+from .problem.folder import Problem, View, check_folder, load_problem  # noqa: E402
+from .problem.scene import load_scene  # noqa: E402
+from .render.photos import render_photos, simulate_capture  # noqa: E402
+from .results.result import Result, save_result  # noqa: E402
+from .optimize.gradcheck import check_gradients  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "LLVMError", "Problem", "ProblemConfig", "Result", "StepInfo", "View",
-    "check_folder", "init_backend", "load_config", "load_problem", "load_scene", "optimize",
-    "render_photos", "save_result", "simulate_capture",
+    "check_folder", "check_gradients", "init_backend", "load_config", "load_problem",
+    "load_scene", "optimize", "render_photos", "save_result", "simulate_capture",
 ]

@@ -97,7 +97,7 @@ class EstimateConfig:
     analytic shape (``<shape>.to_world``), e.g. an object or an area light;
     ``shape``: free vertex positions with large-steps preconditioning;
     ``camera``: each matching photo's camera pose (rotation and translation),
-    refined by moving the scene relative to the camera (see invpbr.camera)."""
+    refined by moving the scene relative to the camera (see invpbr.estimates.cameras)."""
     scale: bool = False
     """``kind = "pose"``: also estimate a uniform scale."""
     lambda_: float = 19.0

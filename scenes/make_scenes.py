@@ -28,7 +28,7 @@ SCENES_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCENES_DIR.parent))
 
 # Importing invpbr first points Dr.Jit at a usable LLVM before Mitsuba is imported.
-from invpbr import procedural  # noqa: E402
+from invpbr.testing import procedural  # noqa: E402
 
 HEADER = (
     '<?xml version="1.0" encoding="utf-8"?>\n'
@@ -367,7 +367,7 @@ ENV_SIZE = (64, 32)  # width, height of the lat-long maps
 def make_env_skies(folder: Path, truth_sky: dict) -> tuple[str, str]:
     """Write the truth sky, a constant grey start of the same mean radiance and the
     relighting sky into ``folder/envmaps``; returns the XML paths (truth, start)."""
-    from invpbr.lighting import texel_solid_angles
+    from invpbr.estimates.lighting import texel_solid_angles
 
     width, height = ENV_SIZE
     truth = procedural.sky_envmap(width, height, **truth_sky)
@@ -780,7 +780,7 @@ views_per_step = 0
 # The light is the only emitter (a constant ambient term would take half of the light
 # samples and double the gradient noise) and stays out of every view at the truth.
 # Analytic 'sphere' and 'rectangle' emitters are avoided: Mitsuba 3.9.1's boundary
-# derivatives of those are wrong when they move (invpbr.geometry.TRAP_SHAPES).
+# derivatives of those are wrong when they move (invpbr.estimates.meshes.TRAP_SHAPES).
 
 LIGHT_TRUTH = (0.8, 1.6, 0.8)
 LIGHT_START = (0.35, 1.8, 0.3)

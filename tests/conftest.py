@@ -69,8 +69,8 @@ def make_tiny_scene(folder: Path, *, res: int = 24, toml: str = TOML, photos: bo
     """Write a tiny synthetic scene folder (model, truth, config, photos)."""
     folder.mkdir(parents=True, exist_ok=True)
     invpbr.init_backend()
-    invpbr.io.save_image(folder / "checker.png", checker())
-    invpbr.io.save_image(folder / "grey.png", np.full((16, 16, 3), 0.5, np.float32))
+    invpbr.capture.images.save_image(folder / "checker.png", checker())
+    invpbr.capture.images.save_image(folder / "grey.png", np.full((16, 16, 3), 0.5, np.float32))
     (folder / "scene.xml").write_text(SCENE_XML.format(res=res, **MODEL))
     (folder / "truth.xml").write_text(SCENE_XML.format(res=res, **TRUTH))
     (folder / "invpbr.toml").write_text(toml)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import io
-from invpbr.cli import main
+from invpbr.capture import images as io
+from invpbr.run.cli import main
 from invpbr.config import ConfigError
 from invpbr.problem import check_folder, load_problem
 

@@ -1,5 +1,5 @@
 """Camera refinement by moving the scene (invpbr.camera), its gradients, and per-photo
-gains (invpbr.optimize.Gains, gain_errors).
+gains (invpbr.estimates.gains.Gains, gain_errors).
 
 - The scene moved by M = C D^-1 C^-1 and seen by the fixed sensor renders like the fixed
   scene seen by the moved camera C D (object_pose at 32x24: a mesh with normals, a
@@ -53,7 +53,7 @@ LATENT = np.array([0.02, -0.015, 0.03, 0.03, -0.02, 0.025], np.float32)
 
 
 def test_moved_scene_renders_as_moved_camera(mi, small_pose_scene):
-    from invpbr.camera import CameraModel, scene_movers
+    from invpbr.estimates.cameras import CameraModel, scene_movers
     from invpbr.problem import load_scene
 
     integrator = mi.load_dict({"type": "direct"})
@@ -99,7 +99,7 @@ def test_moved_scene_renders_as_moved_camera(mi, small_pose_scene):
 
 
 def test_scene_values_do_not_compound(mi, small_pose_scene):
-    from invpbr.camera import CameraModel
+    from invpbr.estimates.cameras import CameraModel
     from invpbr.problem import load_scene
 
     scene = load_scene(small_pose_scene)
@@ -120,7 +120,7 @@ def test_scene_values_do_not_compound(mi, small_pose_scene):
 
 
 def test_camera_to_world_and_errors(mi, small_pose_scene):
-    from invpbr.camera import CameraModel, camera_errors
+    from invpbr.estimates.cameras import CameraModel, camera_errors
     from invpbr.problem import load_scene
 
     scene = load_scene(small_pose_scene)
@@ -182,7 +182,7 @@ def floating_capture(tmp_path_factory, mi) -> Path:
 
 
 def _check_cameras(folder: Path, integrator: str):
-    from invpbr.gradcheck import check_gradients
+    from invpbr.optimize.gradcheck import check_gradients
     from invpbr.render import choose_integrator_type
 
     problem = invpbr.load_problem(folder)
@@ -265,7 +265,7 @@ def test_camera_key_matching_nothing(tmp_path, mi):
 def _gains(problem, reference: str = "mean", gain: str = "rgb"):
     import mitsuba as mi
 
-    from invpbr.optimize import Gains
+    from invpbr.estimates.gains import Gains
 
     problem.config.photos.gain = gain
     problem.config.photos.gain_reference = reference
@@ -339,7 +339,7 @@ def test_gains_gauge(mi):
 
 
 def test_gain_errors_are_gauge_invariant():
-    from invpbr.optimize import gain_errors
+    from invpbr.estimates.gains import gain_errors
 
     rng = np.random.default_rng(2)
     truth = {f"v{i}": np.exp(rng.normal(0.0, 0.2, 3)) for i in range(4)}
@@ -362,7 +362,7 @@ def test_gain_errors_are_gauge_invariant():
 
 
 def test_gains_recovered(tmp_path, mi):
-    from invpbr.optimize import gain_errors
+    from invpbr.estimates.gains import gain_errors
 
     dst = tmp_path / "sphere"
     shutil.copytree(REPO / "scenes" / "principled_sphere", dst)
@@ -370,7 +370,7 @@ def test_gains_recovered(tmp_path, mi):
     true["view2"] = 1.0 / (true["view0"] * true["view1"])   # geometric mean 1 per channel
     for sid, g in true.items():
         path = dst / "photos" / f"{sid}.exr"
-        invpbr.io.save_image(path, invpbr.io.load_image(path) * g.astype(np.float32))
+        invpbr.capture.images.save_image(path, invpbr.capture.images.load_image(path) * g.astype(np.float32))
     text = (dst / "invpbr.toml").read_text()
     text = text.replace("[optimize]", '[photos]\ngain = "rgb"\n\n[optimize]')
     (dst / "invpbr.toml").write_text(text)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import cameras
+from invpbr.capture import cameras
 
 from conftest import sensor_ray_miss
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import cameras, io
+from invpbr.capture import cameras, images as io
 from invpbr.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_real_capture_frames_become_sensors(mi):
     assert [v.id for v in problem.views] == IDS == [c.id for c in cams]
     sensors = problem.scene.sensors()
     assert len(sensors) == 6
-    assert invpbr.problem.sensor_ids(problem.scene) == IDS
+    assert invpbr.capture.cameras.sensor_ids(problem.scene) == IDS
     for view, cam, sensor in zip(problem.views, cams, sensors):
         assert view.index == IDS.index(view.id)
         expected = cameras.to_mitsuba_sensor(cam)
@@ -296,9 +296,9 @@ def test_unknown_cameras_key(capture, mi):
 # --------------------------------------------------------------------------- check_folder
 
 def test_check_folder(capture, mi):
-    assert invpbr.problem.check_folder(capture) == []
+    assert invpbr.check_folder(capture) == []
     (capture / "photos" / "IMG_0005.jpg").unlink()
-    problems = invpbr.problem.check_folder(capture)
+    problems = invpbr.check_folder(capture)
     assert len(problems) == 1
     assert "IMG_0005" in problems[0] and "transforms.json" in problems[0]
 
@@ -328,7 +328,7 @@ def test_scene_xml_sensor_is_the_template(capture, mi):
     problem = invpbr.load_problem(capture)
     cams = cameras.read_transforms(capture / "transforms.json")
     sensors = problem.scene.sensors()
-    assert invpbr.problem.sensor_ids(problem.scene) == IDS   # "old" replaced
+    assert invpbr.capture.cameras.sensor_ids(problem.scene) == IDS   # "old" replaced
     for sensor, cam in zip(sensors, cams):
         assert sensor.film().rfilter().class_name() == "GaussianFilter"
         assert sensor.sampler().class_name() == "StratifiedSampler"
@@ -363,7 +363,7 @@ def test_true_cameras_need_no_photos(capture, mi):
 
 def test_truth_xml_sensors_are_the_true_cameras(capture, mi):
     """Without [cameras] truth, truth.xml's sensors with the same ids are the truth."""
-    from invpbr.camera import camera_errors
+    from invpbr.estimates.cameras import camera_errors
     from invpbr.problem import load_problem
 
     text = (capture / "invpbr.toml").read_text()
@@ -387,7 +387,7 @@ def _rotmat_to_qvec(r: np.ndarray) -> np.ndarray:
 def test_colmap_model_folder_as_camera_file(capture, mi):
     """The same cameras as a COLMAP text model (PINHOLE, world-to-camera quaternions) in
     capture/sparse, photos in capture/images: the sensors equal the transforms.json ones."""
-    from invpbr.cameras import read_transforms
+    from invpbr.capture.cameras import read_transforms
     from invpbr.problem import load_problem
 
     cams = read_transforms(capture / "transforms.json")

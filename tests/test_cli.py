@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from invpbr import io
-from invpbr.cli import build_parser, main
+from invpbr.capture import images as io
+from invpbr.run.cli import build_parser, main
 
 
 def test_help_lists_the_commands(capsys):

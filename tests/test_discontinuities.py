@@ -2,7 +2,7 @@
 
 For each case of :mod:`invpbr.discontinuities`, the forward-mode derivative of a 16x16
 render is compared with two central finite differences of ``path`` at high spp. The
-tolerances come from the measured noise (:func:`invpbr.discontinuities.tolerances`), so a
+tolerances come from the measured noise (:func:`invpbr.testing.discontinuities.tolerances`), so a
 pass means "indistinguishable from FD at this noise level" and a fail means "wrong by
 more than twice what noise explains".
 
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import discontinuities as disc
+from invpbr.testing import discontinuities as disc
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REFS = SHARED_DATA / "mitsuba_ad_refs"

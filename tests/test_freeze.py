@@ -145,10 +145,10 @@ def test_view_subsets_leave_masked_pixels_out(tiny_scene):
     mask = np.ones((24, 24, 3), np.float32)
     mask[12:] = 0.0
     for view in ("front", "left"):
-        photo = invpbr.io.load_image(folder / "photos" / f"{view}.exr")
+        photo = invpbr.capture.images.load_image(folder / "photos" / f"{view}.exr")
         photo[12:] = 4.0
-        invpbr.io.save_image(folder / "photos" / f"{view}.exr", photo)
-        invpbr.io.save_image(folder / "masks" / f"{view}.png", mask)
+        invpbr.capture.images.save_image(folder / "photos" / f"{view}.exr", photo)
+        invpbr.capture.images.save_image(folder / "masks" / f"{view}.png", mask)
     key = "ball.bsdf.base_color.value"
     result = run(folder, True, iterations=40)
     assert result.settings["batched"] and result.settings["frozen"] is True

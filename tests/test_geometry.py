@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import geometry, procedural
+from invpbr.estimates import meshes as geometry
+from invpbr.testing import procedural
 from invpbr.config import ConfigError, parse_config
 
 
@@ -199,7 +200,7 @@ def test_lambda_is_read_from_toml():
 def _resolve(xml: str, estimates: list[dict]):
     import mitsuba as mi
 
-    from invpbr.params import resolve_parameters
+    from invpbr.estimates import resolve_parameters
 
     scene = mi.load_string(xml, optimize=False)
     cfg = parse_config({"estimate": estimates}, source="t/invpbr.toml")
@@ -265,7 +266,7 @@ def test_auto_integrator_for_geometry(pose_folder):
 
 
 def test_gradcheck_pose_projective_agrees_prb_does_not(pose_folder):
-    from invpbr.gradcheck import check_gradients
+    from invpbr.optimize.gradcheck import check_gradients
     from invpbr.problem import load_problem
 
     problem = load_problem(pose_folder)
@@ -289,7 +290,7 @@ def test_pose_recovery_and_result_files(pose_folder, tmp_path):
 
     from invpbr.optimize import optimize
     from invpbr.problem import load_problem
-    from invpbr.result import save_result
+    from invpbr.results import save_result
 
     problem = load_problem(pose_folder)
     result = optimize(problem, progress=False)
@@ -426,7 +427,7 @@ def test_guiding_is_built_from_a_low_resolution_copy(pose_folder):
     import mitsuba as mi
 
     from invpbr.problem import load_scene
-    from invpbr.render import _low_resolution_copy
+    from invpbr.render.integrators import low_resolution_copy as _low_resolution_copy
 
     sensor = load_scene(pose_folder / "scene.xml").sensors()[0]
     copy = _low_resolution_copy(sensor, 8)
@@ -443,7 +444,7 @@ def test_guiding_is_built_from_a_low_resolution_copy(pose_folder):
 
 
 def test_cli_run_summarizes_a_pose(pose_folder, tmp_path, capsys):
-    from invpbr.cli import main
+    from invpbr.run.cli import main
 
     out = tmp_path / "out"
     assert main(["run", str(pose_folder), "--out", str(out), "--iterations", "2",

@@ -35,7 +35,7 @@ import json
 
 import pytest
 
-from invpbr.cli import main
+from invpbr.run.cli import main
 
 from conftest import REPO
 

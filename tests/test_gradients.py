@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr.gradcheck import check_gradients, format_checks, relative_errors
+from invpbr.optimize.gradcheck import check_gradients, format_checks, relative_errors
 
 from conftest import checker
 
@@ -68,8 +68,8 @@ CASES = [
 def write_case(folder, bsdf: str, key: str, *, truth_bsdf: str | None = None, toml: str = ""):
     folder.mkdir(parents=True, exist_ok=True)
     invpbr.init_backend()
-    invpbr.io.save_image(folder / "checker.png", checker())
-    invpbr.io.save_image(folder / "rough.png", np.full((8, 8, 1), 0.6, np.float32))
+    invpbr.capture.images.save_image(folder / "checker.png", checker())
+    invpbr.capture.images.save_image(folder / "rough.png", np.full((8, 8, 1), 0.6, np.float32))
     (folder / "scene.xml").write_text(SCENE.format(bsdf=bsdf))
     (folder / "invpbr.toml").write_text(
         toml or f'[render]\nmax_depth = 3\n[[estimate]]\nkey = "{key}"\n')

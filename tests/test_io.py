@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import io
+from invpbr.capture import images as io
 
 
 def srgb_to_linear(c):

@@ -25,12 +25,14 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import evaluate, lighting
+from invpbr.estimates import lighting
+from invpbr.problem.folder import load_relight_maps
+from invpbr.results import evaluate
 from invpbr.config import ConfigError, EstimateConfig, load_config
-from invpbr.gradcheck import check_gradients, format_checks
-from invpbr.params import resolve_parameters
-from invpbr.procedural import envmap_directions, sky_envmap
-from invpbr.result import result_to_json
+from invpbr.optimize.gradcheck import check_gradients, format_checks
+from invpbr.estimates import resolve_parameters
+from invpbr.testing.procedural import envmap_directions, sky_envmap
+from invpbr.results import result_to_json
 
 from conftest import TOML
 
@@ -79,7 +81,7 @@ def write_folder(folder: Path, emitters: str, key: str, *, res: int = 24,
     """A scene folder whose photos only satisfy the loader; the loaded Problem."""
     folder.mkdir(parents=True, exist_ok=True)
     invpbr.init_backend()
-    invpbr.io.save_image(folder / "sky.exr", sky() if sky_map is None else sky_map)
+    invpbr.capture.images.save_image(folder / "sky.exr", sky() if sky_map is None else sky_map)
     (folder / "scene.xml").write_text(SCENE.format(emitters=emitters.format(file="sky.exr"),
                                                    res=res, albedo=albedo))
     (folder / "invpbr.toml").write_text(f'[render]\nmax_depth = 3\n[[estimate]]\nkey = "{key}"\n')
@@ -94,7 +96,7 @@ def scene_params(tmp_path: Path, emitters: str = ALL_LIGHTS, sky_map: np.ndarray
     invpbr.init_backend()
     import mitsuba as mi
 
-    invpbr.io.save_image(tmp_path / "sky.exr", sky() if sky_map is None else sky_map)
+    invpbr.capture.images.save_image(tmp_path / "sky.exr", sky() if sky_map is None else sky_map)
     xml = SCENE.format(emitters=emitters.format(file=str(tmp_path / "sky.exr")), res=16,
                        albedo="0.6, 0.5, 0.4")
     scene = mi.load_string(xml, optimize=False)
@@ -415,8 +417,8 @@ def test_relighting_psnr_against_direct_renders(tmp_path):
 
     own = sky(16, 8)
     relight = sky(32, 16, sun_direction=(-0.6, 0.5, -0.3), zenith_color=(0.8, 0.5, 0.3))
-    invpbr.io.save_image(tmp_path / "own.exr", own)
-    invpbr.io.save_image(tmp_path / "relight.exr", relight)
+    invpbr.capture.images.save_image(tmp_path / "own.exr", own)
+    invpbr.capture.images.save_image(tmp_path / "relight.exr", relight)
 
     def load(env, albedo):
         text = ", ".join(f"{v:g}" for v in albedo)
@@ -477,9 +479,9 @@ def test_relighting_needs_an_envmap_and_the_files(tmp_path):
         evaluate.relit_renders(scene, integrator, sky(), spp=1)
     with pytest.raises(FileNotFoundError, match=r"missing\.exr: no such file \(named in invpbr\.toml "
                                                 r"evaluate\.relight\)"):
-        evaluate.load_relight_maps(tmp_path, ["missing.exr"])
-    invpbr.io.save_image(tmp_path / "m.exr", sky())
-    maps = evaluate.load_relight_maps(tmp_path, ["m.exr"])
+        load_relight_maps(tmp_path, ["missing.exr"])
+    invpbr.capture.images.save_image(tmp_path / "m.exr", sky())
+    maps = load_relight_maps(tmp_path, ["m.exr"])
     np.testing.assert_allclose(maps["m.exr"], sky(), rtol=1e-6)
 
 

@@ -34,7 +34,7 @@ import json
 import pytest
 
 import invpbr
-from invpbr.cli import main
+from invpbr.run.cli import main
 
 from conftest import REPO
 

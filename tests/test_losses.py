@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import losses
-from invpbr.params import parameter_error, resample_texture
+from invpbr.optimize import losses
+from invpbr.estimates import parameter_error, resample_texture
 
 
 def value(x) -> float:
@@ -214,7 +214,7 @@ def test_cauchy_loss_ignores_a_transient_that_l2_bakes_in(tmp_path):
     l2 0.78 (clean photos 0.008), cauchy 0.012 (clean photos 0.008)."""
     import shutil
 
-    from invpbr import io
+    from invpbr.capture import images as io
     from invpbr.optimize import optimize
     from invpbr.problem import load_problem
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import procedural
+from invpbr.testing import procedural
 
 
 MESHES = {

@@ -26,8 +26,8 @@ import json
 
 import numpy as np
 
-from invpbr.cameras import read_transforms
-from invpbr.cli import main
+from invpbr.capture.cameras import read_transforms
+from invpbr.run.cli import main
 
 from conftest import REPO
 

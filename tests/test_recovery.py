@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from invpbr.cli import main
+from invpbr.run.cli import main
 
 from conftest import REPO
 
@@ -81,8 +81,8 @@ def test_render_remakes_the_shipped_photos(tmp_path):
     shutil.rmtree(folder / "photos")
     assert main(["render", str(folder), "--spp", "64"]) == 0
     for shipped in sorted((SCENES / "principled_sphere" / "photos").iterdir()):
-        made = invpbr.io.load_image(folder / "photos" / shipped.name)
-        ref = invpbr.io.load_image(shipped)
+        made = invpbr.capture.images.load_image(folder / "photos" / shipped.name)
+        ref = invpbr.capture.images.load_image(shipped)
         assert made.shape == ref.shape
         assert abs(made.mean() - ref.mean()) < 0.02 * ref.mean()
         assert np.abs(made - ref).mean() < 0.1 * ref.mean()

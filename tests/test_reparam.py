@@ -8,7 +8,7 @@
   derivative image.
 - Visibility edges (invpbr.discontinuities' silhouette and shadow cases, 16x16,
   box filter): prb_reparam agrees with central finite differences of ``path``
-  within the noise-derived tolerances of :func:`invpbr.discontinuities.agrees`,
+  within the noise-derived tolerances of :func:`invpbr.testing.discontinuities.agrees`,
   and plain prb does not.
 """
 
@@ -30,7 +30,7 @@ def mi():
     invpbr.init_backend("llvm_ad_rgb")
     import mitsuba
 
-    from invpbr import reparam  # noqa: F401  (registers prb_reparam)
+    from invpbr.render import reparam  # noqa: F401  (registers prb_reparam)
     return mitsuba
 
 
@@ -65,7 +65,7 @@ def _forward(mi, scene, params, key, integrator, spp, seed):
 
 
 def test_albedo_matches_prb(mi):
-    from invpbr import discontinuities as disc
+    from invpbr.testing import discontinuities as disc
 
     case = disc.make_case("shadow", 16)
     key = "plane.bsdf.reflectance.value"
@@ -80,7 +80,7 @@ def test_albedo_matches_prb(mi):
 
 @pytest.mark.parametrize("name", ["silhouette", "shadow"])
 def test_forward_equals_reverse(mi, name):
-    from invpbr import discontinuities as disc
+    from invpbr.testing import discontinuities as disc
 
     case = disc.make_case(name, 16)
     integrator = mi.load_dict({"type": "prb_reparam", "max_depth": case.max_depth})
@@ -100,7 +100,7 @@ EDGE_SETTINGS = {"silhouette": {"reparam_rays": 48}, "shadow": {"reparam_kappa":
 
 @pytest.mark.parametrize("name", ["silhouette", "shadow"])
 def test_edges_against_finite_differences(mi, name):
-    from invpbr import discontinuities as disc
+    from invpbr.testing import discontinuities as disc
 
     case = disc.make_case(name, 16)
     reference = disc.finite_difference_pair(case, FD_SPP)

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import cameras, io
-from invpbr.cli import main
-from invpbr.simulate import NOISE_FLOOR, render_clean, simulate_capture
+from invpbr.capture import cameras, images as io
+from invpbr.run.cli import main
+from invpbr.capture.simulate import NOISE_FLOOR
+from invpbr.render.photos import render_clean, simulate_capture
 
 from conftest import sensor_ray_miss
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr import cameras, io
-from invpbr.cameras import Camera, project, undistort_photo
+from invpbr.capture import cameras, images as io
+from invpbr.capture.cameras import Camera, project, undistort_photo
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multiview"
 

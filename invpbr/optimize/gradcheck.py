@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .params import Parameter
-from .problem import Problem
-from .render import make_integrator
+from ..estimates.base import Parameter
+from ..problem.folder import Problem
+from ..render.integrators import make_integrator
 
 
 @dataclass
@@ -159,7 +159,7 @@ def check_gradients(problem: Problem, keys: list[str] | None = None, *,
                          f"views: {', '.join(known)}")
     integrator = make_integrator(problem.config.render, problem.parameters, problem.scene)
     if any(by_key[k].kind == "camera" for k in keys):
-        from .optimize import _setup_cameras
+        from .loop import _setup_cameras
 
         _setup_cameras(problem)
     checks = []
@@ -234,9 +234,9 @@ def _writer(parameter: Parameter, params, view_index: int = 0):
     """How a check moves ``parameter``: its base value (numpy), the Dr.Jit
     type of a value, a function writing a value into the scene, and one
     putting the original back. Geometry is moved through its latent: a pose's
-    ``[t, w(, log s)]`` (see :mod:`invpbr.geometry`), a shape's vertices; a
+    ``[t, w(, log s)]`` (see :mod:`invpbr.estimates.meshes`), a shape's vertices; a
     camera through the scene moved for the camera of sensor ``view_index``
-    (see :mod:`invpbr.camera`)."""
+    (see :mod:`invpbr.estimates.cameras`)."""
     import mitsuba as mi
 
     if parameter.kind == "camera":

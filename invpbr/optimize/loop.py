@@ -1,4 +1,4 @@
-"""The optimization loop: a :class:`~invpbr.problem.Problem` in, a Result out.
+"""The optimization loop: a :class:`~invpbr.problem.folder.Problem` in, a Result out.
 
 Each step renders the chosen views with gradients, accumulates the image loss
 (and texture regularizers), takes one ``mi.ad.Adam`` step, clips every
@@ -15,15 +15,16 @@ from typing import Callable
 
 import numpy as np
 
-from . import evaluate
-from .config import spp_at
-from .geometry import dr_width
+from ..config import spp_at
+from ..estimates.base import Parameter, parameter_error
+from ..estimates.meshes import dr_width
+from ..problem.folder import Problem
+from ..render.integrators import choose_integrator_type, make_integrator
+from ..render.views import ViewSlots, make_batch_sensor, render_batch, render_view
+from ..results import evaluate
+from ..results.result import Result
+from ..estimates.gains import Gains, gain_errors
 from .losses import image_loss, total_variation
-from .params import Parameter, parameter_error
-from .problem import Problem
-from .render import (ViewSlots, choose_integrator_type, make_batch_sensor, make_integrator,
-                     render_batch, render_view)
-from .result import Result
 
 
 @dataclass
@@ -79,8 +80,8 @@ def peak_memory_mb() -> float | None:
 def _errors(problem: Problem, estimates: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """key -> error against the truth (mean absolute difference; geometry: mean
     vertex distance), and geometry key -> its other errors (see
-    :func:`invpbr.geometry.geometry_errors`)."""
-    from . import geometry
+    :func:`invpbr.estimates.meshes.geometry_errors`)."""
+    from ..estimates import meshes as geometry
 
     truth = problem.truth
     errors, extra = {}, {}
@@ -103,78 +104,6 @@ def _errors(problem: Problem, estimates: dict[str, np.ndarray]) -> tuple[dict, d
         elif p.key in truth:
             errors[p.key] = parameter_error(estimates[p.key], truth[p.key])
     return errors, extra
-
-
-class Gains:
-    """Per-photo gains (``[photos] gain``): a render is multiplied by its
-    photo's gain before the loss.
-
-    The latent ``x`` holds a log gain per fitted view (and channel); the gain
-    is ``exp(x - mean(x))`` over the views (or ``exp(x - x_ref)`` for a
-    reference photo), since a common factor of all gains is indistinguishable
-    from brighter lights. Fixing the gauge inside the function, rather than
-    projecting ``x`` after each step, keeps Adam's per-coordinate step sizes
-    from pulling the gains off the constrained optimum. Held-out views keep
-    gain 1.
-    """
-
-    KEY = "photo gains"
-
-    def __init__(self, problem: Problem, opt):
-        import mitsuba as mi
-
-        cfg = problem.config.photos
-        self.channels = 1 if cfg.gain == "exposure" else 3
-        self.fit = [i for i, v in enumerate(problem.views) if not v.held_out]
-        self.ids = [problem.views[i].id for i in self.fit]
-        self.slot = {v: j for j, v in enumerate(self.fit)}
-        self.reference = None if cfg.gain_reference == "mean" \
-            else self.ids.index(cfg.gain_reference)
-        self.opt = opt
-        opt[self.KEY] = mi.Float(np.zeros(len(self.fit) * self.channels, np.float32))
-        opt.set_learning_rate({self.KEY: cfg.gain_lr})
-
-    def _index(self, j: int) -> list[int]:
-        return [j * self.channels + (c if self.channels == 3 else 0) for c in range(3)]
-
-    def apply(self, image, view: int):
-        import drjit as dr
-        import mitsuba as mi
-
-        j = self.slot.get(view)
-        if j is None:
-            return image
-        x = self.opt[self.KEY]
-        log_gain = dr.gather(mi.Float, x, mi.UInt32(self._index(j)))
-        if self.reference is not None:
-            log_gain = log_gain - dr.gather(mi.Float, x, mi.UInt32(self._index(self.reference)))
-        else:  # the mean over the views, per channel: one gather and a block sum
-            n, c = len(self.fit), self.channels
-            by_channel = dr.gather(mi.Float, x, mi.UInt32([k * c + ch for ch in range(c)
-                                                            for k in range(n)]))
-            means = dr.block_sum(by_channel, n) / n
-            log_gain = log_gain - dr.gather(mi.Float, means, mi.UInt32(
-                [ch if c == 3 else 0 for ch in range(3)]))
-        return image * mi.TensorXf(dr.exp(log_gain), shape=(1, 1, 3))
-
-    def values(self) -> dict[str, np.ndarray]:
-        """Fitted view id -> its gain per colour channel, (3,)."""
-        x = np.array(self.opt[self.KEY], dtype=np.float64).reshape(len(self.fit), self.channels)
-        x = x - (x.mean(axis=0) if self.reference is None else x[self.reference])
-        return {sid: np.broadcast_to(np.exp(g), (3,)).copy() for sid, g in zip(self.ids, x)}
-
-
-def gain_errors(gains: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, float]:
-    """View id -> largest relative error of its per-channel gain against the
-    truth, after bringing the truth into the estimate's gauge (the common
-    factor of the true gains over these views, per channel, is removed)."""
-    ids = [i for i in gains if i in truth]
-    if not ids:
-        return {}
-    est = np.log(np.array([gains[i] for i in ids]))
-    ref = np.log(np.array([truth[i] for i in ids]))
-    ref = ref - ref.mean(axis=0) + est.mean(axis=0)
-    return {i: float(np.max(np.abs(np.exp(e - r) - 1.0))) for i, e, r in zip(ids, est, ref)}
 
 
 class _Latents:
@@ -229,7 +158,7 @@ class _Latents:
         if p.config.lr is not None:
             self.own_lr[p.key] = (opt, p.config.lr)
         elif p.kind == "camera":
-            from .camera import CAMERA_LR
+            from ..estimates.cameras import CAMERA_LR
 
             self.own_lr[p.key] = (opt, CAMERA_LR)
         if p.key in self.own_lr:
@@ -260,7 +189,7 @@ class _Latents:
     def advance(self, iteration: int) -> bool:
         """Move textures and envmaps to their next coarse-to-fine stage where due;
         whether any did."""
-        from .params import resample_texture
+        from ..estimates.base import resample_texture
 
         changed = False
         for p in self.problem.parameters:
@@ -289,7 +218,7 @@ class _Latents:
     def _remesh(self, p: Parameter, stage: int) -> None:
         """Remesh a shape isotropically (0.75x its mean edge length) and restart
         its large-steps latent from the new mesh."""
-        from . import geometry
+        from ..estimates import meshes as geometry
 
         params = self.problem.params
         vertices = np.array(params[p.key], dtype=np.float32).reshape(-1, 3)
@@ -383,7 +312,7 @@ class _Latents:
     def regularizer(self):
         """Total variation of textures and envmap latents, and the envmaps'
         white-balance prior; None when there is none."""
-        from .lighting import texel_solid_angles
+        from ..estimates.lighting import texel_solid_angles
 
         import drjit as dr
         import mitsuba as mi
@@ -429,7 +358,7 @@ class _Latents:
     def values(self) -> dict[str, np.ndarray]:
         """Scene-space estimates as numpy (envmaps: real texels (H, W, 3);
         geometry: points (N, 3), see ``model.points``)."""
-        from . import geometry
+        from ..estimates import meshes as geometry
 
         params = self.problem.params
         out = {}
@@ -446,7 +375,7 @@ class _Latents:
     def finish(self) -> None:
         """Bring textures and envmaps to their final resolution, also when the
         run stopped before the last coarse-to-fine stage."""
-        from .params import resample_texture
+        from ..estimates.base import resample_texture
 
         changed = False
         for p in self.problem.parameters:
@@ -520,7 +449,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         progress: show a tqdm progress bar.
 
     Returns:
-        A :class:`~invpbr.result.Result`. Ctrl-C stops the loop and still
+        A :class:`~invpbr.results.result.Result`. Ctrl-C stops the loop and still
         returns what was estimated so far (status ``"interrupted"``); a
         non-finite loss stops it at the last finite estimate (``"diverged"``).
     """
@@ -739,7 +668,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     initial_errors, geometry_errors_initial = _errors(problem, initial)
     cameras, camera_errors, camera_errors_initial, refined_cameras = {}, {}, {}, []
     if camera is not None:
-        from .camera import camera_errors as _camera_errors
+        from ..estimates.cameras import camera_errors as _camera_errors
 
         cameras = camera.model.camera_to_world(estimates[camera.key])
         refined_cameras = _refined_cameras(problem, cameras)
@@ -815,10 +744,10 @@ def decay_factor(lr_decay: float, iteration: int, iterations: int) -> float:
 
 
 def _setup_cameras(problem: Problem):
-    """The camera estimate, with its :class:`~invpbr.camera.CameraModel` built
+    """The camera estimate, with its :class:`~invpbr.estimates.cameras.CameraModel` built
     for the fitted views its glob matches (the scene's current state is the
     rest state); None without one."""
-    from .camera import CameraModel
+    from ..estimates.cameras import CameraModel
 
     camera = next((p for p in problem.parameters if p.kind == "camera"), None)
     if camera is None:
@@ -842,11 +771,11 @@ def _setup_cameras(problem: Problem):
 
 
 def _refined_cameras(problem: Problem, c2w: dict[str, np.ndarray]) -> list:
-    """Every view's :class:`~invpbr.cameras.Camera` with its refined pose (the
+    """Every view's :class:`~invpbr.capture.cameras.Camera` with its refined pose (the
     others as they were), for writing as a transforms.json."""
     from dataclasses import replace
 
-    from .cameras import camera_from_sensor
+    from ..capture.cameras import camera_from_sensor
 
     out = []
     for view in problem.views:
@@ -863,7 +792,7 @@ def _refined_cameras(problem: Problem, c2w: dict[str, np.ndarray]) -> list:
 
 def _meshes(problem: Problem) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Shape id -> (vertices, faces) of every mesh an estimate moved."""
-    from . import geometry
+    from ..estimates import meshes as geometry
 
     out = {}
     for p in problem.parameters:
@@ -918,5 +847,5 @@ def _relight_scores(problem: Problem, renders: dict) -> dict:
     if not renders["relight"]:
         return {}
     ids = [v.id for v in problem.views]
-    return {name: evaluate.relight_psnr(images, problem.relit_truth(name), ids)
+    return {name: evaluate.relight_psnr(images, evaluate.relit_truth(problem, name), ids)
             for name, images in renders["relight"].items()}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 
 def _cmd_run(args) -> int:
-    from .optimize import optimize
-    from .problem import load_problem
-    from .result import save_result
+    from ..optimize.loop import optimize
+    from ..problem.folder import load_problem
+    from ..results.result import save_result
 
     problem = load_problem(args.scene_dir, variant=args.variant)
     if args.spp is not None:
@@ -55,7 +55,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_render(args) -> int:
-    from .simulate import simulate_capture
+    from ..render.photos import simulate_capture
 
     folder = Path(args.scene_dir)
     if not (folder / "truth.xml").is_file():
@@ -83,7 +83,7 @@ def _cmd_render(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from .problem import check_folder
+    from ..problem.folder import check_folder
 
     problems = check_folder(args.scene_dir, variant=args.variant)
     if problems:
@@ -114,8 +114,8 @@ def _cmd_batch(args) -> int:
 def _cmd_gradcheck(args) -> int:
     import json
 
-    from .gradcheck import check_gradients, format_checks
-    from .problem import load_problem
+    from ..optimize.gradcheck import check_gradients, format_checks
+    from ..problem.folder import load_problem
 
     problem = load_problem(args.scene_dir, variant=args.variant)
     if args.integrator:
@@ -199,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .backend import LLVMError
-    from .config import ConfigError
+    from ..backend import LLVMError
+    from ..config import ConfigError
 
     args = build_parser().parse_args(argv)
     if args.backend != "auto":

@@ -20,8 +20,6 @@ import math
 
 import numpy as np
 
-from .procedural import envmap_directions
-
 #: Default total-variation weight (on log radiance) of estimated envmap texels.
 #: 0.005: on the shipped envmap scenes (l2 and l1 losses, 2 to 8 views) it gave
 #: 25-50 % smaller texel errors and 0.5-5 dB better held-out views than 0.02,
@@ -48,6 +46,46 @@ def envmap_with_halo(texels):
     import drjit as dr
 
     return dr.concat([texels[:, -1:, :], texels, texels[:, :1, :]], axis=1)
+
+
+def envmap_directions(width: int, height: int, *, supersample: int = 1) -> np.ndarray:
+    """World directions of the pixels of a lat-long map in Mitsuba's ``envmap`` convention.
+
+    Mitsuba's ``envmap`` (3.9) looks a direction up at
+    ``u = atan2(x, -z) / (2 pi)``, ``v = acos(y) / pi`` and places the centres of the
+    columns at ``u = (col + 0.5) / W`` (wrapping around) but the centres of the rows at
+    ``v = row / (H - 1)``: the first row is exactly the north pole (+Y), the last row
+    exactly the south pole. The pixel at ``(u, v)`` looks along
+    ``(sin t sin p, cos t, -sin t cos p)`` with ``t = v pi``, ``p = u 2 pi``, so ``u = 0``
+    is -Z, ``u = 0.25`` is +X and ``u = 0.5`` is +Z (for the default ``to_world``).
+
+    Args:
+        width: Map width W, pixels.
+        height: Map height H >= 2, pixels.
+        supersample: Sub-pixel samples per axis, ``s``, spread over the pixel's footprint
+            (1: pixel centres only). Rows at the poles only cover their half towards the
+            equator.
+
+    Returns:
+        Unit directions, (H, W, s * s, 3) float64.
+
+    Raises:
+        ValueError: If ``width < 1``, ``height < 2`` or ``supersample < 1``.
+    """
+    if width < 1 or height < 2 or supersample < 1:
+        raise ValueError(
+            f"envmap_directions(): need width >= 1, height >= 2, supersample >= 1, got "
+            f"{width}, {height}, {supersample}"
+        )
+    s = int(supersample)
+    offsets = (np.arange(s) + 0.5) / s - 0.5
+    ou, ov = np.meshgrid(offsets, offsets, indexing="ij")
+    u = (np.arange(width)[None, :, None] + 0.5 + ou.ravel()[None, None, :]) / width
+    v = (np.arange(height)[:, None, None] + ov.ravel()[None, None, :]) / (height - 1)
+    u, v = np.broadcast_arrays(u, np.clip(v, 0.0, 1.0))
+    theta, phi = v * np.pi, u * 2.0 * np.pi
+    st = np.sin(theta)
+    return np.stack([st * np.sin(phi), np.cos(theta), -st * np.cos(phi)], axis=-1)
 
 
 def sh_basis(directions: np.ndarray, order: int) -> np.ndarray:

@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from . import io
-from .backend import init_backend
-from .config import ProblemConfig, load_config
-from .geometry import scene_numpy
-from .evaluate import load_relight_maps
-from .lighting import envmap_texels
-from .params import Parameter, resolve_parameters
+from ..backend import init_backend
+from ..capture import images as io
+from ..capture.cameras import sensor_ids
+from ..config import ProblemConfig, load_config
+from ..estimates.base import Parameter, resolve_parameters
+from ..estimates.lighting import envmap_texels
+from ..estimates.meshes import scene_numpy
+from .scene import load_scene, parse_xml
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Problem:
         truth_scene: the truth.xml scene, if any.
         relight_maps: environment maps for relighting evaluation, file -> texels.
         true_cameras: sensor id -> true camera-to-world (4, 4), OpenCV
-            convention (see :mod:`invpbr.cameras`), for camera errors.
+            convention (see :mod:`invpbr.capture.cameras`), for camera errors.
         true_gains: sensor id -> true per-channel gain of the photo, for gain errors.
     """
 
@@ -88,20 +89,9 @@ class Problem:
     relight_maps: dict[str, np.ndarray] = field(default_factory=dict)
     true_cameras: dict[str, np.ndarray] = field(default_factory=dict)
     true_gains: dict[str, np.ndarray] = field(default_factory=dict)
-    _relit_truth: dict[str, list] = field(default_factory=dict, repr=False)
-
-    def relit_truth(self, name: str) -> list[np.ndarray]:
-        """truth.xml relit by the envmap ``name`` of ``relight_maps``, every
-        sensor rendered (cached)."""
-        from .evaluate import relit_renders
-        from .render import make_integrator
-
-        if name not in self._relit_truth:
-            integrator = make_integrator(self.config.render, [], self.truth_scene)
-            self._relit_truth[name] = relit_renders(self.truth_scene, integrator,
-                                                    self.relight_maps[name],
-                                                    spp=self.config.render.spp_final)
-        return self._relit_truth[name]
+    #: relighting envmap -> truth.xml relit and rendered from every sensor (a cache of
+    #: :func:`invpbr.results.evaluate.relit_truth`)
+    relit_truth_renders: dict[str, list] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -115,79 +105,6 @@ class Problem:
         if self.truth_scene is not None:
             self.truth = load_truth(self.folder / "truth.xml", [k for p in self.parameters for k in p.truth_keys],
                                     self.truth_scene)
-
-
-def _parse_xml(path: Path) -> ET.ElementTree:
-    try:
-        return ET.parse(path)
-    except ET.ParseError as e:
-        raise ValueError(f"{path}: malformed XML: {e}") from None
-
-
-def _xml_float_bitmaps(path: Path, sensors: list[ET.Element] | None = None,
-                       bitmap_format: str = "variant") -> str:
-    """scene XML text with every bitmap texture stored in the variant's float
-    format (or ``bitmap_format``, e.g. ``float16``), so that 8-bit PNG/JPEG
-    textures are differentiable; with ``sensors``, those replace the file's
-    sensors."""
-    tree = _parse_xml(path)
-    if sensors is not None:
-        root = tree.getroot()
-        for old in root.findall("sensor"):
-            root.remove(old)
-        for new in sensors:
-            root.append(new)
-    for tex in tree.getroot().iter("texture"):
-        if tex.get("type") != "bitmap":
-            continue
-        if not any(child.get("name") == "format" for child in tex):
-            ET.SubElement(tex, "string", {"name": "format", "value": bitmap_format})
-    return ET.tostring(tree.getroot(), encoding="unicode")
-
-
-def load_scene(path: str | Path, *, sensors: list[ET.Element] | None = None,
-               bitmap_format: str = "variant"):
-    """Load a Mitsuba scene file, bitmap textures as differentiable floats.
-
-    Relative file names in the XML resolve against the file's folder. Shapes
-    are never merged, so every shape keeps its own ``mi.traverse`` keys.
-    ``sensors`` (XML ``<sensor>`` elements, see
-    :func:`invpbr.capture.sensor_element`) replace the file's sensors;
-    ``bitmap_format`` is the storage of bitmaps that do not set their own
-    (``variant``: float32 here; ``float16``).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: malformed XML or a scene Mitsuba rejects (its message is kept).
-    """
-    import mitsuba as mi
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such scene file")
-    text = _xml_float_bitmaps(path, sensors, bitmap_format)
-    resolver = mi.file_resolver()
-    saved = [resolver[i] for i in range(len(resolver))]
-    resolver.prepend(str(path.parent.resolve()))
-    try:
-        # optimize=False: Mitsuba would otherwise merge shapes whose BSDFs have
-        # equal values into one mesh, and their parameter keys would vanish.
-        return mi.load_string(text, optimize=False)
-    except Exception as e:
-        raise ValueError(f"{path}: Mitsuba cannot load this scene: {e}") from None
-    finally:
-        resolver.clear()
-        for p in saved:
-            resolver.append(p)
-
-
-def sensor_ids(scene) -> list[str]:
-    """The id of each sensor of ``scene`` (``sensor_<i>`` where it has none)."""
-    ids = []
-    for i, sensor in enumerate(scene.sensors()):
-        sid = sensor.id()
-        ids.append(sid if sid and not sid.startswith("_unnamed") else f"sensor_{i}")
-    return ids
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
@@ -314,6 +231,22 @@ def load_truth(path: Path, keys: list[str], scene=None) -> dict[str, np.ndarray]
     return truth
 
 
+def load_relight_maps(folder: Path | None, files: list[str]) -> dict[str, np.ndarray]:
+    """The relighting environment maps, file name -> texels (H, W, 3).
+
+    Raises:
+        FileNotFoundError: a file does not exist (named relative to the folder).
+    """
+    maps = {}
+    for name in files:
+        path = (folder / name) if folder is not None else Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (named in invpbr.toml evaluate.relight)")
+        maps[name] = io.load_image(path)
+    return maps
+
+
+
 def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     """Load a scene folder into a :class:`Problem`.
 
@@ -341,7 +274,7 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     parameters = resolve_parameters(params, config.estimate, source=folder / "invpbr.toml",
                                     sensor_ids=sensor_ids(scene))
     if any(p.is_geometry or p.kind == "camera" for p in parameters):
-        from .geometry import delta_light_warning
+        from ..estimates.meshes import delta_light_warning
 
         reason = delta_light_warning(scene)
         if reason:
@@ -357,14 +290,14 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     truth, truth_scene, relight_maps = {}, None, {}
     true_cameras, true_gains = {}, {}
     if config.cameras.truth:
-        from .capture import frame_gains, truth_cameras
+        from ..capture.frames import frame_gains, truth_cameras
 
         true_cameras = truth_cameras(folder, config.cameras.truth, [v.id for v in views])
         true_gains = frame_gains(folder / config.cameras.truth)
     if (folder / "truth.xml").is_file():
         truth_scene = load_scene(folder / "truth.xml")
         if not config.cameras.truth:  # truth.xml's sensors, by id
-            from .capture import truth_cameras
+            from ..capture.frames import truth_cameras
 
             true_cameras = truth_cameras(folder, "", [v.id for v in views], truth_scene)
         truth = load_truth(folder / "truth.xml", [k for p in parameters for k in p.truth_keys],
@@ -383,11 +316,11 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
 def _camera_file_sensors(folder: Path, config: ProblemConfig) -> tuple[list, list[ET.Element]]:
     """The frames of ``[cameras] file`` (photos, masks, cameras) and their XML
     sensors, with scene.xml's first sensor as template."""
-    from .capture import load_frames, sensor_element
+    from ..capture.frames import load_frames, sensor_element
 
     frames = load_frames(folder, config.cameras.file, resolution=config.cameras.resolution,
                          undistort=config.cameras.undistort, source=str(folder / "invpbr.toml"))
-    template = _parse_xml(folder / "scene.xml").getroot().find("sensor")
+    template = parse_xml(folder / "scene.xml").getroot().find("sensor")
     return frames, [sensor_element(f.camera, template) for f in frames]
 
 

@@ -77,6 +77,25 @@ def scene_numpy(params, key: str) -> np.ndarray:
     return np.array(value, dtype=np.float32)
 
 
+def write_ply(path, vertices: np.ndarray, faces: np.ndarray):
+    """Write a triangle mesh (vertices (N, 3), faces (F, 3)) as a binary PLY with
+    Mitsuba's own writer (``mi.Mesh.write_ply``); returns the path."""
+    from pathlib import Path
+
+    import mitsuba as mi
+
+    v = np.ascontiguousarray(vertices, dtype=np.float32).reshape(-1, 3)
+    f = np.ascontiguousarray(faces, dtype=np.uint32).reshape(-1, 3)
+    mesh = mi.Mesh(Path(path).stem, len(v), len(f))
+    params = mi.traverse(mesh)
+    params["vertex_positions"] = mi.Float(v.ravel())
+    params["faces"] = mi.UInt32(f.ravel())
+    params.update()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    mesh.write_ply(str(path))
+    return Path(path)
+
+
 def mesh_arrays(params, key: str) -> tuple[np.ndarray, np.ndarray]:
     """Vertices (N, 3) and faces (F, 3) of the mesh owning ``key``."""
     vertices = np.array(params[key], dtype=np.float32).reshape(-1, 3)

@@ -52,10 +52,10 @@ Which integrator is right where:
   (zero for a pure shadow), biased for every case here.
 - ``direct_projective`` (``max_depth`` 2) and ``prb_projective`` add the boundary terms by
   projective sampling and agree with finite differences on the five standard cases.
-- ``prb_reparam`` (invpbr's own, :mod:`invpbr.reparam`, when present) reparameterizes
+- ``prb_reparam`` (invpbr's own, :mod:`invpbr.render.reparam`, when present) reparameterizes
   the integrand instead.
 
-Errors follow Mitsuba's AD-integrator tests and :mod:`invpbr.gradcheck`: per pixel,
+Errors follow Mitsuba's AD-integrator tests and :mod:`invpbr.optimize.gradcheck`: per pixel,
 ``|ad - fd| / max(|fd|, 0.1 max|fd|)``.
 """
 
@@ -69,7 +69,7 @@ from typing import Callable
 
 import numpy as np
 
-from .gradcheck import relative_errors
+from ..optimize.gradcheck import relative_errors
 from .procedural import torus, uv_sphere
 
 #: Case name -> one-line description.
@@ -161,7 +161,7 @@ def weld(vertices: np.ndarray, faces: np.ndarray, *, decimals: int = 5
          ) -> tuple[np.ndarray, np.ndarray]:
     """Merge vertices with equal positions and drop the triangles that collapse.
 
-    The UV spheres and tori of :mod:`invpbr.procedural` store their UV seams twice; the
+    The UV spheres and tori of :mod:`invpbr.testing.procedural` store their UV seams twice; the
     projective integrators find silhouettes through shared edges, so a mesh that moves an
     edge should be welded.
 
@@ -511,12 +511,12 @@ def make_mitsuba_case(name: str, data_dir: str | Path, resolution: int = 128) ->
 def registered_integrators() -> list[str]:
     """The gradient integrators compared here that this Mitsuba knows.
 
-    ``prb_reparam`` is invpbr's (:mod:`invpbr.reparam`) and is listed only when that module
+    ``prb_reparam`` is invpbr's (:mod:`invpbr.render.reparam`) and is listed only when that module
     imports and registers it.
     """
     names = ["prb", "direct_projective", "prb_projective"]
     try:
-        from . import reparam  # noqa: F401  (registers "prb_reparam")
+        from ..render import reparam  # noqa: F401  (registers "prb_reparam")
     except ImportError:
         return names
     import mitsuba as mi
@@ -544,7 +544,7 @@ def make_integrator(case: Case, integrator, *, proj_seed_spp: int | None = None)
     if not isinstance(integrator, str):
         return integrator
     if integrator == "prb_reparam":
-        registered_integrators()  # imports invpbr.reparam, which registers it
+        registered_integrators()  # imports invpbr.render.reparam, which registers it
     result = mi.load_dict({"type": integrator, "max_depth": int(case.max_depth)})
     if proj_seed_spp is not None and hasattr(result, "proj_seed_spp"):
         result.proj_seed_spp = int(proj_seed_spp)

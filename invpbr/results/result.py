@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io
+from ..capture import images as io
 from .evaluate import psnr
 
 
@@ -73,7 +73,7 @@ class Result:
         peak_memory_mb: the process's peak resident memory (MiB) at the end of
             the run (host memory: the CPU backend's arrays live there).
         cameras: refined view id -> camera-to-world (4, 4), OpenCV convention.
-        refined_cameras: every view's camera (:class:`invpbr.cameras.Camera`)
+        refined_cameras: every view's camera (:class:`invpbr.capture.cameras.Camera`)
             with the refined poses, written to ``transforms.json``.
         camera_errors: view id -> ``position`` (scene units) and
             ``rotation_deg`` errors of the refined camera against the truth.
@@ -258,7 +258,7 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
                 texture_paths[key] = rel
         mesh_paths = {}
         for name, (vertices, faces) in result.meshes.items():
-            from .procedural import write_ply
+            from ..estimates.meshes import write_ply
 
             rel = f"meshes/{_file_name(name)}.ply"
             write_ply(tmp / rel, vertices, faces)
@@ -269,7 +269,7 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
             preview = render if photo is None else _side_by_side(photo, render)
             io.save_image(tmp / "renders" / f"{_file_name(vid)}.png", preview)
         if result.refined_cameras:
-            from .cameras import write_transforms
+            from ..capture.cameras import write_transforms
 
             # Photo paths come out relative to the temporary folder, a sibling of out_dir:
             # the same as relative to out_dir.

@@ -442,7 +442,7 @@ def register():
     """
 
     if mi.variant() is None:
-        from .backend import init_backend
+        from ..backend import init_backend
         init_backend()
     variant = mi.variant()
     if variant not in _REGISTERED:
@@ -487,7 +487,7 @@ def _make_integrator_class():
         - Bias from the warp estimate: the warp is a ratio of two Monte Carlo
           sums over ``reparam_rays`` auxiliary rays; it matches an edge's motion
           only as far as the auxiliary lobe reaches the edge and the boundary
-          test ``B`` vanishes there. Measured (invpbr.discontinuities, 16x16):
+          test ``B`` vanishes there. Measured (invpbr.testing.discontinuities, 16x16):
           the silhouette case's image-sum derivative is 7.0 with 16 rays, 14.3
           with 48, against finite differences 18.2 (per-pixel errors within
           noise in both). More rays reduce this bias.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .lighting import envmap_with_halo, is_albedo_key, is_light_key, scale_invariant_error
+from ..estimates.lighting import envmap_with_halo, is_albedo_key, is_light_key, scale_invariant_error
 
 
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:
@@ -84,21 +84,17 @@ def relight_psnr(estimate: list[np.ndarray], truth: list[np.ndarray], ids: list[
     return values
 
 
-def load_relight_maps(folder: Path | None, files: list[str]) -> dict[str, np.ndarray]:
-    """The relighting environment maps, file name -> texels (H, W, 3).
+def relit_truth(problem, name: str) -> list[np.ndarray]:
+    """truth.xml relit by the envmap ``name`` of ``problem.relight_maps``, every
+    sensor rendered (cached on the problem)."""
+    from ..render.integrators import make_integrator
 
-    Raises:
-        FileNotFoundError: a file does not exist (named relative to the folder).
-    """
-    from . import io
-
-    maps = {}
-    for name in files:
-        path = (folder / name) if folder is not None else Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file (named in invpbr.toml evaluate.relight)")
-        maps[name] = io.load_image(path)
-    return maps
+    cache = problem.relit_truth_renders
+    if name not in cache:
+        integrator = make_integrator(problem.config.render, [], problem.truth_scene)
+        cache[name] = relit_renders(problem.truth_scene, integrator, problem.relight_maps[name],
+                                    spp=problem.config.render.spp_final)
+    return cache[name]
 
 
 def albedo_scale_invariant_errors(estimates: dict[str, np.ndarray],
@@ -113,7 +109,7 @@ def albedo_scale_invariant_errors(estimates: dict[str, np.ndarray],
 
 def ambiguity_notes(parameters, params) -> list[str]:
     """Warnings about what photos cannot separate in this problem."""
-    from .params import _node_class
+    from ..estimates.base import _node_class
 
     albedo = [p.key for p in parameters if is_albedo_key(p.key)]
     light = [p.key for p in parameters if is_light_key(p.key, _node_class(params, p.key))]

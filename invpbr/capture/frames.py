@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import images as io
 from .cameras import Camera, read_colmap, read_llff, read_transforms, to_mitsuba_sensor
 
 #: Relative difference of aspect ratios still treated as the same (rounded image sizes).
@@ -91,14 +91,14 @@ def frame_gains(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if path.suffix != ".json" or not path.is_file():
         return {}
-    from .cameras import _stem
+    from .cameras import photo_stem
 
     meta = json.loads(path.read_text())
     out = {}
     for frame in meta.get("frames", []):
         if "gain" in frame and "file_path" in frame:
             gain = np.asarray(frame["gain"], dtype=np.float64).reshape(-1)
-            out[_stem(frame["file_path"])] = np.broadcast_to(gain, (3,)).copy()
+            out[photo_stem(frame["file_path"])] = np.broadcast_to(gain, (3,)).copy()
     return out
 
 
@@ -158,7 +158,7 @@ def load_frame(camera: Camera, masks: dict[str, Path], *, resolution: list[int] 
 
 def sensor_element(camera: Camera, template: ET.Element | None = None) -> ET.Element:
     """A Mitsuba XML ``<sensor>`` for ``camera`` (see
-    :func:`invpbr.cameras.to_mitsuba_sensor`), with the film filter, sampler
+    :func:`invpbr.capture.cameras.to_mitsuba_sensor`), with the film filter, sampler
     and clip planes of ``template`` (a ``<sensor>`` element) where given."""
     d = to_mitsuba_sensor(camera)
     sensor = ET.Element("sensor", {"type": "perspective", "id": camera.id})
@@ -216,12 +216,11 @@ def truth_cameras(folder: Path, truth_file: str, ids: list[str],
         for cam in read_camera_file(folder / truth_file, skip_missing=True, need_images=False):
             out[cam.id] = cam.c2w
     elif truth_scene is not None:
-        from .cameras import _OPENCV_TO_MITSUBA
-        from .problem import sensor_ids
+        from .cameras import OPENCV_TO_MITSUBA, sensor_ids
 
         for sid, sensor in zip(sensor_ids(truth_scene), truth_scene.sensors()):
             to_world = np.array(sensor.world_transform().matrix, dtype=np.float64).reshape(4, 4)
-            out[sid] = to_world @ _OPENCV_TO_MITSUBA
+            out[sid] = to_world @ OPENCV_TO_MITSUBA
     missing = [i for i in ids if i not in out]
     if out and missing:
         warnings.warn(f"{folder / (truth_file or 'truth.xml')}: no true camera for "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import EstimateConfig
+from ..config import EstimateConfig
 from .lighting import is_light_key
 
 #: Parameters whose gradient Mitsuba 3.9.1 computes wrongly, by (plugin class,
@@ -47,8 +47,8 @@ class Parameter:
         config: its ``[[estimate]]`` settings.
         kind: ``"texture"`` (bitmap data, (H, W, C)), ``"envmap"`` (an
             environment map's data), ``"value"`` (scalars, colours, arrays),
-            ``"pose"`` or ``"shape"`` (geometry, see :mod:`invpbr.geometry`),
-            ``"camera"`` (photos' camera poses, see :mod:`invpbr.camera`; key
+            ``"pose"`` or ``"shape"`` (geometry, see :mod:`invpbr.estimates.meshes`),
+            ``"camera"`` (photos' camera poses, see :mod:`invpbr.estimates.cameras`; key
             ``"cameras"``, ``targets`` the sensor ids).
         shape: shape of the parameter in the scene.
         initial: the starting value as numpy (textures (H, W, C); envmaps
@@ -321,7 +321,7 @@ def _resolve_geometry(params, est: EstimateConfig, i: int, source, claimed: set[
     for all matched keys; one shape per matched mesh."""
     import mitsuba as mi
 
-    from . import geometry
+    from . import meshes as geometry
 
     keys = list(params.keys())
     patterns = est.key if isinstance(est.key, list) else [est.key]

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..estimates.lighting import envmap_directions
+
 __all__ = [
     "uv_sphere",
     "torus",
@@ -391,46 +393,6 @@ def albedo_pattern(res: int | Sequence[int] = 64, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
-def envmap_directions(width: int, height: int, *, supersample: int = 1) -> np.ndarray:
-    """World directions of the pixels of a lat-long map in Mitsuba's ``envmap`` convention.
-
-    Mitsuba's ``envmap`` (3.9) looks a direction up at
-    ``u = atan2(x, -z) / (2 pi)``, ``v = acos(y) / pi`` and places the centres of the
-    columns at ``u = (col + 0.5) / W`` (wrapping around) but the centres of the rows at
-    ``v = row / (H - 1)``: the first row is exactly the north pole (+Y), the last row
-    exactly the south pole. The pixel at ``(u, v)`` looks along
-    ``(sin t sin p, cos t, -sin t cos p)`` with ``t = v pi``, ``p = u 2 pi``, so ``u = 0``
-    is -Z, ``u = 0.25`` is +X and ``u = 0.5`` is +Z (for the default ``to_world``).
-
-    Args:
-        width: Map width W, pixels.
-        height: Map height H >= 2, pixels.
-        supersample: Sub-pixel samples per axis, ``s``, spread over the pixel's footprint
-            (1: pixel centres only). Rows at the poles only cover their half towards the
-            equator.
-
-    Returns:
-        Unit directions, (H, W, s * s, 3) float64.
-
-    Raises:
-        ValueError: If ``width < 1``, ``height < 2`` or ``supersample < 1``.
-    """
-    if width < 1 or height < 2 or supersample < 1:
-        raise ValueError(
-            f"envmap_directions(): need width >= 1, height >= 2, supersample >= 1, got "
-            f"{width}, {height}, {supersample}"
-        )
-    s = int(supersample)
-    offsets = (np.arange(s) + 0.5) / s - 0.5
-    ou, ov = np.meshgrid(offsets, offsets, indexing="ij")
-    u = (np.arange(width)[None, :, None] + 0.5 + ou.ravel()[None, None, :]) / width
-    v = (np.arange(height)[:, None, None] + ov.ravel()[None, None, :]) / (height - 1)
-    u, v = np.broadcast_arrays(u, np.clip(v, 0.0, 1.0))
-    theta, phi = v * np.pi, u * 2.0 * np.pi
-    st = np.sin(theta)
-    return np.stack([st * np.sin(phi), np.cos(theta), -st * np.cos(phi)], axis=-1)
-
-
 def sky_envmap(
     width: int = 64,
     height: int = 32,
@@ -509,7 +471,7 @@ def _import_mitsuba():
     ``mi.Bitmap`` needs neither a variant nor a JIT backend, so none is set here and a
     missing LLVM is not an error for these writers.
     """
-    from . import backend
+    from .. import backend
 
     try:
         backend.configure_llvm()

@@ -27,7 +27,7 @@ their noise (tz image sum 2 % off), while prb, without edge terms, is 96 % off.
 Limits: with every surface moving, Mitsuba's indirect-visibility term (meant
 for occluders moving past fixed shading points) gave derivatives of the wrong
 size on every occluded surface (blob interior on real_capture: -266 against
--11 by finite differences), so :func:`invpbr.render.make_integrator` turns it
+-11 by finite differences), so :func:`invpbr.render.integrators.make_integrator` turns it
 off (``sppi = 0``) when only cameras are estimated. What is then missing is how
 occlusion changes as a camera ray slides over a surface: on real_capture, whose
 ground the objects occlude, image-sum derivatives are 5-40 % off while per-pixel
@@ -49,8 +49,8 @@ import warnings
 
 import numpy as np
 
-from .cameras import _OPENCV_TO_MITSUBA
-from .geometry import TRAP_SHAPES, VERTICES, dr_width, rotation_matrix, rotation_numpy
+from ..capture.cameras import OPENCV_TO_MITSUBA as _OPENCV_TO_MITSUBA
+from .meshes import TRAP_SHAPES, VERTICES, dr_width, rotation_matrix, rotation_numpy
 
 #: Default learning rate of camera latents (per step: about 0.3 degree of
 #: rotation and 0.5 % of the scene size of translation).
@@ -199,7 +199,7 @@ class CameraModel:
 
     def camera_to_world(self, latent: np.ndarray) -> dict[str, np.ndarray]:
         """Sensor id -> the refined camera-to-world (4, 4), OpenCV convention
-        (see :mod:`invpbr.cameras`)."""
+        (see :mod:`invpbr.capture.cameras`)."""
         latent = np.asarray(latent, dtype=np.float64).reshape(-1, 6)
         out = {}
         for sid, c, x in zip(self.ids, self.c2w, latent):

@@ -35,7 +35,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG", ".exr", ".
 SQUARE_PIXEL_RTOL = 1e-3
 
 _OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
-_OPENCV_TO_MITSUBA = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: OpenCV camera axes (x right, y down, z forward) to Mitsuba's (x left, y up, z forward).
+OPENCV_TO_MITSUBA = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def sensor_ids(scene) -> list[str]:
+    """The id of each sensor of ``scene`` (``sensor_<i>`` where it has none)."""
+    ids = []
+    for i, sensor in enumerate(scene.sensors()):
+        sid = sensor.id()
+        ids.append(sid if sid and not sid.startswith("_unnamed") else f"sensor_{i}")
+    return ids
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,8 @@ def _resolve_image(base: Path, file_path: str) -> Path | None:
     return None
 
 
-def _stem(file_path: str) -> str:
+def photo_stem(file_path: str) -> str:
+    """The sensor id of a frame: its photo's file name without the image extension."""
     name = Path(file_path).name
     stem = Path(name).stem
     return stem if Path(name).suffix.lower() in {e.lower() for e in IMAGE_EXTENSIONS} else name
@@ -203,7 +214,7 @@ def read_transforms(path: str | Path, *, skip_missing: bool = False,
         if any(key in k for key in ("k1", "k2", "p1", "p2")):
             dist = tuple(float(k.get(key, 0.0)) for key in ("k1", "k2", "p1", "p2"))
         cameras.append(Camera(
-            id=_stem(frame["file_path"]), width=w, height=h, fx=fx, fy=fy,
+            id=photo_stem(frame["file_path"]), width=w, height=h, fx=fx, fy=fy,
             cx=float(k.get("cx", 0.5 * w)), cy=float(k.get("cy", 0.5 * h)),
             c2w=c2w @ _OPENGL_TO_OPENCV, file_path=image, distortion=dist, source=str(path)))
     return cameras
@@ -487,7 +498,7 @@ def to_mitsuba_sensor(camera: Camera, *, resolution: tuple[int, int] | None = No
     if resolution is not None:
         camera = camera.rescaled(*resolution)
     fov = math.degrees(2.0 * math.atan(0.5 * camera.width / camera.fx))
-    to_world = camera.c2w @ _OPENCV_TO_MITSUBA
+    to_world = camera.c2w @ OPENCV_TO_MITSUBA
     return {
         "type": "perspective",
         "fov_axis": "x",
@@ -543,7 +554,7 @@ def camera_from_sensor(sensor, id: str | None = None, *,
         return float(np.ravel(np.array(p[key], dtype=np.float64))[0])
 
     to_world = np.array(p["to_world"].matrix, dtype=np.float64).reshape(4, 4)
-    c2w = to_world @ _OPENCV_TO_MITSUBA
+    c2w = to_world @ OPENCV_TO_MITSUBA
     r = c2w[:3, :3]
     if not (np.allclose(r.T @ r, np.eye(3), atol=RIGID_ATOL) and np.linalg.det(r) > 0):
         raise ValueError(f"{where}: to_world is not a rigid transform (rotation {r.tolist()} "

@@ -155,7 +155,7 @@ def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
     detail finer than the new pixels is averaged away, not aliased: a checkerboard of
     1-pixel squares, 256x256 to 16x16 (or to 15x17), gives 0.5 +- 0.005 everywhere
     (tests/test_io.py). Pixel centres stay aligned (pixel (0, 0)'s corner is fixed, as in
-    :mod:`invpbr.cameras`). Lanczos rings: near sharp edges values can overshoot the
+    :mod:`invpbr.capture.cameras`). Lanczos rings: near sharp edges values can overshoot the
     input's range by a few percent (slightly negative next to black).
 
     Args:
@@ -215,7 +215,9 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     return coverage > 0.5 + 1e-9
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` whole or not at all: ``write(tmp)`` writes a temporary file
+    beside it, which is then renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent, prefix=".tmp-")
     os.close(fd)
@@ -250,5 +252,5 @@ def save_image(path: str | os.PathLike, img: np.ndarray) -> Path:
         fmt = mi.Bitmap.PixelFormat.Y if img.shape[-1] == 1 else mi.Bitmap.PixelFormat.RGB
         img = np.clip(np.nan_to_num(img), 0.0, 1.0)
         bmp = mi.Bitmap(np.ascontiguousarray(img)).convert(fmt, mi.Struct.Type.UInt8, srgb_gamma=True)
-    _atomic_write(path, lambda tmp: bmp.write(tmp))
+    atomic_write(path, lambda tmp: bmp.write(tmp))
     return path
