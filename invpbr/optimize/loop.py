@@ -24,6 +24,7 @@ from ..render.views import ViewSlots, make_batch_sensor, render_batch, render_vi
 from ..results import evaluate
 from ..results.result import Result
 from ..estimates.gains import Gains, gain_errors
+from . import records
 from .losses import image_loss, total_variation
 
 
@@ -37,12 +38,20 @@ class StepInfo:
             regularizers).
         views: ids of the views rendered in this step.
         estimates: key -> current value (numpy; textures (H, W, C)).
+        render: renders a view of the current estimate (see below).
+        errors: the current errors against the truth (see below).
     """
 
     iteration: int
     loss: float
     views: list[str]
     estimates: dict[str, np.ndarray]
+    render: Callable[[str], np.ndarray] | None = None
+    """``render(view_id)``: that view of the current estimate, linear RGB
+    (H, W, 3), as its photo saw it (one render at ``spp_final // 4``, at least
+    4 samples, without gradients; costs a render per call, nothing if unused)."""
+    errors: Callable[[], dict[str, float]] | None = None
+    """``errors()``: key -> current error against the truth (empty without one)."""
 
 
 def _scalar(x) -> float:
@@ -453,6 +462,14 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         returns what was estimated so far (status ``"interrupted"``); a
         non-finite loss stops it at the last finite estimate (``"diverged"``).
     """
+    with records.record_warnings() as caught:
+        result = _optimize(problem, iterations=iterations, callback=callback, progress=progress)
+    result.warnings = caught + result.warnings
+    return result
+
+
+def _optimize(problem: Problem, *, iterations: int | None, callback, progress: bool) -> Result:
+    """:func:`optimize` without collecting its warnings."""
     import drjit as dr
     import mitsuba as mi
 
@@ -552,7 +569,11 @@ def optimize(problem: Problem, *, iterations: int | None = None,
     initial = {p.key: p.initial for p in problem.parameters}
     # "Doing nothing": the starting guess's held-out views and relit renders.
     before = _evaluation_renders(problem, integrator)
+    before_start = time.perf_counter()
+    start_renders = records.start_renders(problem, integrator)
     latents = _Latents(problem, iterations)
+    trajectory = records.Trajectory(problem)
+    before_seconds = time.perf_counter() - before_start
     # (dr.freeze reads the step's closure, latents included, so only now)
     # A coarse-to-fine stage changes the size of a texture: each stage (and each spp of a
     # schedule, an argument) gets its own recording, never a replay of another's kernels.
@@ -639,6 +660,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             latents.step()
             last_good = latents.snapshot()
             history.append(total)
+            trajectory.record()
             step_seconds.append(time.perf_counter() - step_start)
             if bar is not None:
                 bar.update(1)
@@ -646,7 +668,10 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             if callback is not None:
                 info = StepInfo(iteration=it, loss=total,
                                 views=[problem.views[v].id for v in chosen],
-                                estimates=latents.values())
+                                estimates=latents.values(),
+                                render=lambda view_id: _render_current(
+                                    problem, latents, integrator, view_id),
+                                errors=lambda: _errors(problem, latents.values())[0])
                 if callback(info):
                     status = "stopped"
                     break
@@ -657,6 +682,7 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - start
+    after_start = time.perf_counter()
     latents.finish()
     estimates = latents.values()
     poses = {p.key: p.model.describe(np.array(latents.opt[p.key]))
@@ -690,6 +716,8 @@ def optimize(problem: Problem, *, iterations: int | None = None,
             camera.model.move_scene(problem.params, camera_latent, None)
     after = _evaluation_renders(problem, integrator, renders=renders)
     held_out = [v for v in problem.views if v.held_out]
+    poses_of_cameras = {} if camera is None else records.camera_poses(
+        camera.model.start_camera_to_world(), cameras, problem.true_cameras)
 
     return Result(
         name=problem.name,
@@ -730,7 +758,35 @@ def optimize(problem: Problem, *, iterations: int | None = None,
         relight_psnr_initial=_relight_scores(problem, before),
         errors_scale_invariant=evaluate.albedo_scale_invariant_errors(estimates, problem.truth),
         notes=evaluate.ambiguity_notes(problem.parameters, problem.params),
+        start_renders=start_renders,
+        masks={v.id: v.mask for v in problem.views if v.mask is not None},
+        trajectory=trajectory.steps,
+        truth=trajectory.truth(),
+        previews=records.point_previews(problem, initial, estimates),
+        camera_poses=poses_of_cameras,
+        timings={"before_loop": before_seconds, "after_loop": time.perf_counter() - after_start},
     )
+
+
+def _render_current(problem: Problem, latents: _Latents, integrator, view_id: str) -> np.ndarray:
+    """View ``view_id`` of the current estimate without gradients, as its photo
+    saw it (camera moved, gain applied); for callbacks (live views)."""
+    import drjit as dr
+
+    index = next((i for i, v in enumerate(problem.views) if v.id == view_id), None)
+    if index is None:
+        raise ValueError(f"StepInfo.render(): unknown view {view_id!r}; views: "
+                         f"{', '.join(v.id for v in problem.views)}")
+    spp = max(4, problem.config.render.spp_final // 4)
+    if latents.camera is not None:  # (outside suspend_grad: the scene keeps its AD graph)
+        latents.write_scene(problem.views[index].index)
+    with dr.suspend_grad():
+        image = render_view(problem.scene, problem.params, integrator, problem.views[index].index,
+                            spp=spp, seed=2**31 - 2)
+        out = np.array(latents.apply_gain(image, index), dtype=np.float32)[..., :3]
+    if latents.camera is not None:
+        latents.write_scene()
+    return out
 
 
 def decay_factor(lr_decay: float, iteration: int, iterations: int) -> float:
