@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 
@@ -18,8 +19,34 @@ def _cmd_run(args) -> int:
     if args.iterations is not None:  # recorded in result.json's settings
         problem.config.optimize.iterations = args.iterations
     out = Path(args.out) if args.out else Path("out") / Path(args.scene_dir).resolve().name
-    result = optimize(problem, iterations=args.iterations, progress=not args.no_progress)
-    save_result(result, out)
+    live = server = None
+    if args.watch:
+        from ..results.live import LiveServer, LiveState
+
+        live = LiveState(problem)
+        server = LiveServer(live, port=args.port).start()
+        print(f"live view: {server.url}", flush=True)
+    try:
+        result = optimize(problem, iterations=args.iterations, progress=not args.no_progress,
+                          callback=live)
+        save_result(result, out)
+        if live is not None:
+            live.finish(result.status, out)
+        _print_run(result, out)
+        if server is not None and sys.stdin.isatty():
+            print(f"live view: {server.url} (the run is over; Ctrl-C stops serving)", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        if server is not None:
+            server.stop()
+    return 0 if result.status in ("completed", "stopped") else 1
+
+
+def _print_run(result, out: Path) -> None:
     print(f"{result.name}: {result.status} after {result.iterations} iterations, "
           f"{result.seconds_per_iteration:.3f} s/iteration ({result.integrator}, {result.variant})")
     for key, value in result.estimates.items():
@@ -50,8 +77,7 @@ def _cmd_run(args) -> int:
         print(f"  gains of {len(result.gains)} photos: "
               f"{min(g.min() for g in result.gains.values()):.3f} .. "
               f"{max(g.max() for g in result.gains.values()):.3f}{worst}")
-    print(f"wrote {out / 'result.json'}")
-    return 0 if result.status in ("completed", "stopped") else 1
+    print(f"wrote {out / 'result.json'} and {out / 'report.html'}")
 
 
 def _cmd_render(args) -> int:
@@ -132,6 +158,20 @@ def _cmd_gradcheck(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from ..results.report import rebuild_reports
+
+    written = rebuild_reports(args.out_dir)
+    for path in written:
+        print(f"wrote {path}")
+    if args.screenshot:
+        from .browser import screenshot
+
+        shot = screenshot(written[-1], args.screenshot, width=args.width, height=args.height)
+        print(f"wrote {shot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invpbr", description=(
         "Physically based inverse rendering: estimate materials of a Mitsuba 3 scene from photos."))
@@ -147,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--iterations", type=int, help="override [optimize] iterations")
     run.add_argument("--spp", type=int, help="override [render] spp")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--watch", action="store_true",
+                     help="serve a live view of the run (loss, renders, errors) on this machine")
+    run.add_argument("--port", type=int, default=8765,
+                     help="port of the live view (--watch; 0: any free port)")
     run.set_defaults(func=_cmd_run)
 
     render = sub.add_parser(
@@ -187,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     grad.add_argument("--json", help="also write the checks to this JSON file")
     grad.set_defaults(func=_cmd_gradcheck)
 
+    report = sub.add_parser("report", help="(re)build report.html of a result folder, or the "
+                            "reports and index.html of a folder of result folders (a batch)")
+    report.add_argument("out_dir")
+    report.add_argument("--screenshot", help="also save a screenshot of the page (PNG; needs "
+                        "Chromium)")
+    report.add_argument("--width", type=int, default=1200, help="screenshot width, pixels")
+    report.add_argument("--height", type=int, default=1600, help="screenshot height, pixels")
+    report.set_defaults(func=_cmd_report)
+
     batch = sub.add_parser("batch", help="run every scene folder in a folder")
     batch.add_argument("scenes_dir")
     batch.add_argument("--out", help="results folder (default: out)")
@@ -212,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         args.variant = forced
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ConfigError, LLVMError) as e:
+    except (FileNotFoundError, ValueError, ConfigError, LLVMError, OSError) as e:
         print(f"invpbr {args.command}: error: {e}", file=sys.stderr)
         return 2
 
