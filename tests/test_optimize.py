@@ -278,7 +278,7 @@ def test_loss_recovers_base_color(tiny_scene, loss):
 def test_spp_schedule_and_gradient_spp_are_used(tiny_scene, monkeypatch):
     import sys
 
-    optimize_module = sys.modules["invpbr.optimize"]  # the name invpbr.optimize is the function
+    optimize_module = sys.modules["invpbr.optimize.loop"]  # (invpbr.optimize is also a function)
 
     problem = load_problem(tiny_scene)
     problem.config.render.spp = [2, 6]
