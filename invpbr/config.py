@@ -227,6 +227,30 @@ class CamerasConfig:
 
 
 @dataclass
+class ReportConfig:
+    gradients: bool = True
+    """Gradient images at the start and at the end of a run, in the result
+    folder's gradients/ and report.html: dLoss/dpixel, and for each estimate
+    dI/dθ and its per-pixel contribution (forward mode) or, for textures and
+    environment maps, the gradient as an image. Costs a few renders per
+    estimated direction (see BENCHMARKS.md)."""
+    gradient_views: int = 1
+    """How many fitted views get gradient images (the first ones)."""
+    gradient_spp: int = 16
+    """Samples per pixel of the gradient images' renders."""
+
+
+def parse_report_config(table: Any, source: str) -> ReportConfig:
+    """The ``[report]`` table (what report.html shows beyond the result itself)."""
+    r = ReportConfig(**_check_table("report", table, ReportConfig, source))
+    if not isinstance(r.gradients, bool):
+        raise ConfigError(f"{source}: report.gradients must be true or false, found {r.gradients!r}")
+    _number(source, "report.gradient_views", r.gradient_views, integer=True, minimum=1)
+    _number(source, "report.gradient_spp", r.gradient_spp, integer=True, minimum=1)
+    return r
+
+
+@dataclass
 class ProblemConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     estimate: list[EstimateConfig] = field(default_factory=list)
@@ -234,6 +258,7 @@ class ProblemConfig:
     photos: PhotosConfig = field(default_factory=PhotosConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     cameras: CamerasConfig = field(default_factory=CamerasConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -275,7 +300,7 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
     Raises:
         ConfigError: unknown tables or keys, wrong types or values.
     """
-    known_tables = {"render", "estimate", "optimize", "photos", "evaluate", "cameras"}
+    known_tables = {"render", "estimate", "optimize", "photos", "evaluate", "cameras", "report"}
     for name in data:
         if name not in known_tables:
             raise ConfigError(f"{source}: unknown table [{name}]; expected {', '.join(sorted(known_tables))}")
@@ -437,7 +462,8 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
         raise ConfigError(f"{source}: more than one [[estimate]] with kind = \"camera\"; use one "
                           "key glob over the sensor ids")
     return ProblemConfig(render=render, estimate=estimates, optimize=opt, photos=photos,
-                         evaluate=evaluate, cameras=cameras)
+                         evaluate=evaluate, cameras=cameras,
+                         report=parse_report_config(data.get("report", {}), source))
 
 
 def load_config(path: str | Path) -> ProblemConfig:

@@ -58,23 +58,36 @@ def start_renders(problem: Problem, integrator) -> dict[str, np.ndarray]:
 
 class Trajectory:
     """The values of the problem's small estimates (at most ``TRAJECTORY_MAX``
-    numbers: scalars, colours) before the first step and after each step."""
+    numbers: scalars, colours) before the first step and after each step.
+
+    A step's record keeps references to the scene's Dr.Jit values (detached),
+    which the next step evaluates anyway; they are read back only at the end
+    (:attr:`steps`), so recording adds no kernel launch or read-back to a step.
+    """
 
     def __init__(self, problem: Problem):
         self.problem = problem
         self.parameters = [p for p in problem.parameters
                            if not p.is_geometry and p.kind != "camera"
                            and p.initial is not None and np.size(p.initial) <= TRAJECTORY_MAX]
-        self.steps: dict[str, list[list[float]]] = {
-            p.key: [np.asarray(p.initial, dtype=np.float64).ravel().tolist()]
-            for p in self.parameters}
+        self.start = {p.key: np.asarray(p.initial, dtype=np.float64).ravel().tolist()
+                      for p in self.parameters}
+        self.values: dict[str, list] = {p.key: [] for p in self.parameters}
 
     def record(self) -> None:
-        """Append the current values (read from the scene)."""
+        """Keep the current values (references into the scene's parameters)."""
+        import drjit as dr
+
         params = self.problem.params
         for p in self.parameters:
-            value = p.from_scene(params[p.key])
-            self.steps[p.key].append(np.asarray(value, dtype=np.float64).ravel().tolist())
+            self.values[p.key].append(dr.detach(params[p.key]))
+
+    @property
+    def steps(self) -> dict[str, list[list[float]]]:
+        """key -> the start and each recorded step's value (flattened)."""
+        return {p.key: [self.start[p.key]] + [
+            np.asarray(p.from_scene(v), dtype=np.float64).ravel().tolist()
+            for v in self.values[p.key]] for p in self.parameters}
 
     def truth(self) -> dict[str, list[float]]:
         """key -> the true value of each recorded estimate, where known."""
