@@ -86,6 +86,9 @@ def estimate_images(problem, estimate, view, integrator, pixel_grad: np.ndarray,
             out.append(GradientImage(stage, view.id, estimate.key, label, "contribution",
                                      contribution, total=float(contribution.sum())))
     finally:
+        # (a writer's original value may alias the live scene field, which the writes
+        # above changed: put the base value back first, then let the writer restore)
+        write(to_dr(base))
         restore()
     return out
 
@@ -134,7 +137,8 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
         with dr.suspend_grad():
             image = _render(problem, integrator, view, spp, seed)
         pixel_grad, loss = _pixel_gradient(problem, view, image, loss_fn)
-        out.append(GradientImage(stage, view.id, "", "", "dloss_dpixel", pixel_grad, total=loss))
+        out.append(GradientImage(stage, view.id, "", f"(loss {loss:.4g})", "dloss_dpixel",
+                                 pixel_grad))
         for key in keys or list(estimates):
             estimate = estimates[key]
             if estimate.gradcheck_applies(view.index):

@@ -50,9 +50,7 @@ class GradientImage:
         names = {"dloss_dpixel": "dLoss/dpixel", "dimage": "dI/dθ", "contribution": "contribution",
                  "texture": "dLoss/dtexel"}
         what = names.get(self.what, self.what)
-        if not self.key:
-            return what
-        return f"{what} {self.key}{(' ' + self.label) if self.label else ''}"
+        return " ".join(t for t in (what, self.key, self.label) if t)
 
     def signed_map(self) -> np.ndarray:
         """The values as one signed number per pixel (H, W)."""
@@ -93,23 +91,47 @@ def write_gradient_images(images: list[GradientImage], folder: str | os.PathLike
     return folder / "index.json"
 
 
+#: What each kind of image shows, for the pages.
+EXPLANATION = ("Signed values on a diverging map (blue negative, white zero, red positive), each "
+               "image on its own scale (±limit). <b>dLoss/dpixel</b>: positive where the loss "
+               "wants the render darker, negative where brighter. <b>dI/dθ</b>: how the render "
+               "changes with one direction θ of an estimate (forward mode, colour channels "
+               "summed). <b>contribution</b>: dLoss/dpixel · dI/dθ, the pixels that pull θ; its "
+               "sum is dLoss/dθ (negative: the loss falls as θ grows). For textures and "
+               "environment maps, <b>dLoss/dtexel</b>: the gradient itself as an image.")
+
+
+def gradient_rows_html(entries: list[dict], prefix: str = "") -> str:
+    """The images of ``index.json`` entries as HTML: per stage and view, a
+    row with dLoss/dpixel, then one row per estimate direction (dI/dθ beside
+    its contribution). ``prefix`` is put before each file name (a folder)."""
+    esc = html.escape
+    groups: dict[tuple[str, str], dict[tuple[str, str], list[dict]]] = {}
+    for e in entries:
+        rows = groups.setdefault((str(e.get("stage", "")), str(e.get("view", ""))), {})
+        rows.setdefault((str(e.get("key", "")), str(e.get("label", ""))), []).append(e)
+    parts = []
+    for (stage, view), rows in groups.items():
+        parts.append(f"<h3>{esc(stage)}, view {esc(view)}</h3><table>")
+        for (key, label), items in rows.items():
+            head = esc(f"{key} {label}".strip() if key else f"the loss {label}".strip())
+            cells = []
+            for e in items:
+                extra = "" if e.get("sum") is None else f", sum {e['sum']:.3g}"
+                caption = f"{esc(e.get('title', ''))}<br>±{e.get('limit', 0):.3g}{extra}"
+                cells.append(f'<figure><img class="px" src="{esc(prefix + e["file"])}" '
+                             f'alt="{esc(e.get("title", ""))}"><figcaption>{caption}'
+                             "</figcaption></figure>")
+            parts.append(f"<tr><th>{head}</th><td>{''.join(cells)}</td></tr>")
+        parts.append("</table>")
+    return "".join(parts)
+
+
 def _write_index_html(entries: list[dict], folder: Path, title: str) -> None:
     from .report import CSS
 
     esc = html.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)} gradient "
-             f"images</title><style>{CSS}</style></head><body><h1>{esc(title)}: gradient images"
-             "</h1><p>Diverging colour map: blue negative, white zero, red positive; each image "
-             "on its own scale (±limit).</p>"]
-    last = None
-    for e in entries:
-        group = (e["stage"], e["view"])
-        if group != last:
-            parts.append(f"<h2>{esc(e['stage'])}, view {esc(e['view'])}</h2>")
-            last = group
-        total = "" if e["sum"] is None else f", sum {e['sum']:.3g}"
-        parts.append(f'<figure><img class="px" src="{esc(e["file"])}" alt="{esc(e["title"])}">'
-                     f"<figcaption>{esc(e['title'])}<br>±{e['limit']:.3g}{total}</figcaption>"
-                     "</figure>")
-    parts.append("</body></html>")
-    (folder / "index.html").write_text("\n".join(parts), encoding="utf-8")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)} gradient "
+            f"images</title><style>{CSS}</style></head><body><h1>{esc(title)}: gradient images"
+            f"</h1><p>{EXPLANATION}</p>{gradient_rows_html(entries)}</body></html>")
+    (folder / "index.html").write_text(page, encoding="utf-8")

@@ -437,7 +437,9 @@ def _estimates_section(folder: Path, data: dict[str, Any]) -> str:
 
 def _gradients_section(folder: Path) -> str:
     """The gradient images of ``gradients/index.json`` (see
-    :mod:`invpbr.optimize.gradient_images`), grouped by stage and view."""
+    :mod:`invpbr.optimize.gradient_images`), per stage and view."""
+    from .gradients import EXPLANATION, gradient_rows_html
+
     index_path = folder / "gradients" / "index.json"
     if not index_path.is_file():
         return ""
@@ -445,25 +447,7 @@ def _gradients_section(folder: Path) -> str:
         entries = json.loads(index_path.read_text())
     except json.JSONDecodeError:
         return f'<p class="warn">{_esc(index_path)}: not valid JSON</p>'
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for e in entries:
-        groups.setdefault((str(e.get("stage", "")), str(e.get("view", ""))), []).append(e)
-    parts = ['<p>Signed values on a diverging map (blue negative, white zero, red positive), '
-             'each image on its own scale (±limit). <b>dLoss/dpixel</b>: where the loss wants '
-             'the render brighter (blue) or darker (red); <b>dI/dθ</b>: how the render changes '
-             'with one direction of an estimate (forward mode); <b>contribution</b>: their '
-             'product, the pixels that pull the estimate (their sum is dLoss/dθ); for textures '
-             'and environment maps the gradient itself as an image.</p>']
-    for (stage, view), items in groups.items():
-        parts.append(f"<h3>{_esc(stage)}, view {_esc(view)}</h3>")
-        for e in items:
-            rel = f"gradients/{e['file']}"
-            total = e.get("sum")
-            caption = (f"{_esc(e.get('title', ''))}<br>±{_fmt(e.get('limit'), 3)}"
-                       + (f", sum {_fmt(total, 3)}" if total is not None else ""))
-            parts.append(f'<figure><img class="px" src="{_esc(rel)}" alt="{_esc(e.get("title", ""))}">'
-                         f"<figcaption>{caption}</figcaption></figure>")
-    return "".join(parts)
+    return f"<p>{EXPLANATION}</p>" + gradient_rows_html(entries, "gradients/")
 
 
 # -- the page ----------------------------------------------------------------------------
