@@ -1,4 +1,4 @@
-"""The command line: ``invpbr run | render | check | batch``."""
+"""The command line: ``invpbr run | render | check | batch | gradcheck | gradients | report``."""
 
 from __future__ import annotations
 
@@ -158,6 +158,22 @@ def _cmd_gradcheck(args) -> int:
     return 0
 
 
+def _cmd_gradients(args) -> int:
+    from ..optimize.gradient_images import write_scene_gradients
+    from ..problem.folder import load_problem
+
+    problem = load_problem(args.scene_dir, variant=args.variant)
+    out = Path(args.out) if args.out else Path("out") / f"gradients_{problem.name}"
+    index = write_scene_gradients(problem, out, keys=args.key, views=args.views, spp=args.spp,
+                                  n_views=args.n_views)
+    print(f"wrote {index} and {out / 'index.html'}")
+    if args.screenshot:
+        from .browser import screenshot
+
+        print(f"wrote {screenshot(out / 'index.html', args.screenshot, width=args.width, height=args.height)}")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from ..results.report import rebuild_reports
 
@@ -230,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     grad.add_argument("--epsilon", type=float, default=0.02, help="finite-difference step")
     grad.add_argument("--json", help="also write the checks to this JSON file")
     grad.set_defaults(func=_cmd_gradcheck)
+
+    grads = sub.add_parser("gradients", help="gradient images of a scene folder's starting "
+                           "guess (dLoss/dpixel, dI/dθ and each pixel's pull), without a run")
+    grads.add_argument("scene_dir")
+    grads.add_argument("--key", nargs="+", help="estimates (default: all)")
+    grads.add_argument("--views", nargs="+", help="sensor ids (default: the first fitted view)")
+    grads.add_argument("--n-views", type=int, default=1,
+                       help="how many fitted views when --views is not given")
+    grads.add_argument("--spp", type=int, default=16, help="samples per pixel of the renders")
+    grads.add_argument("--out", help="output folder (default: out/gradients_<scene>)")
+    grads.add_argument("--screenshot", help="also save a screenshot of its index.html (PNG)")
+    grads.add_argument("--width", type=int, default=1000, help="screenshot width, pixels")
+    grads.add_argument("--height", type=int, default=1500, help="screenshot height, pixels")
+    grads.set_defaults(func=_cmd_gradients)
 
     report = sub.add_parser("report", help="(re)build report.html of a result folder, or the "
                             "reports and index.html of a folder of result folders (a batch)")
