@@ -112,9 +112,22 @@ def _equal_3d(ax, points: np.ndarray) -> None:
         setter(c - half, c + half)
 
 
+def rigid_fit(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The rotation R (3, 3) that best maps centred points ``a`` onto centred
+    ``b`` (Kabsch), both (N, 3) with the same points in the same order."""
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    return vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+
+
 def plot_points(key: str, states: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Point sets (N, 3) of a geometry estimate at ``start``, ``end`` and in
-    the ``truth``, in one 3D view (scene axes, y up)."""
+    the ``truth``, in one 3D view (scene axes, y up). Where the sets hold the
+    same points, each state's frame is drawn too: the start's axes carried by
+    the rigid motion that best maps the start's points onto the state's
+    (so a pose shows as three frames: start, estimate, truth)."""
     plt = _pyplot()
     fig = plt.figure(figsize=(4.6, 4.2), dpi=100)
     ax = fig.add_subplot(projection="3d")
@@ -125,8 +138,20 @@ def plot_points(key: str, states: dict[str, np.ndarray], path: str | os.PathLike
             continue
         pts = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
         every.append(pts)
-        ax.scatter(pts[:, 0], pts[:, 2], pts[:, 1], s=3, alpha=0.6, label=name,
+        ax.scatter(pts[:, 0], pts[:, 2], pts[:, 1], s=2, alpha=0.3, label=name,
                    color=STATE_COLOURS[name])
+    start = states.get("start")
+    if start is not None and all(len(v) == len(start) for v in states.values()) and len(start) >= 3:
+        start = np.asarray(start, dtype=np.float64)
+        size = 0.6 * float(np.ptp(start, axis=0).max() or 1.0)
+        for name, pts in states.items():
+            pts = np.asarray(pts, dtype=np.float64)
+            rotation, centre = rigid_fit(start, pts), pts.mean(axis=0)
+            for axis, colour in zip(rotation.T, CHANNEL_COLOURS):
+                tip = centre + size * axis
+                ax.plot([centre[0], tip[0]], [centre[2], tip[2]], [centre[1], tip[1]], color=colour,
+                        lw=2.0 if name != "start" else 1.0,
+                        ls={"start": ":", "truth": "--"}.get(name, "-"))
     if every:
         _equal_3d(ax, np.concatenate(every)[:, [0, 2, 1]])
     ax.set_xlabel("x")

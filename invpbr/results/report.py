@@ -401,7 +401,10 @@ def _geometry_block(folder: Path, key: str, entry: dict, data: dict[str, Any]) -
         rel = f"{PICTURES}/estimates/{_file_name(key)}.png"
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         plots.plot_points(key, {k: np.asarray(v) for k, v in preview.items()}, folder / rel)
-        text += f'<img class="plot" src="{_esc(rel)}" alt="{_esc(key)} points">'
+        text += (f'<img class="plot" src="{_esc(rel)}" alt="{_esc(key)} points">'
+                 "<p>points: grey start, blue estimate, green truth; where they are the same "
+                 "points, frames (x red, y green, z blue): dotted start, solid estimate, "
+                 "dashed truth</p>")
     return text
 
 
