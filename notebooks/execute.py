@@ -37,7 +37,28 @@ def execute(path: Path) -> nbformat.NotebookNode:
     client.execute()
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        for out in cell.get("outputs", []):
+            if "image/png" in out.get("data", {}):
+                out["data"]["image/png"] = smaller_png(out["data"]["image/png"])
     return nb
+
+
+def smaller_png(data: str) -> str:
+    """A base64 PNG re-encoded with at most 256 colours where that is smaller
+    (noisy renders in a figure compress poorly as true colour)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    raw = base64.b64decode(data)
+    with Image.open(io.BytesIO(raw)) as im:
+        quantized = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                               dither=Image.Dither.NONE)
+        buf = io.BytesIO()
+        quantized.save(buf, format="PNG", optimize=True)
+    smaller = buf.getvalue()
+    return base64.b64encode(smaller).decode() + "\n" if len(smaller) < len(raw) else data
 
 
 def main(argv: list[str]) -> int:
