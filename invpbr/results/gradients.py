@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import pictures
+from .style import CSS
 
 
 @dataclass
@@ -128,8 +129,6 @@ def gradient_rows_html(entries: list[dict], prefix: str = "") -> str:
 
 
 def _write_index_html(entries: list[dict], folder: Path, title: str) -> None:
-    from .report import CSS
-
     esc = html.escape
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)} gradient "
             f"images</title><style>{CSS}</style></head><body><h1>{esc(title)}: gradient images"
