@@ -33,11 +33,61 @@ from ..results.gradients import GradientImage, write_gradient_images
 from .losses import image_loss
 
 
+class _SceneValue:
+    """An estimate seen as the scene value of its key, for problems whose
+    estimates have no gradient-check hooks of their own: moved by writing that
+    value, checked along its first three components."""
+
+    def __init__(self, parameter):
+        self.key = parameter.key
+
+    def gradcheck_applies(self, view_index: int) -> bool:
+        return True
+
+    def gradcheck_writer(self, params, view_index: int):
+        original = params[self.key]
+        kind = type(original)
+        base = np.array(original, dtype=np.float32)
+
+        def write(value):
+            params[self.key] = value
+            params.update()
+
+        def restore():
+            params[self.key] = original
+            params.update()
+
+        return base, (lambda value: kind(np.asarray(value).reshape(base.shape))), write, restore
+
+    def gradcheck_directions(self, value, grad, view_index):
+        flat = value.reshape(-1)
+        out = []
+        for i in range(min(flat.size, 3)):
+            d = np.zeros_like(flat)
+            d[i] = 1.0
+            out.append((f"[{i}]" if flat.size > 1 else "", d.reshape(value.shape)))
+        return out
+
+
+def estimates_of(problem) -> dict:
+    """key -> the problem's estimates that gradient images can show: its
+    estimate objects where they carry gradient-check hooks, else (older
+    problems) the estimated keys that are plain scene values."""
+    found = getattr(problem, "estimates", None)
+    if found is not None:
+        return {e.key: e for e in found if getattr(e, "reported", True)}
+    return {p.key: _SceneValue(p) for p in problem.parameters if p.key in problem.params.keys()}
+
+
 def _render(problem, integrator, view, spp: int, seed: int):
     import mitsuba as mi
 
     return mi.render(problem.scene, problem.params, sensor=view.index, integrator=integrator,
                      spp=spp, seed=seed)
+
+
+def _seen(image, view, transform):
+    return image if transform is None else transform(image, view)
 
 
 def _pixel_gradient(problem, view, image, loss_fn) -> tuple[np.ndarray, float]:
@@ -54,7 +104,7 @@ def _pixel_gradient(problem, view, image, loss_fn) -> tuple[np.ndarray, float]:
 
 
 def estimate_images(problem, estimate, view, integrator, pixel_grad: np.ndarray, *, loss_fn,
-                    stage: str, spp: int, seed: int) -> list[GradientImage]:
+                    stage: str, spp: int, seed: int, transform=None) -> list[GradientImage]:
     """The gradient images of one estimate on one view (see the module docs)."""
     import drjit as dr
     import mitsuba as mi
@@ -66,7 +116,8 @@ def estimate_images(problem, estimate, view, integrator, pixel_grad: np.ndarray,
         x = to_dr(base)
         dr.enable_grad(x)
         write(x)
-        loss = loss_fn(_render(problem, integrator, view, spp, seed), mi.TensorXf(view.photo), weight)
+        loss = loss_fn(_seen(_render(problem, integrator, view, spp, seed), view, transform),
+                       mi.TensorXf(view.photo), weight)
         dr.backward(loss)
         grad = np.array(dr.grad(x), dtype=np.float64).reshape(np.shape(base))
         if grad.ndim == 3:  # an image (texture, environment map): its gradient as one
@@ -77,7 +128,7 @@ def estimate_images(problem, estimate, view, integrator, pixel_grad: np.ndarray,
             theta = mi.Float(0.0)
             dr.enable_grad(theta)
             write(to_dr(base) + to_dr(direction) * theta)
-            image = _render(problem, integrator, view, spp, seed)
+            image = _seen(_render(problem, integrator, view, spp, seed), view, transform)
             dr.forward(theta)
             d_image = np.array(dr.grad(image), dtype=np.float64)[..., :3]
             contribution = (pixel_grad * d_image).sum(axis=-1)
@@ -95,7 +146,7 @@ def estimate_images(problem, estimate, view, integrator, pixel_grad: np.ndarray,
 
 def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] | None = None,
                     n_views: int = 1, spp: int = 16, seed: int = 0, stage: str = "start",
-                    integrator=None) -> list[GradientImage]:
+                    integrator=None, transform=None, move=None) -> list[GradientImage]:
     """Gradient images of ``problem`` as its scene is now.
 
     Args:
@@ -107,6 +158,10 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
         seed: the renders' seed (the same for all, so images compare).
         stage: the label of these images (``start``, ``end``...).
         integrator: the integrator (default: the problem's choice).
+        transform: ``transform(image, view)``: a render as the view's photo saw it
+            (e.g. times the photo's estimated gain); default: the render itself.
+        move: ``move(sensor_index)`` puts the scene as that view's camera sees it
+            (refined cameras), ``move(None)`` puts it back; default: nothing moves.
 
     Returns:
         ``dloss_dpixel`` of each view, then each estimate's images (see the module docs).
@@ -116,7 +171,7 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
     """
     import drjit as dr
 
-    estimates = {e.key: e for e in problem.estimates if getattr(e, "reported", True)}
+    estimates = estimates_of(problem)
     for key in keys or []:
         if key not in estimates:
             raise ValueError(f"gradient_images(): {key!r} is not an estimate of {problem.name}; "
@@ -134,8 +189,10 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
     loss_fn = image_loss(cfg.loss, scale=cfg.loss_scale)
     out = []
     for view in chosen:
+        if move is not None:
+            move(view.index)
         with dr.suspend_grad():
-            image = _render(problem, integrator, view, spp, seed)
+            image = _seen(_render(problem, integrator, view, spp, seed), view, transform)
         pixel_grad, loss = _pixel_gradient(problem, view, image, loss_fn)
         out.append(GradientImage(stage, view.id, "", f"(loss {loss:.4g})", "dloss_dpixel",
                                  pixel_grad))
@@ -143,8 +200,33 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
             estimate = estimates[key]
             if estimate.gradcheck_applies(view.index):
                 out += estimate_images(problem, estimate, view, integrator, pixel_grad,
-                                       loss_fn=loss_fn, stage=stage, spp=spp, seed=seed)
+                                       loss_fn=loss_fn, stage=stage, spp=spp, seed=seed,
+                                       transform=transform)
+        if move is not None:
+            move(None)
     return out
+
+
+def run_gradient_images(problem, integrator, stage: str, *, gains: dict | None = None,
+                        move=None) -> list[GradientImage]:
+    """The gradient images a run keeps (``[report] gradients``; none when it is
+    off), with each render times its photo's gain where ``gains`` (view id ->
+    per-channel gain) has one, and the scene moved by ``move`` for each view
+    (see :func:`gradient_images`)."""
+    cfg = problem.config.report
+    if not cfg.gradients:
+        return []
+
+    def transform(image, view):
+        import mitsuba as mi
+
+        gain = (gains or {}).get(view.id)
+        return image if gain is None else image * mi.TensorXf(
+            mi.Float(np.asarray(gain, dtype=np.float32)), shape=(1, 1, 3))
+
+    return gradient_images(problem, stage=stage, n_views=cfg.gradient_views,
+                           spp=cfg.gradient_spp, integrator=integrator, transform=transform,
+                           move=move)
 
 
 def write_scene_gradients(problem, out: str | Path, **options) -> Path:

@@ -25,6 +25,7 @@ from ..results import evaluate
 from ..results.result import Result
 from ..estimates.gains import Gains, gain_errors
 from . import records
+from .gradient_images import run_gradient_images
 from .losses import image_loss, total_variation
 
 
@@ -571,6 +572,7 @@ def _optimize(problem: Problem, *, iterations: int | None, callback, progress: b
     before = _evaluation_renders(problem, integrator)
     before_start = time.perf_counter()
     start_renders = records.start_renders(problem, integrator)
+    pictures_of_gradients = run_gradient_images(problem, integrator, "start")
     latents = _Latents(problem, iterations)
     trajectory = records.Trajectory(problem)
     before_seconds = time.perf_counter() - before_start
@@ -716,6 +718,10 @@ def _optimize(problem: Problem, *, iterations: int | None, callback, progress: b
             camera.model.move_scene(problem.params, camera_latent, None)
     after = _evaluation_renders(problem, integrator, renders=renders)
     held_out = [v for v in problem.views if v.held_out]
+    pictures_of_gradients += run_gradient_images(
+        problem, integrator, "end", gains=gains,
+        move=None if camera is None else (  # seen from the refined cameras
+            lambda index: camera.model.move_scene(problem.params, camera_latent, index)))
     poses_of_cameras = {} if camera is None else records.camera_poses(
         camera.model.start_camera_to_world(), cameras, problem.true_cameras)
 
@@ -764,6 +770,7 @@ def _optimize(problem: Problem, *, iterations: int | None, callback, progress: b
         truth=trajectory.truth(),
         previews=records.point_previews(problem, initial, estimates),
         camera_poses=poses_of_cameras,
+        gradient_images=pictures_of_gradients,
         timings={"before_loop": before_seconds, "after_loop": time.perf_counter() - after_start},
     )
 
