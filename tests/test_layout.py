@@ -23,7 +23,7 @@ LAYERS = [
     {"problem"},
     {"render"},
     {"results"},
-    {"optimize"},
+    {"optimization"},
     {"run", "__init__", "__main__"},
 ]
 
