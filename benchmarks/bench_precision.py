@@ -22,7 +22,7 @@ from pathlib import Path
 
 def child(folder: Path, precision: str, iterations: int | None, resolution: int | None) -> dict:
     import invpbr
-    from invpbr.optimize import optimize
+    from invpbr.optimization import optimize
     from invpbr.problem import load_problem
     from invpbr.results import steady_seconds_per_iteration
 

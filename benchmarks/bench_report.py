@@ -40,7 +40,7 @@ def steady(result) -> float:
 
 
 def bench_scene(folder: Path, iterations: int | None, spp: int | None) -> dict:
-    from invpbr.optimize import records
+    from invpbr.optimization import records
     from invpbr.results import result as result_module
     from invpbr.results.live import LiveState
 
@@ -52,7 +52,7 @@ def bench_scene(folder: Path, iterations: int | None, spp: int | None) -> dict:
             problem = invpbr.load_problem(folder)
             if spp is not None:
                 problem.config.render.spp = spp
-            records.Trajectory.record = (lambda self: None) if variant == "bare" else record
+            records.Trajectory.record = (lambda self, store: None) if variant == "bare" else record
             callback = LiveState(problem) if variant == "live" else None
             try:
                 last = invpbr.optimize(problem, iterations=iterations or 40, progress=False,

@@ -32,12 +32,12 @@ except _backend.LLVMError:
 
 from .backend import LLVMError, init_backend  # noqa: E402
 from .config import ConfigError, ProblemConfig, load_config  # noqa: E402
-from .optimize.loop import StepInfo, optimize  # noqa: E402
+from .optimization.loop import StepInfo, optimize  # noqa: E402
 from .problem.folder import Problem, View, check_folder, load_problem  # noqa: E402
 from .problem.scene import load_scene  # noqa: E402
 from .render.photos import render_photos, simulate_capture  # noqa: E402
 from .results.result import Result, save_result  # noqa: E402
-from .optimize.gradcheck import check_gradients  # noqa: E402
+from .optimization.gradcheck import check_gradients  # noqa: E402
 from . import notebook  # noqa: E402  (invpbr.notebook.live(problem): a Jupyter live figure)
 
 __version__ = "0.1.0"

@@ -1,21 +1,57 @@
 """The problem description of a scene folder: ``invpbr.toml``.
 
-Pure Python (no Mitsuba): parsed into dataclasses whose fields document
-themselves, validated with errors that name the file and the key.
+Pure Python (no Mitsuba): dataclasses whose fields document themselves; their
+types and bounds are validated by pydantic (strict: ``1.5`` is no integer,
+``"16"`` no number, ``nan`` no finite number), with errors that name the file,
+the table and the key, and suggest close names for unknown ones.
+``config_schema()`` is the JSON schema of the file (``invpbr schema``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import tomllib
+import difflib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import ConfigDict, Field, SkipValidation, Strict, TypeAdapter, ValidationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+#: How every table is validated: unknown keys refused, finite numbers (and, through
+#: the types below, no coercion: ``1.5`` is no integer, ``"yes"`` no boolean).
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
+
+Int = Annotated[int, Strict()]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+NonNegative = Annotated[float, Strict(), Field(ge=0)]
+Bool = Annotated[bool, Strict()]
+Text = Annotated[str, Strict(), Field(min_length=1)]
 
 LOSSES = ("l1", "l2", "relative_l2", "cauchy")
 GRADIENTS = ("auto", "ad", "fd")
-ESTIMATE_KINDS = ("auto", "pose", "shape", "camera")
+#: ``kind`` values of ``[[estimate]]`` tables: ``auto`` and every kind registered with
+#: :func:`invpbr.estimates.register_kind` that takes a table of its own.
+ESTIMATE_KINDS = ["auto"]
+#: Options (name -> default) a registered kind adds to its ``[[estimate]]`` tables.
+KIND_OPTIONS: dict[str, dict[str, Any]] = {}
+
+
+def register_estimate_kind(name: str, options: dict[str, Any] | None = None, *,
+                           table: bool = True) -> None:
+    """Make ``kind = name`` valid in ``[[estimate]]`` tables (``table``), with the
+    extra ``options`` its tables may set (they arrive in
+    :attr:`EstimateConfig.options`). Called by
+    :func:`invpbr.estimates.register_kind`."""
+    if table and name not in ESTIMATE_KINDS:
+        ESTIMATE_KINDS.append(name)
+    KIND_OPTIONS[name] = dict(options or {})
 GAINS = ("none", "exposure", "rgb")
 PRECISIONS = ("single", "half")
 GUIDING = ("none", "grid", "octree")
@@ -25,54 +61,61 @@ ENVMAP_MODELS = ("texels", "sh", "sun_sky")
 
 @dataclass
 class EvaluateConfig:
-    held_out: list[str] = field(default_factory=list)
+    held_out: list[Text] = field(default_factory=list)
     """Sensor ids whose photos are not fitted; the result reports their
     novel-view PSNR (and that of the starting guess)."""
-    relight: list[str] = field(default_factory=list)
+    relight: list[Text] = field(default_factory=list)
     """Environment maps (files relative to the scene folder) that replace every
     envmap of the estimate and of truth.xml for relighting PSNRs."""
 INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "prb_reparam",
                "path", "scene")
 
+Loss = Literal["l1", "l2", "relative_l2", "cauchy"]
+Gradient = Literal["auto", "ad", "fd"]
+Gain = Literal["none", "exposure", "rgb"]
+Precision = Literal["single", "half"]
+Guiding = Literal["none", "grid", "octree"]
+Space = Literal["auto", "linear", "log"]
+EnvmapModel = Literal["texels", "sh", "sun_sky"]
+Integrator = Literal["auto", "prb", "prb_basic", "direct_projective", "prb_projective",
+                     "prb_reparam", "path", "scene"]
+
 
 @dataclass
 class RenderConfig:
-    spp: int | list[int] = 16
+    spp: SkipValidation[int | list[int]] = 16
     """Samples per pixel of each view's render in an optimization step; a
     list is a schedule: the iterations split evenly into one stage per entry
     (e.g. ``[4, 16, 64]``: few samples while far off, more near the end)."""
-    spp_grad: int = 0
+    spp_grad: NonNegativeInt = 0
     """Samples per pixel of the gradient (adjoint) pass of prb-family and
     projective integrators (Mitsuba's ``spp_grad``); 0: the same as ``spp``."""
-    max_depth: int = 4
+    max_depth: Annotated[int, Strict(), Field(ge=-1)] = 4
     """Longest light path (Mitsuba's ``max_depth``; -1 for unbounded)."""
-    integrator: str = "auto"
+    integrator: Integrator = "auto"
     """``auto`` (chosen from what is estimated), a Mitsuba integrator type, or
     ``scene`` (the integrator written in scene.xml)."""
-    spp_final: int = 64
+    spp_final: PositiveInt = 64
     """Samples per pixel of the final renders saved with a result."""
-    guiding: str = "octree"
+    guiding: Guiding = "octree"
     """Projective integrators: how indirect visibility edges (shadow edges)
     are sampled: ``octree`` (Mitsuba's default), ``grid``, or ``none``
-    (uniform: no setup cost, but on a moving shadow its derivative was 0.97
-    off with 2.5x its own size in noise, tests/test_discontinuities.py).
-    Directly visible silhouettes do not depend on it."""
-    proj_seed_spp: int = 512
+    (uniform: no setup cost, but it loses most of a moving shadow's
+    derivative; docs/discontinuities.md). Directly visible silhouettes do not
+    depend on it."""
+    proj_seed_spp: PositiveInt = 512
     """Projective integrators: seed rays per pixel of the search for
     visibility edges and of the guiding build (Mitsuba's default). More is
-    less biased on shadows (512 gave a shadow derivative 17 % too small with a
-    fresh octree per render in docs/discontinuities.md, 4192 agreed) but the
-    guiding build costs in proportion: 7 s at 512 against 55 s at 4096 for a
-    16x16 build on 2 CPU cores."""
-    guiding_resolution: int = 16
+    less biased on shadows but the guiding build costs in proportion
+    (measurements: README, "Geometry: visibility discontinuities")."""
+    guiding_resolution: NonNegativeInt = 16
     """Projective integrators: build the guiding structure from a copy of
     each view this many pixels on its longest side (0: the view itself). Its
-    cost grows with the pixels: 110 s for 64x64 against 7 s for 16x16 on 2
-    CPU cores, same derivatives within noise."""
-    guiding_every: int = 10
+    cost grows with the pixels; the derivatives agree within noise (README)."""
+    guiding_every: PositiveInt = 10
     """Projective integrators: rebuild each view's guiding structure every
     this many renders and reuse it in between (1: every render, as Mitsuba
-    does; the octree costs 1-5 s per build on 2 CPU cores)."""
+    does)."""
 
 
 def spp_at(render: RenderConfig, iteration: int, iterations: int) -> int:
@@ -87,167 +130,158 @@ def spp_at(render: RenderConfig, iteration: int, iterations: int) -> int:
 
 @dataclass
 class EstimateConfig:
-    key: str | list[str] = ""
+    key: SkipValidation[str | list[str]] = ""
     """A key of ``mi.traverse(scene)``; shell-style globs (``*``, ``?``) allowed.
     ``kind = "pose"`` also takes a list of keys: meshes moved together.
     ``kind = "camera"``: a glob over sensor ids (default ``*``: every photo)."""
-    kind: str = "auto"
+    kind: SkipValidation[str] = "auto"
     """``auto``: a value, bitmap texture or environment map, from the key;
     ``pose``: a rigid transform of meshes (``<shape>.vertex_positions``) or an
     analytic shape (``<shape>.to_world``), e.g. an object or an area light;
     ``shape``: free vertex positions with large-steps preconditioning;
     ``camera``: each matching photo's camera pose (rotation and translation),
     refined by moving the scene relative to the camera (see invpbr.estimates.cameras)."""
-    scale: bool = False
+    scale: Bool = False
     """``kind = "pose"``: also estimate a uniform scale."""
-    lambda_: float = 19.0
+    lambda_: NonNegative = 19.0
     """``kind = "shape"``: large-steps smoothness lambda (TOML: ``lambda``);
     larger is smoother and slower to reach detail."""
-    remesh: int = 0
+    remesh: NonNegativeInt = 0
     """``kind = "shape"``: isotropic remeshings, evenly spaced over the run;
     each targets 0.75x the mesh's mean edge length (needs gpytoolbox)."""
-    bounds: tuple[float, float] | None = None
+    bounds: SkipValidation[tuple[float, float] | None] = None
     """Values are clipped into ``[lo, hi]`` after every step."""
-    lr: float | None = None
+    lr: NonNegative | None = None
     """Learning rate of this parameter (default: ``[optimize] lr``)."""
-    resolution: list[int] | None = None
+    resolution: SkipValidation[int | list[int] | None] = None
     """Textures and environment maps: resolution per coarse-to-fine stage,
     e.g. ``[16, 32, 64]`` (square textures; envmap heights, width = 2 x
     height); the stages split the iterations evenly. Default: a texture's
     resolution in scene.xml, one stage; for an envmap, 1/4, 1/2 and all of it."""
-    tv: float | None = None
+    tv: NonNegative | None = None
     """Textures and environment maps: weight of the total-variation
     regularizer (on log radiance for envmaps). Default: 0 for textures,
     ``ENVMAP_TV`` for envmaps."""
-    space: str = "auto"
+    space: Space = "auto"
     """``linear``, ``log`` (optimize the logarithm: positive values, steps
     relative to the value), or ``auto``: log for emitters' radiance,
     intensity, scale and envmaps, linear otherwise."""
-    model: str = "texels"
+    model: EnvmapModel = "texels"
     """Environment maps only: ``texels`` (every texel), ``sh`` (spherical
     harmonics up to ``sh_order``) or ``sun_sky`` (a sun lobe with direction
     and colour plus a sky gradient) — low-order models for few views."""
-    sh_order: int = 2
+    sh_order: NonNegativeInt = 2
     """Environment maps with ``model = "sh"``: highest band (2: 9 coefficients)."""
-    white_balance: float = 0.0
+    white_balance: NonNegative = 0.0
     """Environment maps: weight of a prior pulling the map's mean colour to
     grey (log-chromaticity), for when albedo and light colour are both unknown."""
-    gradient: str = "auto"
+    gradient: Gradient = "auto"
     """``ad`` (Mitsuba's automatic differentiation), ``fd`` (central finite
     differences of the loss, for scalars and colours), or ``auto``: ``fd``
     where Mitsuba 3.9.1's gradient of the parameter is known to be biased."""
+    options: SkipValidation[dict[str, Any]] = field(default_factory=dict)
+    """Options of a kind registered outside invpbr (its own table keys)."""
 
 
 @dataclass
 class OptimizeConfig:
-    iterations: int = 200
+    iterations: NonNegativeInt = 200
     """Optimization steps."""
-    lr: float = 0.02
+    lr: NonNegative = 0.02
     """Adam learning rate of every parameter without its own ``lr``."""
-    lr_decay: float = 1.0
+    lr_decay: Annotated[float, Strict(), Field(gt=0, le=1)] = 1.0
     """Learning rates at the last step, as a fraction of their start: constant
     for the first half of the run, then shrinking geometrically (1: constant
     throughout). Below 1, an estimate that wanders with Monte Carlo noise
     around the answer settles."""
-    loss: str = "l1"
+    loss: Loss = "l1"
     """Image loss: ``l1``, ``l2``, ``relative_l2`` or ``cauchy`` (robust:
     ``log(1 + (r / loss_scale)^2)``, pixels far off the render, such as
     people or cars that are not in the model, weigh little)."""
-    loss_scale: float = 0.05
+    loss_scale: Annotated[float, Strict(), Field(gt=0)] = 0.05
     """``loss = "cauchy"``: the residual (linear units) at which a pixel's
     weight has halved."""
-    views_per_step: int = 0
+    views_per_step: NonNegativeInt = 0
     """Views rendered per step (a random subset); 0 means all views."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seed of the renders' samplers and of the view subsets."""
-    batch: bool = True
+    batch: Bool = True
     """Render all views of a step with one call (Mitsuba's ``batch`` sensor:
     the views side by side in one image, one kernel), where the views' films
-    match and the integrator is not projective; 1.9x faster per step on the
-    3-view principled sphere. Same expected images; other random numbers.
+    match and the integrator is not projective (times in BENCHMARKS.md).
+    Same expected images; other random numbers.
     With ``views_per_step``, perspective views are rendered by that many
     sensors of one batch, aimed anew at each step's views (and a frozen step
     is recorded once for all subsets)."""
-    precision: str = "single"
+    precision: Precision = "single"
     """``single`` or ``half``: estimated bitmap textures (and every other bitmap
     of the scene) stored in float16 in the scene, their latents too, with
     Dr.Jit's GradScaler against underflowing gradients. Adam keeps float32
     moments (its ``promote_fp16``: float16 second moments of unscaled
     gradients underflow). Envmaps and values stay float32."""
-    freeze: bool = True
-    """Record each step's kernels once with ``dr.freeze`` and replay them
-    (1.3-2x faster per step on the shipped material scenes, same estimates
-    to float rounding), where the problem allows it; elsewhere steps are
-    traced, silently: not with projective integrators, finite-difference
-    gradients, per-step view subsets, per-photo gains, camera refinement,
-    half precision or coarse-to-fine stages (Dr.Jit 1.5 replayed those
-    wrongly at times). A replay that Dr.Jit refuses falls back to tracing
-    with a warning."""
+    freeze: Bool = True
+    """Record each step's kernels once with ``dr.freeze`` and replay them (same
+    estimates to float rounding; times in BENCHMARKS.md), where the problem
+    allows it: one recording per coarse-to-fine stage, one for all view
+    subsets of perspective views. Elsewhere steps are traced, silently: with
+    projective integrators, finite-difference gradients, per-photo gains,
+    camera refinement, half precision, and view subsets of other sensors. A
+    replay that Dr.Jit refuses falls back to tracing with a warning."""
 
 
 @dataclass
 class PhotosConfig:
-    resize: bool = False
+    resize: Bool = False
     """Resize photos whose size differs from their sensor's film (with a
     warning) instead of stopping with an error."""
-    saturation: float = 0.98
+    saturation: NonNegative = 0.98
     """Pixels of PNG/JPEG photos with a channel at or above this linear value
     are clipped by the camera and left out of the loss (0: keep them)."""
-    gain: str = "none"
+    gain: Gain = "none"
     """Per-photo gain estimated with the scene, for photos whose exposure and
     white balance differ: ``none``, ``exposure`` (one factor per photo) or
     ``rgb`` (one factor per photo and colour channel). A render is multiplied
     by its photo's gain before it is compared with the photo."""
-    gain_reference: str = "mean"
+    gain_reference: Text = "mean"
     """The gauge of the gains (a common factor of all gains is the same as
     brighter lights): ``mean`` holds the geometric mean over the fitted photos
     at 1, a photo id holds that photo's gain at 1."""
-    gain_lr: float = 0.02
+    gain_lr: NonNegative = 0.02
     """Adam learning rate of the gains' logarithms."""
 
 
 @dataclass
 class CamerasConfig:
-    file: str = ""
+    file: SkipValidation[str] = ""
     """A camera file, relative to the scene folder, whose frames replace the
     sensors of scene.xml: a NeRF / instant-ngp ``transforms.json``, a COLMAP
     model folder (cameras/images .txt or .bin) or an LLFF ``poses_bounds.npy``.
     Each frame becomes a sensor whose id is its photo's file stem; photos are
     found by the frames' file paths. Empty: the sensors of scene.xml."""
-    resolution: list[int] | None = None
+    resolution: SkipValidation[list[int] | None] = None
     """Working resolution ``[width, height]``: photos (filtered) and
     intrinsics are rescaled together. Default: the camera file's."""
-    truth: str = ""
+    truth: SkipValidation[str] = ""
     """The true cameras (a second camera file, same ids), for errors of
     refined cameras and of the gains (frames' ``"gain": [r, g, b]``).
     Default: the sensors of truth.xml, when it has the same ids."""
-    undistort: bool = True
+    undistort: Bool = True
     """Undistort photos of cameras with lens distortion (OpenCV, the
     ``photos`` extra); false: refuse them."""
 
 
 @dataclass
 class ReportConfig:
-    gradients: bool = True
+    gradients: Bool = True
     """Gradient images at the start and at the end of a run, in the result
     folder's gradients/ and report.html: dLoss/dpixel, and for each estimate
     dI/dθ and its per-pixel contribution (forward mode) or, for textures and
-    environment maps, the gradient as an image. Costs a few renders per
-    estimated direction (see BENCHMARKS.md)."""
-    gradient_views: int = 1
+    environment maps, the gradient as an image. Costs a reverse and a forward
+    render per direction of each estimate (see BENCHMARKS.md)."""
+    gradient_views: PositiveInt = 1
     """How many fitted views get gradient images (the first ones)."""
-    gradient_spp: int = 16
+    gradient_spp: PositiveInt = 16
     """Samples per pixel of the gradient images' renders."""
-
-
-def parse_report_config(table: Any, source: str) -> ReportConfig:
-    """The ``[report]`` table (what report.html shows beyond the result itself)."""
-    r = ReportConfig(**_check_table("report", table, ReportConfig, source))
-    if not isinstance(r.gradients, bool):
-        raise ConfigError(f"{source}: report.gradients must be true or false, found {r.gradients!r}")
-    _number(source, "report.gradient_views", r.gradient_views, integer=True, minimum=1)
-    _number(source, "report.gradient_spp", r.gradient_spp, integer=True, minimum=1)
-    return r
 
 
 @dataclass
@@ -268,26 +302,179 @@ class ConfigError(ValueError):
     """An invpbr.toml that cannot be used; the message names file and key."""
 
 
-def _check_table(where: str, table: Any, cls: type, source: str) -> dict[str, Any]:
+#: The tables of invpbr.toml and the dataclass each is read into.
+TABLES: dict[str, type] = {"render": RenderConfig, "estimate": EstimateConfig,
+                           "optimize": OptimizeConfig, "photos": PhotosConfig,
+                           "evaluate": EvaluateConfig, "cameras": CamerasConfig,
+                           "report": ReportConfig}
+
+for _cls in TABLES.values():
+    _cls.__pydantic_config__ = STRICT
+_ADAPTERS: dict[type, TypeAdapter] = {}
+
+
+def _names(cls: type) -> list[str]:
+    """The TOML names of a table's keys (``lambda`` for ``lambda_``)."""
+    return [f.name.removesuffix("_") for f in dataclasses.fields(cls) if f.name != "options"]
+
+
+def _close(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _interval(cls: type, name: str) -> str | None:
+    """``(0, 1]`` for a field bounded on both sides, else None."""
+    import typing
+
+    hint = typing.get_type_hints(cls, include_extras=True).get(name)
+    bounds = {}
+    for meta in getattr(hint, "__metadata__", ()):
+        for item in getattr(meta, "metadata", [meta]):
+            for attr in ("gt", "ge", "lt", "le"):
+                if getattr(item, attr, None) is not None:
+                    bounds[attr] = getattr(item, attr)
+    lo = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds["ge"]) if "ge" in bounds else None
+    hi = (bounds["lt"], ")") if "lt" in bounds else (bounds["le"], "]") if "le" in bounds else None
+    if lo is None or hi is None:
+        return None
+    return f"{lo[0]}{lo[1]:g}, {hi[0]:g}{hi[1]}"
+
+
+def _message(error: dict, cls: type, where: str, table: dict) -> str:
+    """One pydantic error as invpbr says it: the key, what was expected, what was found."""
+    loc = error["loc"]
+    key = str(loc[0]).removesuffix("_") if loc else ""
+    name = f"{where}.{key}"
+    value = table.get(loc[0], error.get("input")) if loc else error.get("input")
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"unknown key {name}; expected one of {', '.join(_names(cls))}{_close(key, _names(cls))}"
+    if cls is EvaluateConfig:
+        return f"{name} must be a list of strings, found {value!r}"
+    if kind.startswith("int_") or kind == "int_type":
+        return f"{name} must be an integer, found {value!r}"
+    if kind.startswith("float_") or kind == "finite_number":
+        return f"{name} must be a finite number, found {value!r}"
+    if kind.startswith("bool_"):
+        return f"{name} must be true or false, found {value!r}"
+    if kind == "literal_error":
+        choices = [c.strip(" '") for c in ctx.get("expected", "").replace(" or ", ", ").split(",")]
+        return f"{name} = {value!r}; expected one of {', '.join(choices)}"
+    interval = _interval(cls, loc[0]) if loc else None
+    if interval and any(b in ctx for b in ("ge", "gt", "le", "lt")):
+        return f"{name} must be in {interval}, found {value!r}"
+    for bound, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if bound in ctx:
+            return f"{name} must be {sign} {ctx[bound]:g}, found {value!r}"
+    if kind in ("string_type", "string_too_short"):
+        return f"{name} must be a non-empty string, found {value!r}"
+    return f"{name}: {error['msg']}, found {value!r}"
+
+
+def _read_table(where: str, table: Any, cls: type, source: str, *, key_where: str | None = None):
+    """``table`` validated into ``cls`` (its unknown keys refused first, with
+    close names suggested); errors name ``source`` and ``key_where``."""
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [{where}] must be a table, found {type(table).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
     for key in table:
-        if key not in known:
-            raise ConfigError(
-                f"{source}: unknown key {where}.{key}; expected one of {', '.join(known)}")
-    return table
+        if key not in cls.__dataclass_fields__ or key == "options":
+            toml_key = "lambda" if key == "lambda_" else key
+            raise ConfigError(f"{source}: unknown key {where}.{toml_key}; expected one of "
+                              f"{', '.join(_names(cls))}{_close(toml_key, _names(cls))}")
+    adapter = _ADAPTERS.setdefault(cls, TypeAdapter(cls))
+    try:
+        return adapter.validate_python(table)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_message(e.errors()[0], cls, key_where or where, table)}") \
+            from None
 
 
-def _number(source: str, name: str, value: Any, *, integer: bool = False,
-            minimum: float | None = None) -> Any:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not math.isfinite(value):
-        kind = "an integer" if integer else "a finite number"
-        raise ConfigError(f"{source}: {name} must be {kind}, found {value!r}")
-    if minimum is not None and value < minimum:
+def _check_spp(spp: Any, source: str) -> None:
+    if isinstance(spp, list):
+        if not spp:
+            raise ConfigError(f"{source}: render.spp must be a positive integer or a non-empty "
+                              "list of them")
+        for i, v in enumerate(spp):
+            _integer(v, f"render.spp[{i}]", source)
+    else:
+        _integer(spp, "render.spp", source)
+
+
+def _integer(value: Any, name: str, source: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{source}: {name} must be an integer, found {value!r}")
+    if value < minimum:
         raise ConfigError(f"{source}: {name} must be >= {minimum}, found {value!r}")
-    return value
+
+
+def _check_cameras(cameras: CamerasConfig, source: str) -> None:
+    for name in ("file", "truth"):
+        if not isinstance(getattr(cameras, name), str):
+            raise ConfigError(f"{source}: cameras.{name} must be a file name, found "
+                              f"{getattr(cameras, name)!r}")
+    if cameras.truth and not cameras.file:
+        raise ConfigError(f"{source}: cameras.truth needs cameras.file (the cameras to refine)")
+    res = cameras.resolution
+    if res is not None:
+        if (not isinstance(res, list) or len(res) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in res)):
+            raise ConfigError(f"{source}: cameras.resolution must be [width, height] in pixels, "
+                              f"found {res!r}")
+        if not cameras.file:
+            raise ConfigError(f"{source}: cameras.resolution needs cameras.file (scene.xml's "
+                              "sensors set their own film size)")
+
+
+def _estimate_table(i: int, t: Any, source: str) -> EstimateConfig:
+    """One ``[[estimate]]`` table: its kind (and a registered kind's own
+    options), key, bounds and resolution checked by hand, the rest by type."""
+    if isinstance(t, dict) and "lambda" in t:
+        t = {("lambda_" if k == "lambda" else k): v for k, v in t.items()}
+    kind = t.get("kind", "auto") if isinstance(t, dict) else "auto"
+    if isinstance(kind, str) and kind not in ESTIMATE_KINDS:
+        raise ConfigError(f"{source}: estimate[{i}] (key {t.get('key')!r}).kind = {kind!r}; "
+                          f"expected one of {', '.join(ESTIMATE_KINDS)} (a kind defined "
+                          "outside invpbr is loaded with --plugin)")
+    own = KIND_OPTIONS.get(kind, {}) if isinstance(kind, str) else {}
+    options = {**own, **{k: v for k, v in t.items() if k in own}} if own else {}
+    if isinstance(t, dict):
+        t = {k: v for k, v in t.items() if k not in own}
+    where = f"estimate[{i}]"
+    if isinstance(t, dict) and kind == "camera":
+        t = {"key": "*", **t}
+    key = t.get("key") if isinstance(t, dict) else None
+    if isinstance(key, list) and kind == "pose":
+        if not key or not all(isinstance(k, str) and k for k in key):
+            raise ConfigError(f"{source}: {where}.key must be a list of mi.traverse keys, "
+                              f"found {key!r}")
+    elif isinstance(t, dict) and (not isinstance(key, str) or not key):
+        raise ConfigError(f"{source}: {where}.key is missing; it must name a mi.traverse key"
+                          + (" (a list of keys only with kind = \"pose\")"
+                             if isinstance(key, list) else ""))
+    e = _read_table(where, t, EstimateConfig, source, key_where=f"estimate[{i}] (key {key!r})")
+    e.options = options
+    where = f"estimate[{i}] (key {e.key!r})"
+    if e.bounds is not None:
+        b = e.bounds
+        if (not isinstance(b, (list, tuple)) or len(b) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
+            raise ConfigError(f"{source}: {where}.bounds must be [lo, hi], found {b!r}")
+        if not b[0] < b[1]:
+            raise ConfigError(f"{source}: {where}.bounds must have lo < hi, found {list(b)!r}")
+        e.bounds = (float(b[0]), float(b[1]))
+    if e.resolution is not None:
+        res = [e.resolution] if isinstance(e.resolution, int) else e.resolution
+        if (not isinstance(res, list) or not res
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in res)):
+            raise ConfigError(f"{source}: {where}.resolution must be a positive integer or a list "
+                              f"of them, found {e.resolution!r}")
+        e.resolution = res
+    if e.kind != "pose" and e.scale:
+        raise ConfigError(f"{source}: {where}.scale applies to kind = \"pose\" only")
+    if e.kind != "shape" and (e.remesh or "lambda_" in t):
+        raise ConfigError(f"{source}: {where}: lambda and remesh apply to kind = \"shape\" only")
+    return e
 
 
 def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> ProblemConfig:
@@ -300,170 +487,34 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
     Raises:
         ConfigError: unknown tables or keys, wrong types or values.
     """
-    known_tables = {"render", "estimate", "optimize", "photos", "evaluate", "cameras", "report"}
     for name in data:
-        if name not in known_tables:
-            raise ConfigError(f"{source}: unknown table [{name}]; expected {', '.join(sorted(known_tables))}")
-
-    r = _check_table("render", data.get("render", {}), RenderConfig, source)
-    render = RenderConfig(**r)
-    if isinstance(render.spp, list):
-        if not render.spp:
-            raise ConfigError(f"{source}: render.spp must be a positive integer or a non-empty "
-                              "list of them")
-        for i, v in enumerate(render.spp):
-            _number(source, f"render.spp[{i}]", v, integer=True, minimum=1)
-    else:
-        _number(source, "render.spp", render.spp, integer=True, minimum=1)
-    _number(source, "render.spp_grad", render.spp_grad, integer=True, minimum=0)
-    _number(source, "render.spp_final", render.spp_final, integer=True, minimum=1)
-    _number(source, "render.max_depth", render.max_depth, integer=True, minimum=-1)
-    _number(source, "render.guiding_every", render.guiding_every, integer=True, minimum=1)
-    _number(source, "render.proj_seed_spp", render.proj_seed_spp, integer=True, minimum=1)
-    _number(source, "render.guiding_resolution", render.guiding_resolution, integer=True,
-            minimum=0)
-    if render.guiding not in GUIDING:
-        raise ConfigError(f"{source}: render.guiding = {render.guiding!r}; expected one of "
-                          f"{', '.join(GUIDING)}")
-    if render.integrator not in INTEGRATORS:
-        raise ConfigError(f"{source}: render.integrator = {render.integrator!r}; expected one of "
-                          f"{', '.join(INTEGRATORS)}")
-
-    o = _check_table("optimize", data.get("optimize", {}), OptimizeConfig, source)
-    opt = OptimizeConfig(**o)
-    _number(source, "optimize.iterations", opt.iterations, integer=True, minimum=0)
-    _number(source, "optimize.lr", opt.lr, minimum=0)
-    _number(source, "optimize.lr_decay", opt.lr_decay)
-    if not 0 < opt.lr_decay <= 1:
-        raise ConfigError(f"{source}: optimize.lr_decay must be in (0, 1], found {opt.lr_decay!r}")
-    _number(source, "optimize.views_per_step", opt.views_per_step, integer=True, minimum=0)
-    _number(source, "optimize.seed", opt.seed, integer=True, minimum=0)
-    if not isinstance(opt.batch, bool):
-        raise ConfigError(f"{source}: optimize.batch must be true or false, found {opt.batch!r}")
-    if not isinstance(opt.freeze, bool):
-        raise ConfigError(f"{source}: optimize.freeze must be true or false, found {opt.freeze!r}")
-    if opt.precision not in PRECISIONS:
-        raise ConfigError(f"{source}: optimize.precision = {opt.precision!r}; expected one of "
-                          f"{', '.join(PRECISIONS)}")
-    if opt.loss not in LOSSES:
-        raise ConfigError(f"{source}: optimize.loss = {opt.loss!r}; expected one of {', '.join(LOSSES)}")
-    _number(source, "optimize.loss_scale", opt.loss_scale)
-    if not opt.loss_scale > 0:
-        raise ConfigError(f"{source}: optimize.loss_scale must be > 0, found {opt.loss_scale!r}")
-
-    p = _check_table("photos", data.get("photos", {}), PhotosConfig, source)
-    photos = PhotosConfig(**p)
-    if not isinstance(photos.resize, bool):
-        raise ConfigError(f"{source}: photos.resize must be true or false, found {photos.resize!r}")
-    if photos.gain not in GAINS:
-        raise ConfigError(f"{source}: photos.gain = {photos.gain!r}; expected one of "
-                          f"{', '.join(GAINS)}")
-    if not isinstance(photos.gain_reference, str) or not photos.gain_reference:
-        raise ConfigError(f"{source}: photos.gain_reference must be \"mean\" or a photo id, "
-                          f"found {photos.gain_reference!r}")
-    _number(source, "photos.gain_lr", photos.gain_lr, minimum=0)
-    _number(source, "photos.saturation", photos.saturation, minimum=0)
-
-    c = _check_table("cameras", data.get("cameras", {}), CamerasConfig, source)
-    cameras = CamerasConfig(**c)
-    for name in ("file", "truth"):
-        if not isinstance(getattr(cameras, name), str):
-            raise ConfigError(f"{source}: cameras.{name} must be a file name, found "
-                              f"{getattr(cameras, name)!r}")
-    if cameras.truth and not cameras.file:
-        raise ConfigError(f"{source}: cameras.truth needs cameras.file (the cameras to refine)")
-    if cameras.resolution is not None:
-        res = cameras.resolution
-        if (not isinstance(res, list) or len(res) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in res)):
-            raise ConfigError(f"{source}: cameras.resolution must be [width, height] in pixels, "
-                              f"found {res!r}")
-        if not cameras.file:
-            raise ConfigError(f"{source}: cameras.resolution needs cameras.file (scene.xml's "
-                              "sensors set their own film size)")
-    if not isinstance(cameras.undistort, bool):
-        raise ConfigError(f"{source}: cameras.undistort must be true or false, found "
-                          f"{cameras.undistort!r}")
-
-    ev = _check_table("evaluate", data.get("evaluate", {}), EvaluateConfig, source)
-    evaluate = EvaluateConfig(**ev)
-    for name in ("held_out", "relight"):
-        value = getattr(evaluate, name)
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{source}: evaluate.{name} must be a list of strings, found {value!r}")
-
+        if name not in TABLES:
+            raise ConfigError(f"{source}: unknown table [{name}]; expected "
+                              f"{', '.join(sorted(TABLES))}{_close(name, list(TABLES))}")
+    read = {name: _read_table(name, data.get(name, {}), cls, source)
+            for name, cls in TABLES.items() if name != "estimate"}
+    _check_spp(read["render"].spp, source)
+    _check_cameras(read["cameras"], source)
     tables = data.get("estimate", [])
     if isinstance(tables, dict):
         tables = [tables]
     if not isinstance(tables, list):
         raise ConfigError(f"{source}: [[estimate]] must be an array of tables")
-    estimates = []
-    for i, t in enumerate(tables):
-        where = f"estimate[{i}]"
-        if isinstance(t, dict) and "lambda" in t:
-            t = {("lambda_" if k == "lambda" else k): v for k, v in t.items()}
-        _check_table(where, t, EstimateConfig, source)
-        if isinstance(t, dict) and t.get("kind") == "camera":
-            t = {"key": "*", **t}
-        key = t.get("key")
-        if isinstance(key, list) and t.get("kind") == "pose":
-            if not key or not all(isinstance(k, str) and k for k in key):
-                raise ConfigError(f"{source}: {where}.key must be a list of mi.traverse keys, "
-                                  f"found {key!r}")
-        elif not isinstance(key, str) or not key:
-            raise ConfigError(f"{source}: {where}.key is missing; it must name a mi.traverse key"
-                              + (" (a list of keys only with kind = \"pose\")"
-                                 if isinstance(key, list) else ""))
-        e = EstimateConfig(**t)
-        where = f"estimate[{i}] (key {e.key!r})"
-        if e.bounds is not None:
-            b = e.bounds
-            if (not isinstance(b, (list, tuple)) or len(b) != 2
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
-                raise ConfigError(f"{source}: {where}.bounds must be [lo, hi], found {b!r}")
-            if not b[0] < b[1]:
-                raise ConfigError(f"{source}: {where}.bounds must have lo < hi, found {list(b)!r}")
-            e.bounds = (float(b[0]), float(b[1]))
-        if e.lr is not None:
-            _number(source, f"{where}.lr", e.lr, minimum=0)
-        if e.tv is not None:
-            _number(source, f"{where}.tv", e.tv, minimum=0)
-        _number(source, f"{where}.white_balance", e.white_balance, minimum=0)
-        _number(source, f"{where}.sh_order", e.sh_order, integer=True, minimum=0)
-        if e.space not in SPACES:
-            raise ConfigError(f"{source}: {where}.space = {e.space!r}; expected one of {', '.join(SPACES)}")
-        if e.model not in ENVMAP_MODELS:
-            raise ConfigError(f"{source}: {where}.model = {e.model!r}; expected one of "
-                              f"{', '.join(ENVMAP_MODELS)}")
-        if e.kind not in ESTIMATE_KINDS:
-            raise ConfigError(f"{source}: {where}.kind = {e.kind!r}; expected one of "
-                              f"{', '.join(ESTIMATE_KINDS)}")
-        if not isinstance(e.scale, bool):
-            raise ConfigError(f"{source}: {where}.scale must be true or false, found {e.scale!r}")
-        _number(source, f"{where}.lambda", e.lambda_, minimum=0)
-        _number(source, f"{where}.remesh", e.remesh, integer=True, minimum=0)
-        if e.kind != "pose" and e.scale:
-            raise ConfigError(f"{source}: {where}.scale applies to kind = \"pose\" only")
-        if e.kind != "shape" and (e.remesh or "lambda_" in t):
-            raise ConfigError(f"{source}: {where}: lambda and remesh apply to kind = \"shape\" only")
-        if e.gradient not in GRADIENTS:
-            raise ConfigError(f"{source}: {where}.gradient = {e.gradient!r}; expected one of "
-                              f"{', '.join(GRADIENTS)}")
-        if e.resolution is not None:
-            res = [e.resolution] if isinstance(e.resolution, int) else e.resolution
-            if (not isinstance(res, list) or not res
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in res)):
-                raise ConfigError(f"{source}: {where}.resolution must be a positive integer or a list "
-                                  f"of them, found {e.resolution!r}")
-            e.resolution = res
-        estimates.append(e)
-    cams = [e for e in estimates if e.kind == "camera"]
-    if len(cams) > 1:
+    estimates = [_estimate_table(i, t, source) for i, t in enumerate(tables)]
+    if sum(e.kind == "camera" for e in estimates) > 1:
         raise ConfigError(f"{source}: more than one [[estimate]] with kind = \"camera\"; use one "
                           "key glob over the sensor ids")
-    return ProblemConfig(render=render, estimate=estimates, optimize=opt, photos=photos,
-                         evaluate=evaluate, cameras=cameras,
-                         report=parse_report_config(data.get("report", {}), source))
+    return ProblemConfig(estimate=estimates, **read)
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON schema of invpbr.toml (for editors; ``invpbr schema``)."""
+    schema = TypeAdapter(ProblemConfig).json_schema()
+    schema["title"] = "invpbr.toml"
+    estimate = schema["$defs"]["EstimateConfig"]["properties"]
+    estimate.pop("options", None)  # a registered kind's own keys
+    estimate["lambda"] = estimate.pop("lambda_")
+    return schema
 
 
 def load_config(path: str | Path) -> ProblemConfig:

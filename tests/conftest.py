@@ -119,3 +119,27 @@ def sensor_ray_miss(sensor, pixel, point) -> float:
     d = np.array(ray.d, dtype=np.float64).ravel()
     v = np.asarray(point, dtype=np.float64) - o
     return float(np.linalg.norm(v - np.dot(v, d) * d))
+
+
+def _rotmat_to_qvec(r: np.ndarray) -> np.ndarray:
+    """(qw, qx, qy, qz) of a rotation matrix (COLMAP's order), for r with trace > -1."""
+    w = 0.5 * np.sqrt(max(1e-12, 1.0 + np.trace(r)))
+    return np.array([w, (r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w),
+                     (r[1, 0] - r[0, 1]) / (4 * w)])
+
+
+def write_colmap_text(folder: Path, cams) -> Path:
+    """``cams`` (:class:`invpbr.capture.cameras.Camera`) as a COLMAP text model
+    (PINHOLE cameras, world-to-camera quaternions) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cam_lines, img_lines = [], []
+    for i, c in enumerate(cams, start=1):
+        cam_lines.append(f"{i} PINHOLE {c.width} {c.height} {c.fx!r} {c.fy!r} {c.cx!r} {c.cy!r}")
+        w2c = np.linalg.inv(c.c2w)
+        q, t = _rotmat_to_qvec(w2c[:3, :3]), w2c[:3, 3]
+        name = Path(c.file_path).name if c.file_path else f"{c.id}.png"
+        img_lines += [f"{i} {' '.join(repr(float(v)) for v in q)} "
+                      f"{' '.join(repr(float(v)) for v in t)} {i} {name}", ""]
+    (folder / "cameras.txt").write_text("\n".join(cam_lines) + "\n")
+    (folder / "images.txt").write_text("\n".join(img_lines) + "\n")
+    return folder

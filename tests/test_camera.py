@@ -182,7 +182,7 @@ def floating_capture(tmp_path_factory, mi) -> Path:
 
 
 def _check_cameras(folder: Path, integrator: str):
-    from invpbr.optimize.gradcheck import check_gradients
+    from invpbr.optimization.gradcheck import check_gradients
     from invpbr.render import choose_integrator_type
 
     problem = invpbr.load_problem(folder)

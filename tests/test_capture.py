@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 import invpbr
+
+from conftest import write_colmap_text
 from invpbr.capture import cameras, images as io
 from invpbr.config import ConfigError
 
@@ -377,13 +379,6 @@ def test_truth_xml_sensors_are_the_true_cameras(capture, mi):
         assert abs(e["rotation_deg"] - 2.0) < 1e-3
 
 
-def _rotmat_to_qvec(r: np.ndarray) -> np.ndarray:
-    """(qw, qx, qy, qz) of a rotation matrix (COLMAP's order), for r with trace > -1."""
-    w = 0.5 * np.sqrt(max(1e-12, 1.0 + np.trace(r)))
-    return np.array([w, (r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w),
-                     (r[1, 0] - r[0, 1]) / (4 * w)])
-
-
 def test_colmap_model_folder_as_camera_file(capture, mi):
     """The same cameras as a COLMAP text model (PINHOLE, world-to-camera quaternions) in
     capture/sparse, photos in capture/images: the sensors equal the transforms.json ones."""
@@ -391,19 +386,10 @@ def test_colmap_model_folder_as_camera_file(capture, mi):
     from invpbr.problem import load_problem
 
     cams = read_transforms(capture / "transforms.json")
-    sparse = capture / "sparse"
-    sparse.mkdir()
     (capture / "images").mkdir()
-    cam_lines, img_lines = [], []
-    for i, c in enumerate(cams, start=1):
+    for c in cams:
         shutil.copy(c.file_path, capture / "images" / c.file_path.name)
-        cam_lines.append(f"{i} PINHOLE {c.width} {c.height} {c.fx!r} {c.fy!r} {c.cx!r} {c.cy!r}")
-        w2c = np.linalg.inv(c.c2w)
-        q, t = _rotmat_to_qvec(w2c[:3, :3]), w2c[:3, 3]
-        img_lines += [f"{i} {' '.join(repr(float(v)) for v in q)} "
-                      f"{' '.join(repr(float(v)) for v in t)} {i} {c.file_path.name}", ""]
-    (sparse / "cameras.txt").write_text("\n".join(cam_lines) + "\n")
-    (sparse / "images.txt").write_text("\n".join(img_lines) + "\n")
+    write_colmap_text(capture / "sparse", cams)
     reference = load_problem(capture)
     toml = capture / "invpbr.toml"
     toml.write_text(toml.read_text().replace('file = "transforms.json"', 'file = "sparse"'))

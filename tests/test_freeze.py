@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 import invpbr
-from invpbr.optimize import can_freeze
+from invpbr.optimization import can_freeze
 
 from conftest import TOML
 

@@ -266,7 +266,7 @@ def test_auto_integrator_for_geometry(pose_folder):
 
 
 def test_gradcheck_pose_projective_agrees_prb_does_not(pose_folder):
-    from invpbr.optimize.gradcheck import check_gradients
+    from invpbr.optimization.gradcheck import check_gradients
     from invpbr.problem import load_problem
 
     problem = load_problem(pose_folder)
@@ -288,7 +288,7 @@ def test_gradcheck_pose_projective_agrees_prb_does_not(pose_folder):
 def test_pose_recovery_and_result_files(pose_folder, tmp_path):
     import mitsuba as mi
 
-    from invpbr.optimize import optimize
+    from invpbr.optimization import optimize
     from invpbr.problem import load_problem
     from invpbr.results import save_result
 
@@ -342,7 +342,7 @@ loss = "l2"
 
 
 def test_shape_recovery_with_remeshing(tmp_path):
-    from invpbr.optimize import optimize
+    from invpbr.optimization import optimize
     from invpbr.problem import load_problem
 
     problem = load_problem(make_shape_folder(tmp_path / "shape", remesh=1))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr.optimize.gradient_images import gradient_images
+from invpbr.optimization.gradient_images import gradient_images
 
 KEY = "ball.bsdf.base_color.value"
 
@@ -21,7 +21,7 @@ def test_contributions_sum_to_the_reverse_mode_gradient_of_the_loss(tiny_scene):
     import drjit as dr
     import mitsuba as mi
 
-    from invpbr.optimize.losses import image_loss
+    from invpbr.optimization.losses import image_loss
     from invpbr.render.integrators import make_integrator
 
     problem = invpbr.load_problem(tiny_scene)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr.optimize.gradcheck import check_gradients, format_checks, relative_errors
+from invpbr.optimization.gradcheck import check_gradients, format_checks, relative_errors
 
 from conftest import checker
 

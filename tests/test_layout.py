@@ -23,7 +23,7 @@ LAYERS = [
     {"problem"},
     {"render"},
     {"results"},
-    {"optimize"},
+    {"optimization"},
     {"run", "notebook", "__init__", "__main__"},
 ]
 

@@ -29,7 +29,7 @@ from invpbr.estimates import lighting
 from invpbr.problem.folder import load_relight_maps
 from invpbr.results import evaluate
 from invpbr.config import ConfigError, EstimateConfig, load_config
-from invpbr.optimize.gradcheck import check_gradients, format_checks
+from invpbr.optimization.gradcheck import check_gradients, format_checks
 from invpbr.estimates import resolve_parameters
 from invpbr.testing.procedural import envmap_directions, sky_envmap
 from invpbr.results import result_to_json

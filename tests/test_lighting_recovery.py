@@ -14,9 +14,9 @@ Measured on 2 CPU cores (llvm_ad_rgb, Mitsuba 3.9.1) with `invpbr run scenes/<na
 | envmap_known_materials | sky.data error (mean abs radiance) | 0.019 | 0.464 | < 0.04 |
 | | novel views PSNR (dB) | 29.1, 28.7 | 12.1, 12.4 | >= start + 10 |
 | joint_material_envmap | base_color, roughness, metallic error | 0.0038, 0.0013, 0.020 | 0.29, 0.2, 0.1 | < 0.015, 0.03, 0.04 |
-| | sky.data error | 0.053 | 0.585 | < 0.1 |
+| | sky.data error | 0.053 | 0.585 | < 0.2 |
 | | base_color scale-invariant error | 0.0013 | | < 0.01 |
-| | novel views PSNR (dB) | 26.3, 27.4 | 9.5, 11.2 | >= start + 10 |
+| | novel views PSNR (dB) | 26.3, 27.4 | 9.5, 11.2 | >= start + 6 |
 | | relighting PSNR, mean (dB) | 53.3 | 20.5 | >= start + 15 |
 | area_light | radiance error | 0.0028 | 5.0 | < 0.05 |
 
@@ -40,6 +40,18 @@ from conftest import REPO
 
 SCENES = REPO / "scenes"
 RELIGHT = "envmaps/relight.exr"
+
+# What the README's lighting table states and these tests assert (tests/test_readme.py
+# checks that the two agree): errors below, novel views and relighting at least this many
+# dB above the starting guess's.
+STATED = {
+    "envmap_known_materials": {"errors": {"sky.data": 0.04}, "novel_gain_db": 10.0},
+    "joint_material_envmap": {
+        "errors": {"sphere.bsdf.base_color.value": 0.015, "sphere.bsdf.roughness.value": 0.03,
+                   "sphere.bsdf.metallic.value": 0.04, "sky.data": 0.2},
+        "scale_invariant": 0.01, "novel_gain_db": 6.0, "relight_gain_db": 15.0},
+    "area_light": {"errors": {"light.emitter.radiance.value": 0.05}},
+}
 
 
 def _run(scene: str, tmp_path) -> dict:
@@ -72,8 +84,9 @@ def _assert_novel_views_gain(result: dict, views: set[str], gain_db: float) -> N
 @pytest.mark.slow
 def test_envmap_with_known_materials(tmp_path, capsys):
     result = _run("envmap_known_materials", tmp_path)
-    _assert_errors(result, {"sky.data": 0.04})
-    _assert_novel_views_gain(result, {"novel_high", "novel_low"}, 10.0)
+    stated = STATED["envmap_known_materials"]
+    _assert_errors(result, stated["errors"])
+    _assert_novel_views_gain(result, {"novel_high", "novel_low"}, stated["novel_gain_db"])
     # Relighting replaces the sky, the only estimated parameter, so the relit estimate
     # is the relit truth: an infinite PSNR, written as null.
     assert result["relight_psnr"][RELIGHT]["mean"] is None
@@ -84,24 +97,22 @@ def test_envmap_with_known_materials(tmp_path, capsys):
 @pytest.mark.slow
 def test_material_and_envmap_together(tmp_path, capsys):
     result = _run("joint_material_envmap", tmp_path)
-    _assert_errors(result, {
-        "sphere.bsdf.base_color.value": 0.015,
-        "sphere.bsdf.roughness.value": 0.03,
-        "sphere.bsdf.metallic.value": 0.04,
-        "sky.data": 0.2,
-    })
-    _assert_novel_views_gain(result, {"novel_high", "novel_low"}, 6.0)
+    stated = STATED["joint_material_envmap"]
+    _assert_errors(result, stated["errors"])
+    _assert_novel_views_gain(result, {"novel_high", "novel_low"}, stated["novel_gain_db"])
     relit, relit_start = (result[k][RELIGHT]["mean"]
                           for k in ("relight_psnr", "relight_psnr_initial"))
-    assert relit >= relit_start + 15.0, f"relighting {relit_start:.2f} -> {relit:.2f} dB"
-    assert result["errors_scale_invariant"]["sphere.bsdf.base_color.value"] < 0.01
+    assert relit >= relit_start + stated["relight_gain_db"], \
+        f"relighting {relit_start:.2f} -> {relit:.2f} dB"
+    assert result["errors_scale_invariant"]["sphere.bsdf.base_color.value"] \
+        < stated["scale_invariant"]
     assert result["notes"] and "albedo x light" in result["notes"][0]
 
 
 @pytest.mark.slow
 def test_area_light_radiance(tmp_path, capsys):
     result = _run("area_light", tmp_path)
-    _assert_errors(result, {"light.emitter.radiance.value": 0.05})
+    _assert_errors(result, STATED["area_light"]["errors"])
     # space = "auto" estimates an emitter's radiance in log space.
     assert result["settings"]["estimate"][0]["space"] == "auto"
     assert [p.space for p in invpbr.load_problem(SCENES / "area_light").parameters] == ["log"]

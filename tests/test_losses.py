@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import invpbr
-from invpbr.optimize import losses
+from invpbr.optimization import losses
 from invpbr.estimates import parameter_error, resample_texture
 
 
@@ -215,7 +215,7 @@ def test_cauchy_loss_ignores_a_transient_that_l2_bakes_in(tmp_path):
     import shutil
 
     from invpbr.capture import images as io
-    from invpbr.optimize import optimize
+    from invpbr.optimization import optimize
     from invpbr.problem import load_problem
 
     from conftest import REPO

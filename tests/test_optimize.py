@@ -278,7 +278,7 @@ def test_loss_recovers_base_color(tiny_scene, loss):
 def test_spp_schedule_and_gradient_spp_are_used(tiny_scene, monkeypatch):
     import sys
 
-    optimize_module = sys.modules["invpbr.optimize.loop"]  # (invpbr.optimize is also a function)
+    steps_module = sys.modules["invpbr.optimization.strategies"]  # where steps call render_view
 
     problem = load_problem(tiny_scene)
     problem.config.render.spp = [2, 6]
@@ -286,14 +286,14 @@ def test_spp_schedule_and_gradient_spp_are_used(tiny_scene, monkeypatch):
     problem.config.optimize.batch = False  # one render_view call per view
     problem.config.optimize.freeze = False  # (a replayed step calls no Python)
     calls = []
-    real = optimize_module.render_view
+    real = steps_module.render_view
 
     def spy(*args, spp, seed, spp_grad=0):
         calls.append((spp, spp_grad))
         return real(*args, spp=spp, seed=seed, spp_grad=spp_grad)
 
-    monkeypatch.setattr(optimize_module, "render_view", spy)
-    result = optimize_module.optimize(problem, iterations=4, progress=False)
+    monkeypatch.setattr(steps_module, "render_view", spy)
+    result = invpbr.optimize(problem, iterations=4, progress=False)
     assert result.status == "completed"
     steps = calls[:4 * 2]  # 2 views per step, then the final renders
     assert [c[0] for c in steps] == [2, 2, 2, 2, 6, 6, 6, 6]
@@ -356,7 +356,7 @@ def test_lr_decay_shrinks_the_steps(tiny_scene):
     """lr_decay = 1e-4: the last step's learning rate is 1e-4 of the first's (constant
     for the first half, then geometric), so the last step moves the estimate ~1e-4 as
     far as the first (Adam's steps are ~lr)."""
-    from invpbr.optimize import decay_factor
+    from invpbr.optimization import decay_factor
 
     assert [decay_factor(0.01, i, 5) for i in range(5)] == pytest.approx([1, 1, 1, 0.1, 0.01])
     problem = load(tiny_scene, toml(base_color(), iterations=12, lr=0.05))

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from invpbr.config import ConfigError, parse_config
-from invpbr.optimize import optimize
+from invpbr.optimization import optimize
 from invpbr.problem import load_problem
 
 from conftest import REPO

@@ -20,8 +20,8 @@ from conftest import REPO
 
 SCENES = REPO / "scenes"
 
-# scene -> key -> largest accepted error (the README's table).
-STATED_ERRORS = {
+# scene -> key -> largest accepted error: the figures the README states (tests/test_readme.py).
+STATED = {
     "cornell": {
         "left_wall.bsdf.reflectance.value": 0.01,
         "right_wall.bsdf.reflectance.value": 0.01,
@@ -39,7 +39,7 @@ STATED_ERRORS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scene", sorted(STATED_ERRORS))
+@pytest.mark.parametrize("scene", sorted(STATED))
 def test_shipped_scene_is_recovered(scene, tmp_path, capsys):
     out = tmp_path / scene
     assert main(["run", str(SCENES / scene), "--out", str(out), "--no-progress"]) == 0
@@ -47,8 +47,8 @@ def test_shipped_scene_is_recovered(scene, tmp_path, capsys):
     assert result["status"] == "completed"
     assert result["iterations"] <= 200
     assert result["integrator"] == "prb"
-    assert set(result["errors"]) == set(STATED_ERRORS[scene])
-    for key, limit in STATED_ERRORS[scene].items():
+    assert set(result["errors"]) == set(STATED[scene])
+    for key, limit in STATED[scene].items():
         error, initial = result["errors"][key], result["initial_errors"][key]
         assert error < limit, f"{scene}: {key} error {error:.4f} >= stated {limit}"
         assert error < 0.25 * initial, f"{scene}: {key} barely moved ({initial:.4f} -> {error:.4f})"
@@ -105,7 +105,7 @@ def test_batch_over_shipped_scenes_and_a_broken_one(tmp_path, capsys):
     assert "side" in rows["broken"]["message"]
     for scene in STATED_ERRORS:
         assert rows[scene]["status"] == "completed", rows[scene]
-        assert set(rows[scene]["errors"]) == set(STATED_ERRORS[scene])
+        assert set(rows[scene]["errors"]) == set(STATED[scene])
         assert (out / scene / "result.json").is_file()
     assert not (out / "broken").exists()
     csv_text = (out / "summary.csv").read_text()

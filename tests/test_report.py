@@ -193,7 +193,7 @@ def test_pictures_diverging_map_is_symmetric_and_signed():
 
 
 def test_record_warnings_keeps_them_and_still_shows_them():
-    from invpbr.optimize.records import record_warnings
+    from invpbr.optimization.records import record_warnings
 
     with pytest.warns(UserWarning, match="careful"):
         with record_warnings() as caught:

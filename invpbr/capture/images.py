@@ -234,7 +234,8 @@ def save_image(path: str | os.PathLike, img: np.ndarray) -> Path:
 
     Args:
         path: destination; the suffix picks the format.
-        img: linear values, (H, W), (H, W, 1) or (H, W, 3).
+        img: linear values, (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (RGBA:
+            the alpha channel is stored linear, also in PNG).
 
     The file appears whole or not at all (written beside it, then renamed).
     """
@@ -247,10 +248,16 @@ def save_image(path: str | os.PathLike, img: np.ndarray) -> Path:
     suffix = path.suffix.lower()
     if suffix not in PHOTO_SUFFIXES:
         raise ValueError(f"{path}: unsupported image format {path.suffix!r}")
-    bmp = mi.Bitmap(np.ascontiguousarray(img))
+    formats = {1: mi.Bitmap.PixelFormat.Y, 3: mi.Bitmap.PixelFormat.RGB,
+               4: mi.Bitmap.PixelFormat.RGBA}
+    if img.shape[-1] not in formats:
+        raise ValueError(f"{path}: cannot write an image with {img.shape[-1]} channels "
+                         "(1, 3 or 4)")
+    fmt = formats[img.shape[-1]]
+    bmp = mi.Bitmap(np.ascontiguousarray(img), pixel_format=fmt)
     if suffix in (".png", ".jpg", ".jpeg"):
-        fmt = mi.Bitmap.PixelFormat.Y if img.shape[-1] == 1 else mi.Bitmap.PixelFormat.RGB
         img = np.clip(np.nan_to_num(img), 0.0, 1.0)
-        bmp = mi.Bitmap(np.ascontiguousarray(img)).convert(fmt, mi.Struct.Type.UInt8, srgb_gamma=True)
+        bmp = mi.Bitmap(np.ascontiguousarray(img), pixel_format=fmt).convert(
+            fmt, mi.Struct.Type.UInt8, srgb_gamma=True)
     atomic_write(path, lambda tmp: bmp.write(tmp))
     return path

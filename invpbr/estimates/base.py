@@ -1,178 +1,378 @@
-"""What is estimated: keys of ``mi.traverse`` resolved into parameters.
+"""The protocol every estimated kind follows, and the registry of kinds.
 
-A :class:`Parameter` is one scene parameter under optimization: its key, its
-settings (bounds, learning rate, texture stages, regularizer weight) and its
-kind (a value such as a colour or a scalar, or a bitmap texture).
+An :class:`Estimate` is one unknown of a problem: a colour, a texture, an
+environment map, the pose of some meshes, a free shape, the cameras, the
+photos' gains, or a kind defined elsewhere and registered with
+:func:`register_kind`. It owns everything about itself:
+
+- which ``[[estimate]]`` tables it answers (:meth:`Estimate.from_table`),
+  its latent variables with their initial values and learning rates
+  (:meth:`Estimate.start`), how they become scene values
+  (:meth:`Estimate.scene_values`, per view with :meth:`Estimate.view_values`,
+  on the rendered image with :meth:`Estimate.apply_to_image`), bounds after a
+  step (:meth:`Estimate.project`), coarse-to-fine stages
+  (:meth:`Estimate.advance`), regularizers (:meth:`Estimate.regularizer`);
+- what the optimizer may do with it: whether it moves visibility edges
+  (:attr:`Estimate.moves_edges`: projective integrators), whether a step with
+  it can be recorded once by ``dr.freeze`` (:attr:`Estimate.freezable`),
+  whether the scene differs per view (:attr:`Estimate.per_view`), whether it
+  changes each view's image (:attr:`Estimate.transforms_images`), whether it
+  is stepped by finite differences (:attr:`Estimate.finite_differences`);
+- its errors against the truth and what it adds to the result
+  (:meth:`Estimate.errors`, :meth:`Estimate.result_fields`) and to the result
+  folder (class methods :meth:`Estimate.to_json`, :meth:`Estimate.write_files`,
+  :meth:`Estimate.summary`, which work from a saved result alone);
+- the directions :func:`invpbr.optimization.gradcheck.check_gradients` checks
+  (:meth:`Estimate.gradcheck_directions`, :meth:`Estimate.gradcheck_writer`);
+- its state for a checkpoint (:meth:`Estimate.state`, :meth:`Estimate.load_state`).
+
+The optimizer keeps the latents in a store (:class:`LatentStore`: named
+Dr.Jit variables with per-name learning rates); the loop, result writing,
+gradient checks and the command line iterate over estimates without naming
+their kinds.
+
+A new kind is one module with one :class:`Estimate` subclass, registered::
+
+    from invpbr.estimates import Estimate, register_kind
+
+    @register_kind
+    class Roughness(Estimate):
+        kind = "my_roughness"
+        ...
+
+and used from invpbr.toml with ``kind = "my_roughness"``.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from ..config import EstimateConfig
-from .lighting import is_light_key
+from ..config import EstimateConfig, register_estimate_kind
 
-#: Parameters whose gradient Mitsuba 3.9.1 computes wrongly, by (plugin class,
-#: parameter name), with the reason. ``gradient = "auto"`` estimates them with
-#: finite differences of the loss instead.
-BIASED_GRADIENTS = {
-    ("RoughPlastic", "alpha"): (
-        "Mitsuba 3.9.1 computes roughplastic's rough-transmittance tables from alpha in scalar "
-        "code, so its alpha gradient misses how the diffuse layer changes (the image-sum "
-        "derivative was 80 % too small in tests/test_gradients.py)"),
-    ("RoughPlastic", "eta"): (
-        "Mitsuba 3.9.1 computes roughplastic's rough-transmittance tables from eta in scalar "
-        "code, so its eta gradient misses how the diffuse layer changes"),
-}
 
-#: Finite-difference gradients are for small parameters: at most this many components.
-FD_MAX_COMPONENTS = 4
+class LatentStore(Protocol):
+    """Where an estimate's latent variables live during a run (the optimizer).
+
+    ``store[name]`` is the current value (a differentiable Dr.Jit array);
+    :meth:`add` registers or replaces one (a new shape resets its optimizer
+    state).
+    """
+
+    half: bool
+    """Half precision (``[optimize] precision = "half"``): textures in float16."""
+
+    def __getitem__(self, name: str) -> Any: ...
+
+    def __setitem__(self, name: str, value: Any) -> None: ...
+
+    def add(self, name: str, value: Any, *, lr: float | None = None,
+            uniform: bool = False) -> None: ...
 
 
 @dataclass
-class Parameter:
-    """One estimated scene parameter and how it is optimized.
-
-    The optimizer works on a *latent* value; :meth:`to_scene` maps it to what
-    the scene holds (identity, ``exp`` in log space, an envmap model).
+class ResolveContext:
+    """What resolving ``[[estimate]]`` tables needs to know of the problem.
 
     Attributes:
-        key: the ``mi.traverse`` key.
-        config: its ``[[estimate]]`` settings.
-        kind: ``"texture"`` (bitmap data, (H, W, C)), ``"envmap"`` (an
-            environment map's data), ``"value"`` (scalars, colours, arrays),
-            ``"pose"`` or ``"shape"`` (geometry, see :mod:`invpbr.estimates.meshes`),
-            ``"camera"`` (photos' camera poses, see :mod:`invpbr.estimates.cameras`; key
-            ``"cameras"``, ``targets`` the sensor ids).
-        shape: shape of the parameter in the scene.
-        initial: the starting value as numpy (textures (H, W, C); envmaps
-            their real texels (H, W, 3), without Mitsuba's halo columns).
-        gradient: ``"ad"`` or ``"fd"`` (finite differences of the loss).
-        space: ``"linear"`` or ``"log"``: what the optimizer steps in.
-        model: envmaps with a low-order ``model``, and geometry: the model
-            object that maps the latent to scene values.
-        targets: geometry: the scene keys written (``key`` names the estimate);
-            cameras: the sensor ids matched.
+        params: ``mi.traverse`` of the model scene.
+        source: the file named in error messages (invpbr.toml).
+        sensor_ids: the scene's sensor ids (for camera estimates).
+        claimed: scene keys already estimated by an earlier table.
     """
+
+    params: Any
+    source: str | Path = "invpbr.toml"
+    sensor_ids: list[str] = field(default_factory=list)
+    claimed: set[str] = field(default_factory=set)
+
+    def where(self, index: int, table: EstimateConfig) -> str:
+        return f"{self.source}: estimate[{index}].key {table.key!r}"
+
+
+class Estimate:
+    """One estimated unknown; subclasses are the kinds (see the module docs).
+
+    Attributes:
+        key: the estimate's name in results (usually a ``mi.traverse`` key).
+        config: its ``[[estimate]]`` table.
+        initial: the starting value as numpy (what :meth:`value` returns for
+            the starting latents).
+    """
+
+    #: The kind's name: ``kind = ...`` in invpbr.toml and ``kinds`` in result.json.
+    kind: ClassVar[str] = ""
+    #: A step with this estimate can be recorded once by ``dr.freeze`` and replayed.
+    freezable: ClassVar[bool] = True
+    #: The scene is moved differently for each view (cameras): views are rendered
+    #: and back-propagated one at a time.
+    per_view: ClassVar[bool] = False
+    #: It changes each view's rendered image (gains): the step needs the view's index.
+    transforms_images: ClassVar[bool] = False
+    #: It moves the whole scene rigidly (cameras): no edge moves relative to the
+    #: surfaces but those seen from the camera (the integrator leaves out its
+    #: indirect-visibility term).
+    moves_scene_rigidly: ClassVar[bool] = False
+    #: Its value is a parameter of the result (``estimates``, result.json's
+    #: ``parameters``); gains report elsewhere.
+    reported: ClassVar[bool] = True
+    #: ``kind = "auto"`` kinds: lower numbers are asked first whether they claim a key.
+    auto_priority: ClassVar[int] = 100
+    #: Options of its ``[[estimate]]`` table beyond the common ones (name -> default),
+    #: for kinds defined outside invpbr; they arrive in ``config.options``.
+    options: ClassVar[dict[str, Any]] = {}
 
     key: str
     config: EstimateConfig
-    kind: str
-    shape: tuple[int, ...]
     initial: np.ndarray
-    gradient: str = "ad"
-    space: str = "linear"
-    model: object | None = None
-    targets: list[str] | None = None
+    #: Estimating it moves visibility edges (the integrator must be projective).
+    moves_edges: bool = False
+    #: Its gradient comes from finite differences of the loss (Python work in each step).
+    finite_differences: bool = False
+
+    # -- building ------------------------------------------------------------------------
+
+    @classmethod
+    def from_table(cls, table: EstimateConfig, index: int,
+                   context: ResolveContext) -> list["Estimate"]:
+        """The estimates one ``[[estimate]]`` table of this kind makes.
+
+        Raises:
+            ValueError: the table does not fit the scene (the message names the
+                file, the table and the key).
+        """
+        raise NotImplementedError(f"{cls.__name__}.from_table()")
+
+    @classmethod
+    def from_config(cls, config, context: ResolveContext) -> list["Estimate"]:
+        """Estimates implied by other tables of the problem than ``[[estimate]]``
+        (``[photos] gain``...); none by default."""
+        return []
+
+    def setup(self, problem) -> None:
+        """Finish building once the problem's views are known (which views a
+        camera or gain estimate covers); by default nothing."""
 
     @property
     def scene_keys(self) -> list[str]:
-        """The scene keys this parameter writes (several for a pose of meshes
-        moved together)."""
-        return self.targets or [self.key]
+        """The scene keys this estimate writes."""
+        return [self.key]
 
     @property
     def truth_keys(self) -> list[str]:
-        """The keys read from truth.xml to score this parameter (a shape's
-        faces too: its error is measured between surfaces)."""
-        if self.kind == "shape":
-            return self.scene_keys + [k.removesuffix("vertex_positions") + "faces"
-                                      for k in self.scene_keys]
-        if self.kind == "camera":
-            return []  # true cameras come from [cameras] truth or truth.xml's sensors
+        """The keys read from truth.xml to score this estimate."""
         return self.scene_keys
 
-    @property
-    def is_geometry(self) -> bool:
-        return self.kind in ("pose", "shape")
+    # -- latents -------------------------------------------------------------------------
 
-    @property
-    def resolutions(self) -> list[tuple[int, int]]:
-        """Textures and envmaps: the (height, width) of each coarse-to-fine stage."""
-        if self.kind in ("value", "pose", "shape", "camera") or self.model is not None:
-            return []
-        h, w = self.initial.shape[:2]
-        if self.config.resolution:
-            heights = self.config.resolution
-        elif self.kind == "envmap":
-            heights = sorted({max(4, h // 4), max(4, h // 2), h})
-        else:
-            heights = [h]
-        return [(r, max(1, round(r * w / h))) for r in heights]
+    def start(self, store: LatentStore) -> None:
+        """Register the latent variables at their initial values."""
+        raise NotImplementedError(f"{type(self).__name__}.start()")
 
-    @property
-    def tv(self) -> float:
-        """Weight of the total-variation regularizer of this parameter."""
-        if self.config.tv is not None:
-            return self.config.tv
-        from .lighting import ENVMAP_TV
+    def latent_names(self) -> list[str]:
+        """The names of its latents in the store."""
+        return [self.key]
 
-        return ENVMAP_TV if self.kind == "envmap" and self.model is None else 0.0
+    def scene_values(self, store: LatentStore, params) -> dict[str, Any]:
+        """key -> scene value, differentiable in the latents; empty for
+        estimates that do not live in the scene."""
+        return {}
 
-    def stage(self, iteration: int, iterations: int) -> int:
-        """Index of the coarse-to-fine stage that ``iteration`` belongs to."""
-        n = len(self.resolutions)
-        if n <= 1 or iterations <= 0:
-            return 0
-        return min(n - 1, iteration * n // iterations)
+    def view_values(self, store: LatentStore, values: dict[str, Any],
+                    view_index: int | None) -> dict[str, Any]:
+        """Further scene values for rendering sensor ``view_index`` (None: the
+        scene at rest), given every estimate's ``values``; per-view kinds only."""
+        return {}
 
-    def latent_from_scene(self, value: np.ndarray, stage: int = 0) -> np.ndarray:
-        """The latent (numpy) that represents the scene-space ``value`` at ``stage``."""
-        value = np.asarray(value, dtype=np.float32)
-        if self.model is not None:
-            return self.model.fit(value)
-        if self.kind in ("texture", "envmap"):
-            value = resample_texture(value, self.resolutions[stage])
-        if self.config.bounds is not None:
-            value = np.clip(value, *self.config.bounds)
-        if self.space == "log":
-            return np.log(np.maximum(value, 1e-6)).astype(np.float32)
-        return value
+    def apply_to_image(self, store: LatentStore, image, view: int):
+        """The rendered ``image`` of view number ``view`` as the photo saw it."""
+        return image
 
-    def latent_bounds(self) -> tuple[float, float] | None:
-        """Bounds in latent space (None: unbounded)."""
-        if self.config.bounds is None or self.model is not None:
-            return None
-        lo, hi = self.config.bounds
-        if self.space == "log":
-            return (float(np.log(max(lo, 1e-6))), float(np.log(hi)))
-        return (lo, hi)
+    def project(self, store: LatentStore) -> None:
+        """Bring the latents back inside their bounds after a step."""
 
-    def to_scene(self, latent, like):
-        """The scene value (Dr.Jit) for ``latent``, differentiably.
+    def regularizer(self, store: LatentStore):
+        """A Dr.Jit scalar added to the loss, or None."""
+        return None
 
-        Args:
-            latent: the optimizer's variable.
-            like: the parameter's current scene value (for its type).
-        """
-        import drjit as dr
+    def advance(self, store: LatentStore, params, iteration: int, iterations: int) -> bool:
+        """Move to the coarse-to-fine stage (or remeshing) due at ``iteration``;
+        whether anything changed."""
+        return False
 
-        from .lighting import envmap_with_halo
+    def current_stage(self) -> Any:
+        """The current stage (what a frozen step's recording depends on)."""
+        return 0
 
-        if self.model is not None:
-            return envmap_with_halo(self.model.texels(latent))
-        value = dr.exp(latent) if self.space == "log" else latent
-        if self.kind == "envmap":
-            return envmap_with_halo(value)
-        if self.kind == "value" and type(value) is not type(like):
-            value = type(like)(value)
-        return value
+    def finish(self, store: LatentStore) -> bool:
+        """Bring the latents to their final form (last stage) when the run
+        stopped early; whether anything changed."""
+        return False
 
-    def from_scene(self, value) -> np.ndarray:
-        """Numpy estimate from a scene value (envmaps without their halo)."""
-        from .lighting import envmap_texels
+    def value(self, store: LatentStore, params) -> np.ndarray:
+        """The current estimate as numpy (scene space)."""
+        raise NotImplementedError(f"{type(self).__name__}.value()")
 
-        arr = np.array(value, dtype=np.float32)
-        return envmap_texels(arr) if self.kind == "envmap" else arr
+    # -- results -------------------------------------------------------------------------
+
+    def errors(self, value: np.ndarray, problem) -> tuple[float | None, dict[str, float]]:
+        """Error of ``value`` against the problem's truth (None when unknown),
+        and further named errors."""
+        return None, {}
+
+    def result_fields(self, store: LatentStore, problem, estimates: dict[str, np.ndarray]
+                      ) -> dict[str, Any]:
+        """Fields of :class:`~invpbr.results.result.Result` this estimate fills
+        (``poses``, ``cameras``, ``gains``...), at the end of a run."""
+        return {}
+
+    def restore_scene(self, store: LatentStore, params) -> dict[str, Any]:
+        """Scene values that put the scene at rest after a run (per-view
+        kinds); empty for others."""
+        return {}
+
+    @classmethod
+    def to_json(cls, key: str, value: np.ndarray, result, files: dict[str, str]) -> Any:
+        """The estimate's entry in result.json's ``parameters``."""
+        return [float(v) for v in np.asarray(value).ravel()]
+
+    @classmethod
+    def write_files(cls, key: str, value: np.ndarray, result, folder: Path) -> dict[str, str]:
+        """Write the estimate's files into a result folder; name -> path relative to it."""
+        return {}
+
+    @classmethod
+    def write_xml(cls, scene, key: str, value: np.ndarray, result, files: dict[str, Any]) -> bool:
+        """Write the estimate into the result's scene XML (``scene``: an
+        :class:`invpbr.results.scene_xml.SceneXML`, ``files``: what
+        :meth:`write_files` wrote); whether it could. By default it cannot:
+        the result's scene.xml then lacks it, and result.json says so."""
+        return False
+
+    @classmethod
+    def summary(cls, key: str, value: np.ndarray, result) -> str:
+        """One line for the printed summary of a run."""
+        return ", ".join(f"{v:.4f}" for v in np.asarray(value).ravel())
+
+    # -- gradient checks -----------------------------------------------------------------
+
+    def gradcheck_writer(self, params, view_index: int, store=None):
+        """How a gradient check moves this estimate: ``(base, to_dr, write,
+        restore)``: its base value (numpy), a function making the Dr.Jit value
+        of a numpy one, one writing a Dr.Jit value into the scene and one
+        putting the original back.
+
+        ``store``: a run's latents (gradient images at the end of a run):
+        kinds whose base is a latent start from its value there rather than
+        from the starting latent; this default starts from the scene as it is
+        and ignores it."""
+        key = self.scene_keys[0]
+        kind = type(params[key])
+        # a copy: ``params[key]`` is the scene's live field, which writes change
+        original = kind(params[key])
+
+        def write(value):
+            params[key] = value
+            params.update()
+
+        def restore():
+            params[key] = original
+            params.update()
+
+        base = np.array(original, dtype=np.float32)
+
+        def to_dr(value):
+            return kind(np.asarray(value).reshape(base.shape))
+
+        return base, to_dr, write, restore
+
+    def gradcheck_directions(self, value: np.ndarray, grad: np.ndarray,
+                             view_index: int) -> list[tuple[str, np.ndarray]]:
+        """The (label, direction) pairs checked: by default each of the first
+        three components."""
+        flat = value.reshape(-1)
+        out = []
+        for i in range(min(flat.size, 3)):
+            d = np.zeros_like(flat)
+            d[i] = 1.0
+            out.append((f"[{i}]" if flat.size > 1 else "", d.reshape(value.shape)))
+        return out
+
+    def gradcheck_applies(self, view_index: int) -> bool:
+        """Whether the estimate can be checked on sensor ``view_index``."""
+        return True
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the estimate besides its latents and their
+        optimizer state (numpy arrays and plain values)."""
+        return {"stage": self.current_stage()}
+
+    def load_state(self, store: LatentStore, params, state: dict[str, Any]) -> None:
+        """Come back to a :meth:`state` (before its latents are put back)."""
 
 
-def _is_differentiable(value, flags) -> bool:
+#: Registered kinds by name.
+KINDS: dict[str, type[Estimate]] = {}
+#: Kinds that ``kind = "auto"`` chooses between by the key, in order of preference.
+AUTO_KINDS: list[type[Estimate]] = []
+
+
+def register_kind(cls: type[Estimate], *, auto: bool = False) -> type[Estimate]:
+    """Register an :class:`Estimate` subclass under ``cls.kind`` (usable as a
+    class decorator), so that ``kind = "<name>"`` in invpbr.toml makes one
+    (when it defines :meth:`Estimate.from_table`).
+
+    Args:
+        cls: the kind.
+        auto: ``kind = "auto"`` tables may resolve to it (it then needs the
+            class methods ``claims(params, key)`` and ``from_key(table, index,
+            key, context)``).
+
+    Raises:
+        TypeError: ``cls`` is not an Estimate subclass or has no ``kind`` name.
+        ValueError: another class is registered under that name.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Estimate)) or not cls.kind:
+        raise TypeError(f"register_kind(): {cls!r} must be an Estimate subclass with a kind name")
+    if cls.kind in KINDS and KINDS[cls.kind] is not cls:
+        raise ValueError(f"register_kind(): kind {cls.kind!r} is already registered "
+                         f"({KINDS[cls.kind].__module__}.{KINDS[cls.kind].__name__})")
+    KINDS[cls.kind] = cls
+    takes_table = cls.from_table.__func__ is not Estimate.from_table.__func__
+    register_estimate_kind(cls.kind, dict(cls.options), table=takes_table)
+    if auto and cls not in AUTO_KINDS:
+        AUTO_KINDS.append(cls)
+        AUTO_KINDS.sort(key=lambda c: c.auto_priority)
+    return cls
+
+
+def kind_class(name: str) -> type[Estimate]:
+    """The class registered as kind ``name`` (the base class for unknown names:
+    a result written by a kind that is not loaded is still read and saved)."""
+    return KINDS.get(name, Estimate)
+
+
+# -- helpers shared by the kinds -----------------------------------------------------------
+
+
+def node_class(params, key: str) -> str | None:
+    """Class name of the scene object that owns ``key`` (e.g. ``RoughPlastic``)."""
+    try:
+        return params.properties[key][2].class_name()
+    except (KeyError, IndexError, AttributeError, TypeError):
+        return None
+
+
+def is_differentiable(value, flags) -> bool:
+    """Whether a scene value can carry gradients (a float Dr.Jit array Mitsuba
+    does not mark non-differentiable)."""
     import drjit as dr
     import mitsuba as mi
 
@@ -183,233 +383,81 @@ def _is_differentiable(value, flags) -> bool:
     return dr.is_float_v(value) and dr.is_diff_v(value)
 
 
-def _node_class(params, key: str) -> str | None:
-    """Class name of the scene object that owns ``key`` (e.g. ``RoughPlastic``)."""
-    try:
-        return params.properties[key][2].class_name()
-    except (KeyError, IndexError, AttributeError, TypeError):
-        return None
-
-
-def known_gradient_bias(params, key: str) -> str | None:
-    """Why Mitsuba's gradient of ``key`` is wrong, or None if it is not known to be."""
-    plugin = _node_class(params, key)
-    return BIASED_GRADIENTS.get((plugin, key.removesuffix(".value").rsplit(".", 1)[-1]))
-
-
-def resolve_parameters(params, estimates: list[EstimateConfig], *,
-                       source: str | Path = "invpbr.toml",
-                       sensor_ids: list[str] | None = None) -> list[Parameter]:
-    """Match each ``[[estimate]]`` key (globs allowed) against ``params``
-    (``kind = "camera"``: against ``sensor_ids``).
-
-    Args:
-        params: ``mi.SceneParameters`` of the model scene.
-        estimates: the estimate tables of the problem.
-        source: the file named in error messages.
-        sensor_ids: the scene's sensor ids (for camera estimates).
-
-    Returns:
-        One :class:`Parameter` per matched key, in the order of the tables.
-
-    Raises:
-        ValueError: a key matches nothing (the message suggests close keys), a
-            matched key is not differentiable, or two tables claim one key.
-    """
-    import drjit as dr
-
-    keys = list(params.keys())
-    found: dict[str, Parameter] = {}
-    claimed: set[str] = set()
-    for i, est in enumerate(estimates):
-        if est.kind == "camera":
-            ids = [k for k in (sensor_ids or []) if fnmatch.fnmatchcase(k, est.key)]
-            if not ids:
-                raise ValueError(f"{source}: estimate[{i}].key {est.key!r} (kind = \"camera\") "
-                                 f"matches no sensor id; sensors: {', '.join(sensor_ids or [])}")
-            found["cameras"] = Parameter(key="cameras", config=est, kind="camera",
-                                         shape=(len(ids), 6), initial=np.zeros((len(ids), 6)),
-                                         targets=ids)
-            continue
-        if est.kind in ("pose", "shape"):
-            for parameter in _resolve_geometry(params, est, i, source, claimed):
-                found[parameter.key] = parameter
-            continue
-        if est.key in keys:
-            matched = [est.key]
-        else:
-            matched = [k for k in keys if fnmatch.fnmatchcase(k, est.key)]
-        if not matched:
-            close = difflib.get_close_matches(est.key, keys, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"{source}: estimate[{i}].key {est.key!r} matches no parameter of the "
-                             f"scene{hint} (list them with `invpbr check`)")
-        for key in matched:
-            if key in found or key in claimed:
-                raise ValueError(f"{source}: estimate[{i}].key {est.key!r} matches {key!r}, "
-                                 "which an earlier [[estimate]] already estimates")
-            value = params[key]
-            if not _is_differentiable(value, params.flags(key)):
-                kind = type(value).__name__
-                raise ValueError(f"{source}: estimate[{i}].key {key!r} is not differentiable "
-                                 f"(a {kind} that Mitsuba marks non-differentiable or stores as "
-                                 "integers); choose a BSDF, texture or emitter parameter")
-            node_class = _node_class(params, key)
-            is_tensor = isinstance(value, dr.ArrayBase) and dr.is_tensor_v(value) \
-                and len(value.shape) == 3
-            if is_tensor and key.endswith(".data") and node_class == "EnvironmentMapEmitter":
-                kind = "envmap"
-            elif is_tensor and key.endswith(".data"):
-                kind = "texture"
-            else:
-                kind = "value"
-            where = f"{source}: estimate[{i}].key {key!r}"
-            if kind == "value" and (est.resolution is not None or est.tv):
-                raise ValueError(f"{where}: 'resolution' and 'tv' apply to bitmap textures and "
-                                 "environment maps (keys ending in .data) only")
-            if kind != "envmap" and (est.model != "texels" or est.white_balance):
-                raise ValueError(f"{where}: 'model' and 'white_balance' apply to environment "
-                                 "maps only")
-            arr = np.array(value, dtype=np.float32)
-            space = est.space
-            if space == "auto":
-                space = "log" if kind == "envmap" or (
-                    kind == "value" and is_light_key(key, node_class)) else "linear"
-            if space == "log" and est.bounds is not None and est.bounds[1] <= 0:
-                raise ValueError(f"{where}: space = \"log\" needs positive values, but bounds "
-                                 f"are {list(est.bounds)}")
-            gradient = est.gradient
-            bias = known_gradient_bias(params, key)
-            if gradient == "auto":
-                gradient = "fd" if bias else "ad"
-                if bias:
-                    warnings.warn(f"{source}: estimate[{i}] {key!r}: {bias}; invpbr estimates it "
-                                  "with finite differences of the loss (gradient = \"fd\")",
-                                  stacklevel=2)
-            elif gradient == "ad" and bias:
-                warnings.warn(f"{source}: estimate[{i}] {key!r}: {bias}", stacklevel=2)
-            if gradient == "fd" and (kind != "value" or arr.size > FD_MAX_COMPONENTS):
-                raise ValueError(f"{where}: gradient = \"fd\" is for "
-                                 f"scalars and colours (at most {FD_MAX_COMPONENTS} values), this "
-                                 f"parameter has {arr.size}")
-            if gradient == "fd" and space == "log":
-                space = "linear"  # finite differences step in the scene's own units
-            initial = arr
-            model = None
-            if kind == "envmap":
-                from .lighting import EnvmapModel, envmap_texels
-
-                initial = envmap_texels(arr)
-                if est.model != "texels":
-                    model = EnvmapModel(est.model, initial.shape[0], initial.shape[1],
-                                        sh_order=est.sh_order)
-            if key.endswith((".vertex_positions", ".to_world")):
-                raise ValueError(f"{where}: geometry is estimated with kind = \"pose\" (a rigid "
-                                 "transform) or kind = \"shape\" (free vertices, meshes only)")
-            found[key] = Parameter(key=key, config=est, kind=kind, shape=tuple(arr.shape),
-                                   initial=initial, gradient=gradient, space=space, model=model)
-            claimed.add(key)
-    return list(found.values())
-
-
-def _match(keys: list[str], pattern: str) -> list[str]:
+def match_keys(keys: list[str], pattern: str) -> list[str]:
+    """``pattern`` itself when it is a key, else the keys its glob matches."""
     return [pattern] if pattern in keys else [k for k in keys if fnmatch.fnmatchcase(k, pattern)]
 
 
-def _resolve_geometry(params, est: EstimateConfig, i: int, source, claimed: set[str]) -> list[Parameter]:
-    """The parameters of a ``kind = "pose"`` or ``"shape"`` estimate: one pose
-    for all matched keys; one shape per matched mesh."""
-    import mitsuba as mi
+def close_match_hint(pattern: str, keys: list[str], cutoff: float = 0.5) -> str:
+    """``"; did you mean 'a', 'b'?"`` for keys close to ``pattern`` (empty if none)."""
+    close = difflib.get_close_matches(pattern, keys, n=3, cutoff=cutoff)
+    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
 
-    from . import meshes as geometry
 
-    keys = list(params.keys())
-    patterns = est.key if isinstance(est.key, list) else [est.key]
-    where = f"{source}: estimate[{i}].key {est.key!r}"
-    matched: list[str] = []
-    for pattern in patterns:
-        hits = [k for k in _match(keys, pattern)
-                if k.endswith(("." + geometry.VERTICES, "." + geometry.TO_WORLD))]
-        if not hits:
-            close = difflib.get_close_matches(pattern, [k for k in keys if k.endswith(
-                ("." + geometry.VERTICES, "." + geometry.TO_WORLD))], n=3, cutoff=0.4)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"{where}: {pattern!r} matches no <shape>.vertex_positions or "
-                             f"<shape>.to_world key of the scene{hint}")
-        matched += [k for k in hits if k not in matched]
-    for key in matched:
-        if key in claimed:
-            raise ValueError(f"{where} matches {key!r}, which an earlier [[estimate]] already "
-                             "estimates")
-        if key.endswith("." + geometry.TO_WORLD) and (
-                est.kind == "shape" or not isinstance(params.properties[key][2], mi.Shape)):
-            raise ValueError(f"{where}: {key!r}: kind = \"{est.kind}\" applies to shapes' "
-                             "vertex_positions" + (" and to_world" if est.kind == "pose" else "")
-                             + "; sensors are not differentiable in Mitsuba 3.9")
-    if est.bounds is not None or est.resolution is not None or est.tv:
-        raise ValueError(f"{where}: bounds, resolution and tv do not apply to kind = "
-                         f"\"{est.kind}\"")
-    if est.gradient == "fd":
-        raise ValueError(f"{where}: gradient = \"fd\" does not apply to geometry")
-    geometry.warn_traps(params, matched, where)
-    claimed.update(matched)
+def resolve_estimates(params, tables: list[EstimateConfig], *,
+                      source: str | Path = "invpbr.toml",
+                      sensor_ids: list[str] | None = None) -> list[Estimate]:
+    """Match each ``[[estimate]]`` table against the scene: one or more
+    :class:`Estimate` per table, in the order of the tables.
 
-    if est.kind == "pose":
-        values = {k: geometry.scene_numpy(params, k) for k in matched}
-        model = geometry.PoseModel(matched, values, scale=est.scale)
-        name = matched[0] if len(matched) == 1 else "+".join(matched)
-        initial = model.points(values)
-        return [Parameter(key=name, config=est, kind="pose", shape=initial.shape, initial=initial,
-                          model=model, targets=matched)]
+    Args:
+        params: ``mi.SceneParameters`` of the model scene.
+        tables: the estimate tables of the problem.
+        source: the file named in error messages.
+        sensor_ids: the scene's sensor ids (for camera estimates).
+
+    Raises:
+        ValueError: a key matches nothing (the message suggests close keys), a
+            matched key is not differentiable, two tables claim one key, or a
+            kind is not registered.
+    """
+    context = ResolveContext(params=params, source=source, sensor_ids=list(sensor_ids or []))
+    found: dict[str, Estimate] = {}
+    for i, table in enumerate(tables):
+        if table.kind == "auto":
+            made = resolve_auto(table, i, context)
+        elif table.kind in KINDS:
+            made = KINDS[table.kind].from_table(table, i, context)
+        else:
+            raise ValueError(f"{source}: estimate[{i}].kind {table.kind!r} is not a registered "
+                             f"kind; known: {', '.join(sorted(KINDS))}")
+        for estimate in made:
+            found[estimate.key] = estimate
+    return list(found.values())
+
+
+def implied_estimates(config, params, *, source: str | Path = "invpbr.toml",
+                      sensor_ids: list[str] | None = None) -> list[Estimate]:
+    """The estimates that tables other than ``[[estimate]]`` imply, from every
+    registered kind's :meth:`Estimate.from_config`."""
+    context = ResolveContext(params=params, source=source, sensor_ids=list(sensor_ids or []))
+    return [e for cls in KINDS.values() for e in cls.from_config(config, context)]
+
+
+def resolve_auto(table: EstimateConfig, index: int, context: ResolveContext) -> list[Estimate]:
+    """A ``kind = "auto"`` table: every key its glob matches, each estimated by
+    the first auto kind that claims it (environment map, texture, value)."""
+    keys = list(context.params.keys())
+    matched = match_keys(keys, table.key)
+    if not matched:
+        raise ValueError(f"{context.where(index, table)} matches no parameter of the scene"
+                         f"{close_match_hint(table.key, keys)} (list them with `invpbr check`)")
     out = []
     for key in matched:
-        vertices, faces = geometry.mesh_arrays(params, key)
-        model = geometry.ShapeModel(key, vertices, faces, est.lambda_)
-        out.append(Parameter(key=key, config=est, kind="shape", shape=vertices.shape,
-                             initial=vertices, model=model, targets=[key]))
+        if key in context.claimed:
+            raise ValueError(f"{context.source}: estimate[{index}].key {table.key!r} matches "
+                             f"{key!r}, which an earlier [[estimate]] already estimates")
+        value = context.params[key]
+        if not is_differentiable(value, context.params.flags(key)):
+            kind = type(value).__name__
+            raise ValueError(f"{context.source}: estimate[{index}].key {key!r} is not "
+                             f"differentiable (a {kind} that Mitsuba marks non-differentiable "
+                             "or stores as integers); choose a BSDF, texture or emitter parameter")
+        if key.endswith((".vertex_positions", ".to_world")):
+            raise ValueError(f"{context.source}: estimate[{index}].key {key!r}: geometry is "
+                             "estimated with kind = \"pose\" (a rigid transform) or kind = "
+                             "\"shape\" (free vertices, meshes only)")
+        cls = next(c for c in AUTO_KINDS if c.claims(context.params, key))
+        out.append(cls.from_key(table, index, key, context))
+        context.claimed.add(key)
     return out
-
-
-def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # Texel centres at (i + 0.5) / n, clamped at the borders.
-    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    i0 = np.floor(x).astype(int)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (x - i0).astype(np.float32)
-
-
-def resample_texture(texture: np.ndarray, resolution: int | tuple[int, int]) -> np.ndarray:
-    """Resample a (H, W, C) texture to ``resolution`` (square int or (H, W)).
-
-    Downsampling by whole factors averages texel blocks (exact means);
-    anything else interpolates bilinearly, which never leaves the range of
-    the input values (unlike Lanczos, whose ringing breaks bounds).
-    """
-    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
-    texture = np.asarray(texture, dtype=np.float32)
-    H, W, C = texture.shape
-    if (H, W) == (h, w):
-        return texture.copy()
-    if H % h == 0 and W % w == 0:
-        return texture.reshape(h, H // h, w, W // w, C).mean(axis=(1, 3))
-    y0, y1, fy = _bilinear_axis(H, h)
-    x0, x1, fx = _bilinear_axis(W, w)
-    rows = texture[y0] * (1 - fy)[:, None, None] + texture[y1] * fy[:, None, None]
-    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
-
-
-def parameter_error(estimate: np.ndarray, truth: np.ndarray) -> float:
-    """Mean absolute difference of an estimate's values from the truth's.
-
-    Textures of different resolutions are compared at the truth's resolution.
-    Scalars compared with colours are broadcast.
-    """
-    estimate = np.asarray(estimate, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.float64)
-    if estimate.ndim == 3 and truth.ndim == 3 and estimate.shape != truth.shape:
-        estimate = resample_texture(estimate.astype(np.float32), truth.shape[:2])
-    if estimate.size != truth.size and 1 not in (estimate.size, truth.size):
-        raise ValueError(f"parameter_error(): estimate of shape {estimate.shape} cannot be compared "
-                         f"with truth of shape {truth.shape}")
-    return float(np.mean(np.abs(estimate.reshape(-1) - truth.reshape(-1))
-                         if estimate.size == truth.size else np.abs(estimate - truth)))

@@ -45,11 +45,15 @@ meshes, which move with their mesh).
 
 from __future__ import annotations
 
+import fnmatch
 import warnings
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
-from ..capture.cameras import OPENCV_TO_MITSUBA as _OPENCV_TO_MITSUBA
+from ..capture.cameras import OPENCV_TO_MITSUBA, camera_from_sensor, write_transforms
+from .base import Estimate, register_kind
 from .meshes import TRAP_SHAPES, VERTICES, dr_width, rotation_matrix, rotation_numpy
 
 #: Default learning rate of camera latents (per step: about 0.3 degree of
@@ -206,12 +210,12 @@ class CameraModel:
             d = np.eye(4)
             d[:3, :3] = rotation_numpy(x[3:])
             d[:3, 3] = x[:3] * self.size
-            out[sid] = c @ d @ _OPENCV_TO_MITSUBA
+            out[sid] = c @ d @ OPENCV_TO_MITSUBA
         return out
 
     def start_camera_to_world(self) -> dict[str, np.ndarray]:
         """Sensor id -> the starting camera-to-world, OpenCV convention."""
-        return {sid: c @ _OPENCV_TO_MITSUBA for sid, c in zip(self.ids, self.c2w)}
+        return {sid: c @ OPENCV_TO_MITSUBA for sid, c in zip(self.ids, self.c2w)}
 
 
 def _detached_copy(value):
@@ -242,4 +246,164 @@ def camera_errors(estimated: dict[str, np.ndarray],
         cos = 0.5 * (np.trace(r) - 1.0)
         out[sid] = {"position": float(np.linalg.norm(c2w[:3, 3] - t[:3, 3])),
                     "rotation_deg": float(np.degrees(np.arctan2(sin, cos)))}
+    return out
+
+
+class Cameras(Estimate):
+    """The camera poses of the fitted photos whose sensor ids match ``key``
+    (a glob, default ``*``), refined by moving the scene (see the module)."""
+
+    kind = "camera"
+    freezable = False
+    per_view = True
+    moves_scene_rigidly = True
+    moves_edges = True
+
+    def __init__(self, config, ids: list[str]):
+        self.key = "cameras"
+        self.config = config
+        self.targets = ids
+        self.shape = (len(ids), 6)
+        self.initial = np.zeros(self.shape)
+        self.model: CameraModel | None = None
+
+    @classmethod
+    def from_table(cls, table, index, context) -> list["Cameras"]:
+        ids = [k for k in context.sensor_ids if fnmatch.fnmatchcase(k, table.key)]
+        if not ids:
+            raise ValueError(f"{context.source}: estimate[{index}].key {table.key!r} (kind = "
+                             f"\"camera\") matches no sensor id; sensors: "
+                             f"{', '.join(context.sensor_ids)}")
+        return [cls(table, ids)]
+
+    @property
+    def scene_keys(self) -> list[str]:
+        return []
+
+    @property
+    def truth_keys(self) -> list[str]:
+        return []  # true cameras come from [cameras] truth or truth.xml's sensors
+
+    def setup(self, problem) -> None:
+        """Build the :class:`CameraModel` for the fitted views the glob matches
+        (the scene's current state is the rest state)."""
+        views = [v for v in problem.views if not v.held_out
+                 and fnmatch.fnmatchcase(v.id, self.config.key)]
+        if not views:
+            raise ValueError(f"optimize(): {problem.name}: the camera estimate's key "
+                             f"{self.config.key!r} matches no fitted view")
+        if any(e.finite_differences for e in problem.estimates):
+            raise ValueError(f"optimize(): {problem.name}: finite-difference gradients "
+                             "(gradient = \"fd\") cannot be combined with camera refinement")
+        self.targets = [v.id for v in views]
+        self.shape = (len(views), 6)
+        self.initial = np.zeros(self.shape)
+        self.model = CameraModel(problem.params, problem.scene, self.targets,
+                                 [v.index for v in views])
+
+    def start(self, store) -> None:
+        import mitsuba as mi
+
+        store.add(self.key, mi.Float(np.ravel(self.model.initial_latent())),
+                  lr=CAMERA_LR if self.config.lr is None else self.config.lr)
+
+    def view_values(self, store, values, view_index):
+        return self.model.scene_values(store[self.key], view_index, values)
+
+    def restore_scene(self, store, params) -> dict[str, Any]:
+        return dict(self.model.rest)
+
+    def value(self, store, params) -> np.ndarray:
+        return np.array(store[self.key], dtype=np.float64).reshape(-1, 6)
+
+    def result_fields(self, store, problem, estimates) -> dict[str, Any]:
+        cameras = self.model.camera_to_world(estimates[self.key])
+        start = self.model.start_camera_to_world()
+        truth = problem.true_cameras or {}
+        return {"cameras": cameras,
+                "refined_cameras": refined_cameras(problem, cameras),
+                "camera_errors": camera_errors(cameras, problem.true_cameras),
+                "camera_errors_initial": camera_errors(start, problem.true_cameras),
+                # for the report's picture: the refined cameras at start, refined and true
+                "camera_poses": {"start": start, "refined": cameras,
+                                 "truth": {v: np.asarray(truth[v]) for v in cameras if v in truth}}}
+
+    @classmethod
+    def to_json(cls, key, value, result, files):
+        return {sid: np.asarray(c2w).tolist() for sid, c2w in result.cameras.items()}
+
+    @classmethod
+    def write_files(cls, key, value, result, folder) -> dict[str, str]:
+        if not result.refined_cameras:
+            return {}
+        # Photo paths come out relative to the folder written (a temporary sibling of
+        # the result folder while saving): the same as relative to the result folder.
+        write_transforms(folder / "transforms.json", result.refined_cameras,
+                         top={"invpbr_refined": True})
+        return {"transforms": "transforms.json"}
+
+    @classmethod
+    def summary(cls, key, value, result) -> str:
+        return f"{len(value)} cameras refined"
+
+    @classmethod
+    def write_xml(cls, scene, key, value, result, files) -> bool:
+        """Each refined camera's sensor gets its refined ``to_world``."""
+        written = True
+        for sid, c2w in result.cameras.items():
+            element = scene.find_id(sid)
+            if element is None or element.tag != "sensor":
+                written = False
+                continue
+            scene.set_transform(element, np.asarray(c2w) @ OPENCV_TO_MITSUBA, compose=False)
+        return written
+
+    def gradcheck_applies(self, view_index: int) -> bool:
+        return view_index in self.model.slot
+
+    def gradcheck_writer(self, params, view_index: int, store=None):
+        import mitsuba as mi
+
+        model = self.model
+        base = (model.initial_latent() if store is None
+                else np.array(store[self.key], dtype=np.float64).ravel())
+
+        def write(value):
+            model.move_scene(params, value, view_index)
+
+        def restore():
+            model.move_scene(params, model.initial_latent(), None)
+
+        def to_dr(value):
+            return mi.Float(np.ravel(value))
+
+        return np.asarray(base, dtype=np.float64), to_dr, write, restore
+
+    def gradcheck_directions(self, value, grad, view_index):
+        slot = self.model.slot[view_index]
+        flat = value.reshape(-1)
+        out = []
+        for i, name in enumerate(["tx", "ty", "tz", "rx", "ry", "rz"]):
+            d = np.zeros_like(flat)
+            d[6 * slot + i] = 1.0
+            out.append((f"camera {name}", d))
+        return out
+
+
+register_kind(Cameras)
+
+
+def refined_cameras(problem, c2w: dict[str, np.ndarray]) -> list:
+    """Every view's :class:`~invpbr.capture.cameras.Camera` with its refined
+    pose (the others as they were), for writing as a transforms.json."""
+    out = []
+    for view in problem.views:
+        cam = view.camera
+        if cam is None:
+            try:
+                cam = camera_from_sensor(problem.scene.sensors()[view.index], view.id,
+                                         file_path=view.photo_path)
+            except ValueError:
+                continue  # not a perspective sensor
+        out.append(replace(cam, c2w=c2w[view.id]) if view.id in c2w else cam)
     return out

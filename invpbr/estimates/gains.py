@@ -1,9 +1,20 @@
 """Per-photo gains (``[photos] gain``): exposure and white balance of each photo,
-estimated with the scene."""
+estimated with the scene.
+
+Not an ``[[estimate]]`` table: ``[photos] gain = "exposure" | "rgb"`` implies
+the estimate (:class:`GainsEstimate`), which multiplies each fitted view's
+render by its photo's gain before the loss. Its results are ``gains`` and
+``gain_errors`` (against ``[cameras] truth``'s frames' ``"gain"``), not a
+parameter.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from .base import Estimate, register_kind
 
 
 class Gains:
@@ -32,8 +43,12 @@ class Gains:
         self.reference = None if cfg.gain_reference == "mean" \
             else self.ids.index(cfg.gain_reference)
         self.opt = opt
-        opt[self.KEY] = mi.Float(np.zeros(len(self.fit) * self.channels, np.float32))
-        opt.set_learning_rate({self.KEY: cfg.gain_lr})
+        start = mi.Float(np.zeros(len(self.fit) * self.channels, np.float32))
+        if hasattr(opt, "add"):  # an optimizer's latent store
+            opt.add(self.KEY, start, lr=cfg.gain_lr)
+        else:  # a Dr.Jit optimizer
+            opt[self.KEY] = start
+            opt.set_learning_rate({self.KEY: cfg.gain_lr})
 
     def _index(self, j: int) -> list[int]:
         return [j * self.channels + (c if self.channels == 3 else 0) for c in range(3)]
@@ -76,3 +91,50 @@ def gain_errors(gains: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> d
     ref = np.log(np.array([truth[i] for i in ids]))
     ref = ref - ref.mean(axis=0) + est.mean(axis=0)
     return {i: float(np.max(np.abs(np.exp(e - r) - 1.0))) for i, e, r in zip(ids, est, ref)}
+
+
+class GainsEstimate(Estimate):
+    """The per-photo gains as an estimate of the problem (see the module)."""
+
+    kind = "gains"
+    freezable = False
+    transforms_images = True
+    reported = False
+
+    def __init__(self, config):
+        self.key = Gains.KEY
+        self.config = config
+        self.initial = np.zeros(0)
+        self.problem = None
+        self.gains: Gains | None = None
+
+    @classmethod
+    def from_config(cls, config, context) -> list["GainsEstimate"]:
+        return [cls(config)] if config.photos.gain != "none" else []
+
+    def setup(self, problem) -> None:
+        self.problem = problem
+
+    @property
+    def scene_keys(self) -> list[str]:
+        return []
+
+    def start(self, store) -> None:
+        self.gains = Gains(self.problem, store)
+
+    def apply_to_image(self, store, image, view: int):
+        return self.gains.apply(image, view)
+
+    def value(self, store, params) -> np.ndarray:
+        values = self.gains.values()
+        return np.array([values[i] for i in self.gains.ids])
+
+    def result_fields(self, store, problem, estimates) -> dict[str, Any]:
+        gains = self.gains.values()
+        return {"gains": gains,
+                "gain_errors": gain_errors(gains, problem.true_gains),
+                "gain_errors_initial": gain_errors({i: np.ones(3) for i in gains},
+                                                   problem.true_gains)}
+
+
+register_kind(GainsEstimate)

@@ -28,10 +28,10 @@ from ..backend import init_backend
 from ..capture import images as io
 from ..capture.cameras import sensor_ids
 from ..config import ProblemConfig, load_config
-from ..estimates.base import Parameter, resolve_parameters
+from ..estimates import Estimate, implied_estimates, resolve_estimates
 from ..estimates.lighting import envmap_texels
 from ..estimates.meshes import scene_numpy
-from .scene import load_scene, parse_xml
+from .scene import load_scene, load_scene_text, parse_xml, scene_text, sensors_text
 
 
 @dataclass
@@ -68,7 +68,9 @@ class Problem:
         config: the problem settings (``invpbr.toml``).
         scene: the Mitsuba model scene (``scene.xml``).
         params: ``mi.traverse(scene)``.
-        parameters: the estimated parameters, resolved from ``config.estimate``.
+        parameters: the estimates of the ``[[estimate]]`` tables (see
+            :mod:`invpbr.estimates`); :attr:`estimates` adds those other tables
+            imply (``[photos] gain``...).
         views: photos with their sensors.
         truth: key -> true value (numpy), from truth.xml, for the estimated keys.
         truth_scene: the truth.xml scene, if any.
@@ -82,13 +84,16 @@ class Problem:
     config: ProblemConfig
     scene: Any
     params: Any
-    parameters: list[Parameter]
+    parameters: list[Estimate]
     views: list[View]
     truth: dict[str, np.ndarray] = field(default_factory=dict)
     truth_scene: Any = None
     relight_maps: dict[str, np.ndarray] = field(default_factory=dict)
     true_cameras: dict[str, np.ndarray] = field(default_factory=dict)
     true_gains: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the model scene's XML as loaded (camera-file sensors included): what a
+    #: result folder's scene.xml starts from
+    scene_xml: str = ""
     #: relighting envmap -> truth.xml relit and rendered from every sensor (a cache of
     #: :func:`invpbr.results.evaluate.relit_truth`)
     relit_truth_renders: dict[str, list] = field(default_factory=dict, repr=False)
@@ -97,11 +102,23 @@ class Problem:
     def name(self) -> str:
         return self.folder.resolve().name if self.folder is not None else "problem"
 
+    @property
+    def source(self) -> Path | str:
+        """The file named in messages about the problem's settings."""
+        return self.folder / "invpbr.toml" if self.folder else "config"
+
+    @property
+    def estimates(self) -> list[Estimate]:
+        """Everything the optimizer estimates: :attr:`parameters` and the
+        estimates other tables imply for the current ``config`` (each access
+        makes those anew: change ``config`` in Python and they follow)."""
+        return self.parameters + implied_estimates(self.config, self.params, source=self.source,
+                                                   sensor_ids=sensor_ids(self.scene))
+
     def refresh_parameters(self) -> None:
         """Re-resolve ``config.estimate`` after changing it in Python."""
-        source = self.folder / "invpbr.toml" if self.folder else "config"
-        self.parameters = resolve_parameters(self.params, self.config.estimate, source=source,
-                                             sensor_ids=sensor_ids(self.scene))
+        self.parameters = resolve_estimates(self.params, self.config.estimate,
+                                            source=self.source, sensor_ids=sensor_ids(self.scene))
         if self.truth_scene is not None:
             self.truth = load_truth(self.folder / "truth.xml", [k for p in self.parameters for k in p.truth_keys],
                                     self.truth_scene)
@@ -267,13 +284,12 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     import mitsuba as mi  # only now: init_backend chooses the LLVM Dr.Jit loads
 
     frames, sensors = _camera_file_sensors(folder, config) if config.cameras.file else (None, None)
-    scene = load_scene(folder / "scene.xml", sensors=sensors,
-                       bitmap_format="float16" if config.optimize.precision == "half"
-                       else "variant")
+    scene, scene_xml = model_scene(folder, sensors, bitmap_format="float16"
+                                   if config.optimize.precision == "half" else "variant")
     params = mi.traverse(scene)
-    parameters = resolve_parameters(params, config.estimate, source=folder / "invpbr.toml",
-                                    sensor_ids=sensor_ids(scene))
-    if any(p.is_geometry or p.kind == "camera" for p in parameters):
+    parameters = resolve_estimates(params, config.estimate, source=folder / "invpbr.toml",
+                                   sensor_ids=sensor_ids(scene))
+    if any(p.moves_edges for p in parameters):
         from ..estimates.meshes import delta_light_warning
 
         reason = delta_light_warning(scene)
@@ -308,9 +324,29 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     elif config.evaluate.relight:
         warnings.warn(f"{folder / 'invpbr.toml'}: evaluate.relight needs a truth.xml to compare "
                       "with; relighting is not evaluated", stacklevel=2)
-    return Problem(folder=folder, config=config, scene=scene, params=params,
+    return Problem(folder=folder, config=config, scene=scene, params=params, scene_xml=scene_xml,
                    parameters=parameters, views=views, truth=truth, truth_scene=truth_scene,
                    relight_maps=relight_maps, true_cameras=true_cameras, true_gains=true_gains)
+
+
+def model_scene(folder: Path, sensors: list[ET.Element] | None, *,
+                bitmap_format: str = "variant") -> tuple[Any, str]:
+    """The folder's scene.xml with ``sensors`` (from a camera file) replacing
+    its own, and its XML text; without a scene.xml, a scene of those sensors
+    alone (radiance fields and reconstructions start from photos and cameras).
+
+    Raises:
+        FileNotFoundError: no scene.xml (and no camera file).
+        ValueError: malformed XML or a scene Mitsuba rejects.
+    """
+    path = folder / "scene.xml"
+    if sensors is not None and not path.is_file():
+        text = sensors_text(sensors)
+    elif not path.is_file():
+        raise FileNotFoundError(f"{path}: no such scene file")
+    else:
+        text = scene_text(path, sensors, bitmap_format)
+    return load_scene_text(text, path), text
 
 
 def _camera_file_sensors(folder: Path, config: ProblemConfig) -> tuple[list, list[ET.Element]]:
@@ -320,7 +356,8 @@ def _camera_file_sensors(folder: Path, config: ProblemConfig) -> tuple[list, lis
 
     frames = load_frames(folder, config.cameras.file, resolution=config.cameras.resolution,
                          undistort=config.cameras.undistort, source=str(folder / "invpbr.toml"))
-    template = parse_xml(folder / "scene.xml").getroot().find("sensor")
+    scene_file = folder / "scene.xml"
+    template = parse_xml(scene_file).getroot().find("sensor") if scene_file.is_file() else None
     return frames, [sensor_element(f.camera, template) for f in frames]
 
 
@@ -361,7 +398,7 @@ def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]
         if found is None:
             return problems
         frames, sensors = found
-    scene = attempt(lambda: load_scene(folder / "scene.xml", sensors=sensors))
+    scene = attempt(lambda: model_scene(folder, sensors)[0])
     if (folder / "truth.xml").is_file():
         attempt(lambda: load_scene(folder / "truth.xml"))
     if scene is None:
@@ -369,8 +406,8 @@ def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]
     if config is not None:
         params = mi.traverse(scene)
         for i, est in enumerate(config.estimate):
-            attempt(lambda est=est, i=i: resolve_parameters(params, [est], source=folder / "invpbr.toml",
-                                                            sensor_ids=sensor_ids(scene)))
+            attempt(lambda est=est, i=i: resolve_estimates(
+                params, [est], source=folder / "invpbr.toml", sensor_ids=sensor_ids(scene)))
     if frames is not None:
         return problems  # the photos were checked with their frames
     ids = sensor_ids(scene)

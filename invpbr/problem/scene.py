@@ -15,7 +15,7 @@ def parse_xml(path: Path) -> ET.ElementTree:
         raise ValueError(f"{path}: malformed XML: {e}") from None
 
 
-def _xml_float_bitmaps(path: Path, sensors: list[ET.Element] | None = None,
+def scene_text(path: Path, sensors: list[ET.Element] | None = None,
                        bitmap_format: str = "variant") -> str:
     """scene XML text with every bitmap texture stored in the variant's float
     format (or ``bitmap_format``, e.g. ``float16``), so that 8-bit PNG/JPEG
@@ -56,7 +56,14 @@ def load_scene(path: str | Path, *, sensors: list[ET.Element] | None = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such scene file")
-    text = _xml_float_bitmaps(path, sensors, bitmap_format)
+    return load_scene_text(scene_text(path, sensors, bitmap_format), path)
+
+
+def load_scene_text(text: str, path: Path):
+    """Load scene XML ``text`` as the file ``path`` (relative file names resolve
+    against its folder; Mitsuba's errors name it)."""
+    import mitsuba as mi
+
     resolver = mi.file_resolver()
     saved = [resolver[i] for i in range(len(resolver))]
     resolver.prepend(str(path.parent.resolve()))
@@ -70,3 +77,19 @@ def load_scene(path: str | Path, *, sensors: list[ET.Element] | None = None,
         resolver.clear()
         for p in saved:
             resolver.append(p)
+
+
+def scene_of_sensors(sensors: list[ET.Element]):
+    """A Mitsuba scene holding only ``sensors`` (XML ``<sensor>`` elements), for
+    problems without a scene.xml."""
+    import mitsuba as mi
+
+    return mi.load_string(sensors_text(sensors), optimize=False)
+
+
+def sensors_text(sensors: list[ET.Element]) -> str:
+    """The XML of a scene of ``sensors`` alone."""
+    root = ET.Element("scene", {"version": "3.0.0"})
+    for sensor in sensors:
+        root.append(sensor)
+    return ET.tostring(root, encoding="unicode")

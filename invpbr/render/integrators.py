@@ -34,21 +34,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import RenderConfig
-from ..estimates.base import Parameter
+from ..estimates import Estimate
 
 #: Mitsuba's integrators with projective sampling of visibility edges.
 PROJECTIVE = ("direct_projective", "prb_projective")
 
-#: Key endings that move visibility edges when estimated.
-GEOMETRY_SUFFIXES = ("vertex_positions", "to_world", "position", "radius", "center")
 
-
-def moves_edges(parameter: Parameter) -> bool:
-    """Whether estimating ``parameter`` moves visibility discontinuities."""
-    return parameter.kind == "camera" or parameter.key.endswith(GEOMETRY_SUFFIXES)
-
-
-def choose_integrator_type(render: RenderConfig, parameters: list[Parameter]) -> str:
+def choose_integrator_type(render: RenderConfig, parameters: list[Estimate]) -> str:
     """The Mitsuba integrator type ``render.integrator`` resolves to.
 
     ``auto``: ``prb`` when only shading parameters are estimated; a projective
@@ -57,12 +49,12 @@ def choose_integrator_type(render: RenderConfig, parameters: list[Parameter]) ->
     """
     if render.integrator != "auto":
         return render.integrator
-    if any(moves_edges(p) for p in parameters):
+    if any(p.moves_edges for p in parameters):
         return "direct_projective" if 0 <= render.max_depth <= 2 else "prb_projective"
     return "prb"
 
 
-def make_integrator(render: RenderConfig, parameters: list[Parameter], scene=None):
+def make_integrator(render: RenderConfig, parameters: list[Estimate], scene=None):
     """The integrator object a problem renders with.
 
     Args:
@@ -83,10 +75,10 @@ def make_integrator(render: RenderConfig, parameters: list[Parameter], scene=Non
     props = {"type": kind, "max_depth": int(render.max_depth)}
     if kind in PROJECTIVE:
         props["guiding"] = render.guiding
-        movers = [p for p in parameters if moves_edges(p)]
-        if movers and all(p.kind == "camera" for p in movers):
-            # Cameras are refined by moving the whole scene rigidly (invpbr.estimates.cameras), so no
-            # shadow or occlusion edge moves relative to the surfaces: the only visibility
+        movers = [p for p in parameters if p.moves_edges]
+        if movers and all(p.moves_scene_rigidly for p in movers):
+            # Cameras are refined by moving the whole scene rigidly (invpbr.estimates.cameras),
+            # so no shadow or occlusion edge moves relative to the surfaces: the only visibility
             # edges that move are those seen from the camera. Mitsuba's indirect-edge term
             # treats shading points as fixed while occluders move; with every surface
             # moving it put spurious derivatives on every occluded surface (the image-sum

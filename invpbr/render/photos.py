@@ -72,6 +72,33 @@ def render_photos(folder, *, spp: int = 256, suffix: str = ".exr", variant: str 
             for sid, image in zip(ids, images)]
 
 
+def check_simulation(*, spp, format, jpeg_quality, seed, noise, exposure, white_balance,
+                     perturb_rotation, perturb_translation) -> tuple[float, ...]:
+    """Check :func:`simulate_capture`'s arguments; the five effect sizes as floats.
+
+    Raises:
+        ValueError: an unknown format or an argument out of range (named).
+        TypeError: an argument that is not a number.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"simulate_capture(): format = {format!r}; expected one of "
+                         f"{', '.join(map(repr, FORMATS))}")
+    if isinstance(spp, bool) or not isinstance(spp, (int, np.integer)) or spp < 1:
+        raise ValueError(f"simulate_capture(): spp = {spp!r}; expected an integer >= 1")
+    if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, (int, np.integer)) \
+            or not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"simulate_capture(): jpeg_quality = {jpeg_quality!r}; expected an "
+                         "integer in [1, 100]")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"simulate_capture(): seed = {seed!r}; expected an integer >= 0")
+    noise = check_number("noise", noise)
+    exposure = check_number("exposure", exposure)
+    white_balance = check_number("white_balance", white_balance)
+    perturb_rotation = check_number("perturb_rotation", perturb_rotation, high=180.0)
+    perturb_translation = check_number("perturb_translation", perturb_translation)
+    return noise, exposure, white_balance, perturb_rotation, perturb_translation
+
+
 def simulate_capture(folder, *, spp: int = 256, format: str = "exr", jpeg_quality: int = 90,
                      noise: float = 0.0, exposure: float = 0.0, white_balance: float = 0.0,
                      perturb_rotation: float = 0.0, perturb_translation: float = 0.0,
@@ -109,22 +136,10 @@ def simulate_capture(folder, *, spp: int = 256, format: str = "exr", jpeg_qualit
         TypeError: an argument that is not a number.
     """
     folder = Path(folder)
-    if format not in FORMATS:
-        raise ValueError(f"simulate_capture(): format = {format!r}; expected one of "
-                         f"{', '.join(map(repr, FORMATS))}")
-    if isinstance(spp, bool) or not isinstance(spp, (int, np.integer)) or spp < 1:
-        raise ValueError(f"simulate_capture(): spp = {spp!r}; expected an integer >= 1")
-    if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, (int, np.integer)) \
-            or not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"simulate_capture(): jpeg_quality = {jpeg_quality!r}; expected an "
-                         "integer in [1, 100]")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"simulate_capture(): seed = {seed!r}; expected an integer >= 0")
-    noise = check_number("noise", noise)
-    exposure = check_number("exposure", exposure)
-    white_balance = check_number("white_balance", white_balance)
-    perturb_rotation = check_number("perturb_rotation", perturb_rotation, high=180.0)
-    perturb_translation = check_number("perturb_translation", perturb_translation)
+    noise, exposure, white_balance, perturb_rotation, perturb_translation = check_simulation(
+        spp=spp, format=format, jpeg_quality=jpeg_quality, seed=seed, noise=noise,
+        exposure=exposure, white_balance=white_balance, perturb_rotation=perturb_rotation,
+        perturb_translation=perturb_translation)
     truth = folder / "truth.xml"
     if not truth.is_file():
         raise FileNotFoundError(f"{truth}: no such file; simulate_capture() makes photos of "

@@ -266,6 +266,8 @@ def reparameterize_direction(scene, boundary, origin, d, rng, *, rays: int, kapp
 
 @dr.syntax
 def _sample_path(self, mode, scene, sampler, ray, δL, state_in, active):
+    # long: one Dr.Jit symbolic loop whose body must see all path state at once (as
+    # Mitsuba's own prb._sample_path); splitting it would pass a dozen loop variables
     """The path loop of ``prb_reparam`` (primal, forward or backward phase).
 
     Per vertex, the differential phase reparameterizes the incoming direction
@@ -453,6 +455,8 @@ def register():
 
 
 def _make_integrator_class():
+    # long: the integrator class is defined inside a function because its base class
+    # exists only once a Mitsuba variant is set; its methods are counted here
     from mitsuba.ad.integrators.common import RBIntegrator, mis_weight
 
     class PRBReparamIntegrator(RBIntegrator):
@@ -554,6 +558,8 @@ def _make_integrator_class():
             self._render_differential(dr.ADMode.Backward, scene, sensor, seed, spp, grad_in)
 
         def _render_differential(self, mode, scene, sensor, seed, spp, grad_in=None):
+            # long: forward and reverse modes share the film and warp setup; two copies
+            # would be the copy-paste STYLE.md warns of
             """Forward or reverse derivative of one render (both modes share this).
 
             The path terms come from :meth:`sample`; this adds the derivative of

@@ -57,10 +57,16 @@ def _batch(sensors: list, film):
                       "sample_border": bool(film.sample_border())}}
     for i, sensor in enumerate(sensors):
         props[f"view_{i}"] = sensor
+    ids = [sensor.id() for sensor in sensors]
     try:
         return mi.load_dict(props)
     except RuntimeError:
         return None
+    finally:
+        # load_dict renames its child objects after their keys: give the sensors back
+        # their own ids (sensor_ids() of the scene, scene.xml of a result)
+        for sensor, sid in zip(sensors, ids):
+            sensor.set_id(sid)
 
 
 def _common_film(sensors):

@@ -109,10 +109,10 @@ def albedo_scale_invariant_errors(estimates: dict[str, np.ndarray],
 
 def ambiguity_notes(parameters, params) -> list[str]:
     """Warnings about what photos cannot separate in this problem."""
-    from ..estimates.base import _node_class
+    from ..estimates.base import node_class
 
     albedo = [p.key for p in parameters if is_albedo_key(p.key)]
-    light = [p.key for p in parameters if is_light_key(p.key, _node_class(params, p.key))]
+    light = [p.key for p in parameters if is_light_key(p.key, node_class(params, p.key))]
     notes = []
     if albedo and light:
         notes.append(
@@ -122,3 +122,36 @@ def ambiguity_notes(parameters, params) -> list[str]:
             "known reference (an object of known albedo, or a light that is not estimated), "
             "and compare albedos with errors_scale_invariant.")
     return notes
+
+
+def evaluation_renders(problem, integrator, *, renders: dict | None = None) -> dict:
+    """Renders of the held-out views and relit renders of the scene as it is now."""
+    spp = problem.config.render.spp_final
+    out: dict = {"held_out": {}, "relight": {}}
+    for view in problem.views:
+        if view.held_out:
+            if renders is not None:
+                out["held_out"][view.id] = renders[view.id]
+                continue
+            import drjit as dr
+
+            from ..render.views import render_view
+
+            with dr.suspend_grad():
+                image = render_view(problem.scene, problem.params, integrator, view.index,
+                                    spp=spp, seed=2**31 - 1)
+            out["held_out"][view.id] = np.array(image, dtype=np.float32)
+    if problem.relight_maps and problem.truth_scene is not None:
+        for name, texels in problem.relight_maps.items():
+            out["relight"][name] = relit_renders(problem.scene, integrator, texels, spp=spp)
+    return out
+
+
+def relight_scores(problem, renders: dict) -> dict:
+    """Relighting envmap -> view id (and ``"mean"``) -> PSNR of ``renders``'
+    relit views against the relit truth."""
+    if not renders["relight"]:
+        return {}
+    ids = [v.id for v in problem.views]
+    return {name: relight_psnr(images, relit_truth(problem, name), ids)
+            for name, images in renders["relight"].items()}

@@ -1,7 +1,7 @@
 """Gradient images on disk: ``gradients/index.json``, one PNG per image, and
 ``gradients/index.html`` to look at them alone.
 
-The images themselves are computed by :mod:`invpbr.optimize.gradient_images`;
+The images themselves are computed by :mod:`invpbr.optimization.gradient_images`;
 this module only holds what they are (:class:`GradientImage`) and writes them,
 signed values on a diverging colour map (blue negative, white zero, red
 positive), each on its own symmetric scale, which the index records.

@@ -419,7 +419,7 @@ def _estimates_section(folder: Path, data: dict[str, Any]) -> str:
 
 def _gradients_section(folder: Path) -> str:
     """The gradient images of ``gradients/index.json`` (see
-    :mod:`invpbr.optimize.gradient_images`), per stage and view."""
+    :mod:`invpbr.optimization.gradient_images`), per stage and view."""
     from .gradients import EXPLANATION, gradient_rows_html
 
     index_path = folder / "gradients" / "index.json"

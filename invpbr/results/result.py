@@ -9,6 +9,8 @@
       textures/<key>.exr   estimated textures (linear) and .png previews (sRGB)
       meshes/<shape>.ply   estimated meshes (poses and shapes)
       transforms.json      refined cameras (camera refinement), NeRF / instant-ngp form
+      scene.xml            the model with every estimate written in: plain Mitsuba
+                           renders it (its files are copied into assets/)
       loss.png             the loss curve
       renders/start/<view>.exr    the starting guess rendered (linear)
       renders/photos/<view>.png   the photo (sRGB), renders/masks/<view>.png its mask
@@ -33,6 +35,9 @@ from typing import Any
 import numpy as np
 
 from ..capture import images as io
+from ..estimates import kind_class
+from ..estimates.textures import file_name
+from .scene_xml import write_scene
 from . import plots
 from .evaluate import psnr
 
@@ -47,7 +52,8 @@ class Result:
             (Ctrl-C) or ``diverged`` (non-finite loss; estimates are the last finite ones).
         estimates: key -> estimated value (numpy; textures (H, W, C) linear).
         initial: key -> starting value.
-        kinds: key -> ``"value"``, ``"texture"``, ``"envmap"``, ``"pose"`` or ``"shape"``.
+        kinds: key -> the estimate's kind (``"value"``, ``"texture"``, ``"envmap"``,
+            ``"pose"``, ``"shape"``, ``"camera"``, or a registered kind's name).
         loss: total loss of each step.
         iterations: steps taken.
         seconds_per_iteration: wall time of the loop per step (all steps,
@@ -106,6 +112,9 @@ class Result:
             at the start and end of the run.
         timings: seconds spent ``before_loop`` (start renders, gradient
             images) and ``after_loop`` (final renders, evaluation, gradient images).
+        scene_xml: the model scene's XML as loaded (the result folder's
+            scene.xml writes the estimates into it).
+        scene_folder: the folder its relative file names resolve against.
     """
 
     name: str
@@ -152,6 +161,8 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     gradient_images: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    scene_xml: str = ""
+    scene_folder: str | None = None
 
     def psnr(self) -> dict[str, float]:
         """view id -> PSNR (dB) of the final render against the photo, both
@@ -180,42 +191,24 @@ def steady_seconds_per_iteration(step_seconds: list[float], warmup: int = 3) -> 
     return float(np.mean(steady)) if steady else None
 
 
-def _file_name(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
-
-
 def _side_by_side(photo: np.ndarray, render: np.ndarray) -> np.ndarray:
     gap = np.ones((photo.shape[0], 2, 3), np.float32)
     diff = np.abs(render - photo)
     return np.concatenate([photo, gap, render, gap, diff], axis=1)
 
 
-def result_to_json(result: Result, texture_paths: dict[str, str] | None = None,
-                   mesh_paths: dict[str, str] | None = None) -> dict[str, Any]:
+def result_to_json(result: Result, files: dict[str, dict] | None = None) -> dict[str, Any]:
     """The JSON document of ``result.json``.
 
     Args:
         result: the result.
-        texture_paths: texture key -> its file, relative to the result folder.
-        mesh_paths: shape id -> its PLY file, relative to the result folder.
+        files: estimate key -> the files its kind wrote into the result folder
+            (see :meth:`invpbr.estimates.Estimate.write_files`).
     """
-    texture_paths = texture_paths or {}
-    mesh_paths = mesh_paths or {}
-    parameters: dict[str, Any] = {}
-    for key, value in result.estimates.items():
-        if key in texture_paths:
-            parameters[key] = texture_paths[key]
-        elif result.kinds.get(key) == "camera":
-            parameters[key] = {sid: np.asarray(c2w).tolist() for sid, c2w in result.cameras.items()}
-        elif result.kinds.get(key) in ("pose", "shape"):
-            shapes = {k.removesuffix(".vertex_positions") for k in key.split("+")}
-            parameters[key] = {"points": int(np.asarray(value).reshape(-1, 3).shape[0]),
-                               "meshes": [path for name, path in mesh_paths.items()
-                                          if name in shapes]}
-            if key in result.poses:
-                parameters[key] |= result.poses[key]
-        else:
-            parameters[key] = [float(v) for v in np.asarray(value).ravel()]
+    files = files or {}
+    parameters: dict[str, Any] = {
+        key: kind_class(result.kinds.get(key, "")).to_json(key, value, result, files.get(key, {}))
+        for key, value in result.estimates.items()}
 
     def finite(x: float) -> float | None:
         return float(x) if math.isfinite(x) else None
@@ -224,6 +217,7 @@ def result_to_json(result: Result, texture_paths: dict[str, str] | None = None,
         "scene": result.name,
         "status": result.status,
         "parameters": parameters,
+        "kinds": dict(result.kinds),
         "errors": {k: finite(v) for k, v in result.errors.items()},
         "initial_errors": {k: finite(v) for k, v in result.initial_errors.items()},
         "psnr": {k: finite(v) for k, v in result.psnr().items()},
@@ -256,7 +250,6 @@ def result_to_json(result: Result, texture_paths: dict[str, str] | None = None,
                     if result.variant.startswith("llvm") else result.variant),
         "peak_memory_mb": result.peak_memory_mb,
         "settings": result.settings,
-        "kinds": dict(result.kinds),
         "views": [{"id": vid, "held_out": vid in result.held_out} for vid in result.photos],
         "psnr_initial": {k: finite(v) for k, v in result.psnr_initial().items()},
         "step_seconds": [float(v) for v in result.step_seconds],
@@ -280,14 +273,14 @@ def _save_view_files(result: Result, folder: Path) -> None:
     from . import pictures
 
     for vid, render in result.start_renders.items():
-        io.save_image(folder / "renders" / "start" / f"{_file_name(vid)}.exr", render)
+        io.save_image(folder / "renders" / "start" / f"{file_name(vid)}.exr", render)
     for vid, photo in result.photos.items():
-        path = folder / "renders" / "photos" / f"{_file_name(vid)}.png"
+        path = folder / "renders" / "photos" / f"{file_name(vid)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(pictures.png_bytes(pictures.srgb8(photo)))
     for vid, mask in result.masks.items():
         if mask is not None:
-            path = folder / "renders" / "masks" / f"{_file_name(vid)}.png"
+            path = folder / "renders" / "masks" / f"{file_name(vid)}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(pictures.png_bytes(np.where(np.asarray(mask, bool)[..., None],
                                                          255, 0).astype(np.uint8).repeat(3, -1)))
@@ -303,43 +296,29 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        texture_paths = {}
-        for key, value in result.estimates.items():
-            if result.kinds.get(key) in ("texture", "envmap"):
-                rel = f"textures/{_file_name(key)}.exr"
-                io.save_image(tmp / rel, value)
-                io.save_image(tmp / f"textures/{_file_name(key)}.png", value)
-                texture_paths[key] = rel
-                start = result.initial.get(key)
-                if start is not None and np.ndim(start) == 3:
-                    io.save_image(tmp / f"textures/start/{_file_name(key)}.exr", start)
-        mesh_paths = {}
-        for name, (vertices, faces) in result.meshes.items():
-            from ..estimates.meshes import write_ply
-
-            rel = f"meshes/{_file_name(name)}.ply"
-            write_ply(tmp / rel, vertices, faces)
-            mesh_paths[name] = rel
+        files = {key: kind_class(result.kinds.get(key, "")).write_files(key, value, result, tmp)
+                 for key, value in result.estimates.items()}
+        for key, start in result.initial.items():
+            if np.ndim(start) == 3 and np.ndim(result.estimates.get(key)) == 3:  # an image
+                io.save_image(tmp / "textures" / "start" / f"{file_name(key)}.exr", start)
         for vid, render in result.renders.items():
-            io.save_image(tmp / "renders" / f"{_file_name(vid)}.exr", render)
+            io.save_image(tmp / "renders" / f"{file_name(vid)}.exr", render)
             photo = result.photos.get(vid)
             preview = render if photo is None else _side_by_side(photo, render)
-            io.save_image(tmp / "renders" / f"{_file_name(vid)}.png", preview)
+            io.save_image(tmp / "renders" / f"{file_name(vid)}.png", preview)
         _save_view_files(result, tmp)
-        if result.refined_cameras:
-            from ..capture.cameras import write_transforms
-
-            # Photo paths come out relative to the temporary folder, a sibling of out_dir:
-            # the same as relative to out_dir.
-            write_transforms(tmp / "transforms.json", result.refined_cameras,
-                             top={"invpbr_refined": True})
         plots.plot_loss(result.loss, tmp / "loss.png", title=result.name)
         if result.gradient_images:
             from .gradients import write_gradient_images
 
             write_gradient_images(result.gradient_images, tmp / "gradients", title=result.name)
+        missing = write_scene(result, tmp, files) if result.scene_xml else None
+        doc = result_to_json(result, files)
+        if missing is not None:
+            doc["scene_file"] = "scene.xml"
+            doc["scene_file_lacks"] = missing
         with open(tmp / "result.json", "w") as f:
-            json.dump(result_to_json(result, texture_paths, mesh_paths), f, indent=2)
+            json.dump(doc, f, indent=2)
         from .report import write_report
 
         write_report(tmp)

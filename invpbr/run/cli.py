@@ -1,4 +1,5 @@
-"""The command line: ``invpbr run | render | check | batch | gradcheck | gradients | report``."""
+"""The command line: ``invpbr run | render | check | batch | gradcheck | gradients | report
+| view | schema``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 
 def _cmd_run(args) -> int:
-    from ..optimize.loop import optimize
+    from ..optimization.loop import optimize
     from ..problem.folder import load_problem
     from ..results.result import save_result
 
@@ -47,22 +48,12 @@ def _cmd_run(args) -> int:
 
 
 def _print_run(result, out: Path) -> None:
+    from ..estimates import kind_class
+
     print(f"{result.name}: {result.status} after {result.iterations} iterations, "
           f"{result.seconds_per_iteration:.3f} s/iteration ({result.integrator}, {result.variant})")
     for key, value in result.estimates.items():
-        kind = result.kinds[key]
-        if kind in ("texture", "envmap"):
-            shown = f"{kind} " + "x".join(map(str, value.shape))
-        elif kind == "pose" and key in result.poses:
-            pose = result.poses[key]
-            shown = (f"pose: translation {', '.join(f'{v:.4f}' for v in pose['translation'])}, "
-                     f"rotation {pose['rotation_deg']:.2f} deg")
-        elif kind in ("pose", "shape"):
-            shown = f"{kind}: {len(value)} vertices"
-        elif kind == "camera":
-            shown = f"{len(value)} cameras refined"
-        else:
-            shown = ", ".join(f"{v:.4f}" for v in value.ravel())
+        shown = kind_class(result.kinds[key]).summary(key, value, result)
         err = f"   error {result.errors[key]:.4f}" if key in result.errors else ""
         more = "".join(f", {name} {v:.4g}" for name, v in result.geometry_errors.get(key, {}).items())
         print(f"  {key} = {shown}{err}{more}")
@@ -140,7 +131,7 @@ def _cmd_batch(args) -> int:
 def _cmd_gradcheck(args) -> int:
     import json
 
-    from ..optimize.gradcheck import check_gradients, format_checks
+    from ..optimization.gradcheck import check_gradients, format_checks
     from ..problem.folder import load_problem
 
     problem = load_problem(args.scene_dir, variant=args.variant)
@@ -149,7 +140,7 @@ def _cmd_gradcheck(args) -> int:
     checks = check_gradients(problem, args.keys, views=args.views, spp=args.spp,
                              fd_spp=args.fd_spp, epsilon=args.epsilon)
     print(format_checks(checks))
-    fd = [p.key for p in problem.parameters if p.gradient == "fd"]
+    fd = [p.key for p in problem.estimates if p.finite_differences]
     if fd:
         print("note: invpbr estimates " + ", ".join(fd) + " with finite differences of the loss "
               "(Mitsuba's gradient is known to be biased there)")
@@ -159,7 +150,7 @@ def _cmd_gradcheck(args) -> int:
 
 
 def _cmd_gradients(args) -> int:
-    from ..optimize.gradient_images import write_scene_gradients
+    from ..optimization.gradient_images import write_scene_gradients
     from ..problem.folder import load_problem
 
     problem = load_problem(args.scene_dir, variant=args.variant)
@@ -188,6 +179,53 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_view(args) -> int:
+    from ..results.view import view_result
+
+    written = view_result(args.result_dir, args.cameras, spp=args.spp, envmap=args.envmap,
+                          width=args.width, height=args.height, out=args.out,
+                          variant=args.variant)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_schema(args) -> int:
+    import json
+
+    from ..config import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
+    return 0
+
+
+def load_plugins(specs: list[str]) -> None:
+    """Import plug-in modules (estimate kinds registered with
+    ``invpbr.estimates.register_kind``): module names, or paths of .py files.
+
+    Raises:
+        FileNotFoundError: a .py file that does not exist.
+        ValueError: a module that cannot be imported (its error is kept).
+    """
+    import importlib
+    import importlib.util
+
+    for spec in specs:
+        try:
+            if spec.endswith(".py"):
+                path = Path(spec)
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: no such plug-in file (--plugin)")
+                module_spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[path.stem] = module
+                module_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except ImportError as e:
+            raise ValueError(f"--plugin {spec}: cannot import it: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invpbr", description=(
         "Physically based inverse rendering: estimate materials of a Mitsuba 3 scene from photos."))
@@ -195,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Mitsuba variant (default: cuda_ad_rgb if a GPU works, else llvm_ad_rgb)")
     parser.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto",
                         help="force the CPU (llvm_ad_rgb) or GPU (cuda_ad_rgb) variant")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import a module (or .py file) that registers estimate kinds "
+                        "(invpbr.estimates.register_kind) before the command; repeatable; "
+                        "also INVPBR_PLUGINS (comma-separated)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="estimate the parameters of one scene folder")
@@ -269,6 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--width", type=int, default=1200, help="screenshot width, pixels")
     report.add_argument("--height", type=int, default=1600, help="screenshot height, pixels")
     report.set_defaults(func=_cmd_report)
+    view = sub.add_parser("view", help="render a result folder from the cameras of a camera "
+                          "file (linear RGBA EXR + sRGB PNG per frame)")
+    view.add_argument("result_dir")
+    view.add_argument("--cameras", required=True,
+                      help="transforms.json, a COLMAP model folder or poses_bounds.npy")
+    view.add_argument("--spp", type=int, default=64)
+    view.add_argument("--envmap", help="relight: this environment map replaces the lighting")
+    view.add_argument("--width", type=int, help="render width (default: the camera file's)")
+    view.add_argument("--height", type=int, help="render height (default: the camera file's)")
+    view.add_argument("--out", help="output folder (default: RESULT_DIR/views)")
+    view.set_defaults(func=_cmd_view)
+
+    schema = sub.add_parser("schema", help="print the JSON schema of invpbr.toml (for editors)")
+    schema.set_defaults(func=_cmd_schema)
 
     batch = sub.add_parser("batch", help="run every scene folder in a folder")
     batch.add_argument("scenes_dir")
@@ -294,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args.variant = forced
     try:
+        import os
+
+        load_plugins([p for p in os.environ.get("INVPBR_PLUGINS", "").split(",") if p]
+                     + args.plugin)
         return args.func(args)
     except (FileNotFoundError, ValueError, ConfigError, LLVMError, OSError) as e:
         print(f"invpbr {args.command}: error: {e}", file=sys.stderr)

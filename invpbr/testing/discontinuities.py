@@ -55,7 +55,7 @@ Which integrator is right where:
 - ``prb_reparam`` (invpbr's own, :mod:`invpbr.render.reparam`, when present) reparameterizes
   the integrand instead.
 
-Errors follow Mitsuba's AD-integrator tests and :mod:`invpbr.optimize.gradcheck`: per pixel,
+Errors follow Mitsuba's AD-integrator tests and :mod:`invpbr.optimization.gradcheck`: per pixel,
 ``|ad - fd| / max(|fd|, 0.1 max|fd|)``.
 """
 
@@ -69,7 +69,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..optimize.gradcheck import relative_errors
+from ..optimization.gradcheck import relative_errors
 from .procedural import torus, uv_sphere
 
 #: Case name -> one-line description.

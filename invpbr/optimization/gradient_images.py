@@ -33,50 +33,9 @@ from ..results.gradients import GradientImage, write_gradient_images
 from .losses import image_loss
 
 
-class _SceneValue:
-    """An estimate seen as the scene value of its key, for problems whose
-    estimates have no gradient-check hooks of their own: moved by writing that
-    value, checked along its first three components."""
-
-    def __init__(self, parameter):
-        self.key = parameter.key
-
-    def gradcheck_applies(self, view_index: int) -> bool:
-        return True
-
-    def gradcheck_writer(self, params, view_index: int):
-        original = params[self.key]
-        kind = type(original)
-        base = np.array(original, dtype=np.float32)
-
-        def write(value):
-            params[self.key] = value
-            params.update()
-
-        def restore():
-            params[self.key] = original
-            params.update()
-
-        return base, (lambda value: kind(np.asarray(value).reshape(base.shape))), write, restore
-
-    def gradcheck_directions(self, value, grad, view_index):
-        flat = value.reshape(-1)
-        out = []
-        for i in range(min(flat.size, 3)):
-            d = np.zeros_like(flat)
-            d[i] = 1.0
-            out.append((f"[{i}]" if flat.size > 1 else "", d.reshape(value.shape)))
-        return out
-
-
 def estimates_of(problem) -> dict:
-    """key -> the problem's estimates that gradient images can show: its
-    estimate objects where they carry gradient-check hooks, else (older
-    problems) the estimated keys that are plain scene values."""
-    found = getattr(problem, "estimates", None)
-    if found is not None:
-        return {e.key: e for e in found if getattr(e, "reported", True)}
-    return {p.key: _SceneValue(p) for p in problem.parameters if p.key in problem.params.keys()}
+    """key -> the problem's reported estimates (those gradient images show)."""
+    return {e.key: e for e in problem.estimates if e.reported}
 
 
 def _render(problem, integrator, view, spp: int, seed: int):
@@ -104,12 +63,18 @@ def _pixel_gradient(problem, view, image, loss_fn) -> tuple[np.ndarray, float]:
 
 
 def estimate_images(problem, estimate, view, integrator, pixel_grad: np.ndarray, *, loss_fn,
-                    stage: str, spp: int, seed: int, transform=None) -> list[GradientImage]:
-    """The gradient images of one estimate on one view (see the module docs)."""
+                    stage: str, spp: int, seed: int, transform=None, store=None
+                    ) -> list[GradientImage]:
+    """The gradient images of one estimate on one view (see the module docs);
+    with ``store`` (a run's latents) the estimate moves from their values."""
     import drjit as dr
     import mitsuba as mi
 
-    base, to_dr, write, restore = estimate.gradcheck_writer(problem.params, view.index)
+    if store is None:
+        base, to_dr, write, restore = estimate.gradcheck_writer(problem.params, view.index)
+    else:
+        base, to_dr, write, restore = estimate.gradcheck_writer(problem.params, view.index,
+                                                                store=store)
     out = []
     try:
         weight = None if view.mask is None else mi.TensorXf(view.mask[..., None].astype(np.float32))
@@ -146,7 +111,8 @@ def estimate_images(problem, estimate, view, integrator, pixel_grad: np.ndarray,
 
 def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] | None = None,
                     n_views: int = 1, spp: int = 16, seed: int = 0, stage: str = "start",
-                    integrator=None, transform=None, move=None) -> list[GradientImage]:
+                    integrator=None, transform=None, move=None, store=None, setup: bool = True
+                    ) -> list[GradientImage]:
     """Gradient images of ``problem`` as its scene is now.
 
     Args:
@@ -162,6 +128,10 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
             (e.g. times the photo's estimated gain); default: the render itself.
         move: ``move(sensor_index)`` puts the scene as that view's camera sees it
             (refined cameras), ``move(None)`` puts it back; default: nothing moves.
+        store: a run's latents: estimates move from their values (see
+            ``Estimate.gradcheck_writer``); default: from the scene as it is.
+        setup: finish building the estimates for the problem's views first
+            (``Estimate.setup``; a run has done so).
 
     Returns:
         ``dloss_dpixel`` of each view, then each estimate's images (see the module docs).
@@ -183,8 +153,11 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
         raise ValueError(f"gradient_images(): unknown view(s) "
                          f"{sorted(set(views) - {v.id for v in problem.views})}; views: "
                          f"{', '.join(v.id for v in problem.views)}")
+    if setup:
+        for key in keys or list(estimates):
+            estimates[key].setup(problem)
     if integrator is None:
-        integrator = make_integrator(problem.config.render, problem.parameters, problem.scene)
+        integrator = make_integrator(problem.config.render, problem.estimates, problem.scene)
     cfg = problem.config.optimize
     loss_fn = image_loss(cfg.loss, scale=cfg.loss_scale)
     out = []
@@ -201,32 +174,30 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
             if estimate.gradcheck_applies(view.index):
                 out += estimate_images(problem, estimate, view, integrator, pixel_grad,
                                        loss_fn=loss_fn, stage=stage, spp=spp, seed=seed,
-                                       transform=transform)
+                                       transform=transform, store=store)
+                if move is not None:  # (a writer may have put the scene at rest)
+                    move(view.index)
         if move is not None:
             move(None)
     return out
 
 
-def run_gradient_images(problem, integrator, stage: str, *, gains: dict | None = None,
-                        move=None) -> list[GradientImage]:
+def run_gradient_images(run, stage: str) -> list[GradientImage]:
     """The gradient images a run keeps (``[report] gradients``; none when it is
-    off), with each render times its photo's gain where ``gains`` (view id ->
-    per-channel gain) has one, and the scene moved by ``move`` for each view
-    (see :func:`gradient_images`)."""
-    cfg = problem.config.report
+    off): at the ``start`` (before its latents exist) or at the ``end`` (after
+    they are released: renders as the photos saw them, seen from per-view
+    estimates such as refined cameras, estimates moved from their final latents)."""
+    cfg = run.problem.config.report
     if not cfg.gradients:
         return []
-
-    def transform(image, view):
-        import mitsuba as mi
-
-        gain = (gains or {}).get(view.id)
-        return image if gain is None else image * mi.TensorXf(
-            mi.Float(np.asarray(gain, dtype=np.float32)), shape=(1, 1, 3))
-
-    return gradient_images(problem, stage=stage, n_views=cfg.gradient_views,
-                           spp=cfg.gradient_spp, integrator=integrator, transform=transform,
-                           move=move)
+    options = {}
+    latents = run.latents if stage == "end" else None
+    if latents is not None:
+        number = {id(v): i for i, v in enumerate(run.problem.views)}
+        options = {"store": latents, "move": latents.move_for_view,
+                   "transform": lambda image, view: latents.apply_to_image(image, number[id(view)])}
+    return gradient_images(run.problem, stage=stage, n_views=cfg.gradient_views,
+                           spp=cfg.gradient_spp, integrator=run.integrator, setup=False, **options)
 
 
 def write_scene_gradients(problem, out: str | Path, **options) -> Path:

@@ -1,0 +1,226 @@
+"""The optimizer's variables: every estimate's latents in one store, stepped
+by Adam (``mi.ad.Adam``; large-steps shapes by a uniform Adam), written into
+the scene through each estimate's own mapping.
+
+The store knows no kind: it asks the estimates (see
+:class:`invpbr.estimates.Estimate`) for their latents, scene values, bounds,
+stages and regularizers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..estimates import Estimate
+from ..estimates.meshes import dr_width
+
+
+class Latents:
+    """Every estimate's latent variables and their optimizers.
+
+    Args:
+        problem: the problem (its ``params`` receive the scene values).
+        estimates: what is estimated (each already :meth:`~Estimate.setup`).
+        iterations: the run's length (for coarse-to-fine stages).
+        lr: the default learning rate.
+        half: textures in float16, with Dr.Jit's GradScaler.
+    """
+
+    def __init__(self, problem, estimates: list[Estimate], iterations: int, *, lr: float,
+                 half: bool = False):
+        import drjit as dr
+        import mitsuba as mi
+
+        self.problem = problem
+        self.params = problem.params
+        self.estimates = estimates
+        self.iterations = iterations
+        self.lr = lr
+        self.half = half
+        self.opt = mi.ad.Adam(lr=lr)
+        # Large-steps shapes step with one step size for all coordinates (Nicolet et al.).
+        self.uniform_opt = mi.ad.Adam(lr=lr, uniform=True)
+        # Scales the loss against float16 gradients underflowing (and backs off on overflow).
+        self.scaler = dr.opt.GradScaler() if half else None
+        self.own_lr: dict[str, float] = {}
+        self.where: dict[str, Any] = {}
+        self.released: dict[str, Any] | None = None
+        for e in estimates:
+            e.start(self)
+        self.write_scene()
+
+    # -- the store protocol (invpbr.estimates.LatentStore) -----------------------------------
+
+    def add(self, name: str, value, *, lr: float | None = None, uniform: bool = False) -> None:
+        """Register (or replace, resetting its optimizer state if its shape
+        changed) the latent ``name`` with its own learning rate ``lr``."""
+        opt = self.uniform_opt if uniform else self.opt
+        opt[name] = value
+        if lr is not None:
+            self.own_lr[name] = lr
+        if name in self.own_lr:
+            opt.set_learning_rate({name: self.own_lr[name]})
+        self.where[name] = opt
+
+    def __getitem__(self, name: str):
+        if self.released is not None:
+            return self.released[name]
+        return self.where[name][name]
+
+    def __setitem__(self, name: str, value) -> None:
+        self.where[name][name] = value
+
+    def names(self) -> list[str]:
+        return [n for e in self.estimates for n in e.latent_names()]
+
+    # -- the scene ---------------------------------------------------------------------------
+
+    def scene_values(self, view_index: int | None = None) -> dict[str, Any]:
+        """key -> value of every estimate, moved for sensor ``view_index`` by
+        per-view estimates (None: at rest)."""
+        values: dict[str, Any] = {}
+        for e in self.estimates:
+            values.update(e.scene_values(self, self.params))
+        for e in self.estimates:
+            values.update(e.view_values(self, values, view_index))
+        return values
+
+    def write_scene(self, view_index: int | None = None) -> None:
+        """Put every estimate's scene values (functions of the latents) into the
+        scene, moved for sensor ``view_index`` by per-view estimates."""
+        for key, value in self.scene_values(view_index).items():
+            self.params[key] = value
+        self.params.update()
+
+    def apply_to_image(self, image, view: int):
+        """``image`` of view number ``view`` as its photo saw it (gains)."""
+        for e in self.estimates:
+            if e.transforms_images:
+                image = e.apply_to_image(self, image, view)
+        return image
+
+    # -- a step ------------------------------------------------------------------------------
+
+    def regularizer(self):
+        """The estimates' regularizers summed (None when there is none)."""
+        total = None
+        for e in self.estimates:
+            term = e.regularizer(self)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def backward(self, loss) -> None:
+        """``dr.backward`` of ``loss``, scaled by the GradScaler in half precision."""
+        import drjit as dr
+
+        dr.backward(loss if self.scaler is None else self.scaler.scale(loss))
+
+    def step(self) -> None:
+        """One Adam step of every latent, bounds, and the scene written."""
+        import drjit as dr
+
+        if self.scaler is not None:
+            unscale = dr.rcp(self.scaler.scale_factor)
+            self.scaler.step(self.opt)
+            if len(self.uniform_opt):
+                self.uniform_opt.step(grad_scale=unscale)
+        else:
+            self.opt.step()
+            if len(self.uniform_opt):
+                self.uniform_opt.step()
+        for e in self.estimates:
+            e.project(self)
+        self.write_scene()
+
+    def decay(self, factor: float) -> None:
+        """Set every learning rate to ``factor`` times its start (``lr_decay``)."""
+        self.opt.set_learning_rate(self.lr * factor)
+        self.uniform_opt.set_learning_rate(self.lr * factor)
+        for name, lr in self.own_lr.items():
+            self.where[name].set_learning_rate({name: lr * factor})
+
+    def clear_gradients(self) -> None:
+        import drjit as dr
+
+        for name in self.names():
+            dr.clear_grad(self[name])
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def advance(self, iteration: int) -> bool:
+        """Move estimates to the stage due at ``iteration``; whether any moved."""
+        changed = False
+        for e in self.estimates:
+            changed |= bool(e.advance(self, self.params, iteration, self.iterations))
+        if changed:
+            self.write_scene()
+        return changed
+
+    def stage_key(self) -> tuple:
+        """Every estimate's stage: what a frozen step's recording depends on
+        beyond its arguments."""
+        return tuple(sorted((e.key, e.current_stage()) for e in self.estimates))
+
+    def finish(self) -> None:
+        """Bring every estimate to its final stage, also when the run stopped early."""
+        changed = False
+        for e in self.estimates:
+            changed |= bool(e.finish(self))
+        if changed:
+            self.write_scene()
+
+    # -- results -----------------------------------------------------------------------------
+
+    def values(self) -> dict[str, np.ndarray]:
+        """key -> each reported estimate's current value (numpy, scene space)."""
+        return {e.key: e.value(self, self.params) for e in self.estimates if e.reported}
+
+    def snapshot(self) -> dict:
+        """References to the current latents (Dr.Jit arrays are not changed in
+        place by the optimizer, so this costs no copy)."""
+        import drjit as dr
+
+        return {name: dr.detach(self[name]) for name in self.names()}
+
+    def restore(self, snapshot: dict) -> None:
+        """Put a :meth:`snapshot` back (latents whose size changed since, by a
+        remeshing or a stage, keep their current value)."""
+        for name, value in snapshot.items():
+            if name in self.where and dr_width(value) == dr_width(self[name]):
+                self[name] = value
+        self.write_scene()
+
+    def release(self) -> None:
+        """Leave the scene holding the estimates without gradient tracking, and
+        drop the optimizers, so no AD graph outlives the optimization; the
+        latents stay readable (detached)."""
+        import drjit as dr
+
+        self.released = {name: dr.detach(self.where[name][name]) for name in self.names()}
+        written = set()
+        for e in self.estimates:
+            for key, value in e.scene_values(self, self.params).items():
+                self.params[key] = dr.detach(value)
+                written.add(key)
+        for e in self.estimates:  # the scene at rest, not moved for a view
+            for key, value in e.restore_scene(self, self.params).items():
+                if key not in written:
+                    self.params[key] = value
+        self.params.update()
+        self.opt = self.uniform_opt = None
+        self.where = {}
+
+    def move_for_view(self, view_index: int | None) -> None:
+        """After :meth:`release`: the scene as sensor ``view_index`` sees it
+        (per-view estimates), or at rest (None)."""
+        moved: dict[str, Any] = {}
+        for e in self.estimates:
+            if e.per_view:
+                moved.update(e.view_values(self, {}, view_index))
+        for key, value in moved.items():
+            self.params[key] = value
+        if moved:
+            self.params.update()

@@ -1,0 +1,389 @@
+"""The optimization loop: a :class:`~invpbr.problem.folder.Problem` in, a
+:class:`~invpbr.results.result.Result` out.
+
+Each step moves estimates to their coarse-to-fine stage, renders the chosen
+views with gradients and back-propagates their image loss (the step
+strategy, :mod:`.strategies`), adds the estimates' regularizers, takes one
+Adam step, keeps every latent inside its bounds and writes the estimates
+back into the scene (:mod:`.latents`). Nothing here names a kind of
+estimate: each one says what it needs (see :class:`invpbr.estimates.Estimate`).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import spp_at
+from ..render.integrators import choose_integrator_type, make_integrator
+from ..results import evaluate
+from ..results.result import Result
+from . import records
+from .gradient_images import run_gradient_images
+from .latents import Latents
+from .losses import image_loss
+from .strategies import StepContext, Strategy, can_freeze, choose_strategy
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after each step.
+
+    Attributes:
+        iteration: index of the step just taken (0-based).
+        loss: the step's total loss (image losses averaged over views, plus
+            regularizers).
+        views: ids of the views rendered in this step.
+        estimates: key -> current value (numpy; textures (H, W, C)).
+        render: renders a view of the current estimate (see below).
+        errors: the current errors against the truth (see below).
+    """
+
+    iteration: int
+    loss: float
+    views: list[str]
+    estimates: dict[str, np.ndarray]
+    render: Callable[[str], np.ndarray] | None = None
+    """``render(view_id)``: that view of the current estimate, linear RGB
+    (H, W, 3), as its photo saw it (one render at ``spp_final // 4``, at least
+    4 samples, without gradients; costs a render per call, nothing if unused)."""
+    errors: Callable[[], dict[str, float]] | None = None
+    """``errors()``: key -> current error against the truth (empty without one)."""
+
+
+def peak_memory_mb() -> float | None:
+    """Peak resident memory of this process so far, in MiB (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def decay_factor(lr_decay: float, iteration: int, iterations: int) -> float:
+    """Learning-rate factor of step ``iteration``: 1 for the first half of the
+    run, then geometric down to ``lr_decay`` at the last step (an estimate gets
+    there at full speed, then settles)."""
+    half = iterations // 2
+    if iteration < half or iterations - 1 <= half:
+        return 1.0
+    return lr_decay ** ((iteration - half) / (iterations - 1 - half))
+
+
+@dataclass
+class Run:
+    """One optimization in progress: what :func:`optimize` sets up, steps and
+    turns into a result."""
+
+    problem: Any
+    estimates: list
+    iterations: int
+    integrator: Any
+    integrator_type: str
+    context: StepContext
+    strategy: Strategy
+    frozen: bool
+    initial: dict[str, np.ndarray]
+    before: dict
+    latents: Latents | None = None
+    step_fn: Any = None
+    history: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    status: str = "completed"
+    elapsed: float = 0.0
+    # what the report shows (see :mod:`.records`)
+    start_renders: dict[str, np.ndarray] = field(default_factory=dict)
+    gradient_images: list = field(default_factory=list)
+    trajectory: records.Trajectory | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def start_run(problem, iterations: int | None = None) -> Run:
+    """Check ``problem``, set up its estimates, integrator, step strategy and
+    latents, and render what "doing nothing" scores (held-out views, relit)."""
+    import drjit as dr
+
+    estimates = problem.estimates
+    if not estimates:
+        raise ValueError(f"optimize(): {problem.name}: nothing to estimate (no [[estimate]] table)")
+    if not problem.views:
+        raise ValueError(f"optimize(): {problem.name}: no photos")
+    cfg = problem.config
+    iterations = cfg.optimize.iterations if iterations is None else int(iterations)
+    fit = [i for i, v in enumerate(problem.views) if not v.held_out]
+    if not fit:
+        raise ValueError(f"optimize(): {problem.name}: every view is held out; none is left to fit")
+    integrator_type = choose_integrator_type(cfg.render, estimates)
+    integrator = make_integrator(cfg.render, estimates, problem.scene)
+    for e in estimates:
+        e.setup(problem)
+    context = StepContext(problem=problem, latents=None, integrator=integrator,
+                          integrator_type=integrator_type,
+                          loss_fn=image_loss(cfg.optimize.loss, scale=cfg.optimize.loss_scale),
+                          fit=fit, per_step=min(cfg.optimize.views_per_step or len(fit), len(fit)))
+    strategy, fixed_views = choose_strategy(context, estimates)
+    frozen = can_freeze(problem, integrator_type, fixed_views, estimates, strategy)
+    run = Run(problem=problem, estimates=estimates, iterations=iterations, integrator=integrator,
+              integrator_type=integrator_type, context=context, strategy=strategy,
+              frozen=frozen, initial={e.key: e.initial for e in estimates if e.reported},
+              # "doing nothing": the starting guess's held-out views and relit renders
+              before=evaluate.evaluation_renders(problem, integrator))
+    before_start = time.perf_counter()
+    run.start_renders = records.start_renders(run)
+    run.gradient_images = run_gradient_images(run, "start")  # (before the latents' AD graph)
+    run.timings["before_loop"] = time.perf_counter() - before_start
+    run.trajectory = records.Trajectory(problem, estimates)
+    run.latents = context.latents = Latents(problem, estimates, iterations, lr=cfg.optimize.lr,
+                                            half=cfg.optimize.precision == "half")
+    if frozen:
+        # (dr.freeze reads the step's closure, latents included, so only now.) A
+        # coarse-to-fine stage changes the size of a texture: each stage (and each spp
+        # of a schedule, an argument) gets its own recording, never a replay of
+        # another's kernels.
+        # dr.freeze finds a step's inputs by traversing its arguments (and closure):
+        # PyTrees and Mitsuba objects, not the attributes of other Python objects such
+        # as the strategy. What the step reads is therefore passed in explicitly.
+        def step(seed, which, spp, inputs):
+            return strategy(seed, which, spp)
+
+        run.step_fn = dr.freeze(step, state_fn=lambda *_: run.latents.stage_key(),
+                                warn_after=100)
+        # The recording checks Mitsuba's registry of scene objects on every replay:
+        # collect other scenes' garbage now, not in the middle of the run.
+        gc.collect()
+    return run
+
+
+def render_and_backward(run: Run, base_seed: int, chosen: list[int], spp: int):
+    """The step's renders, losses and backward pass (frozen where it applies); the loss."""
+    import mitsuba as mi
+
+    which = run.strategy.inputs(chosen)
+    seed = mi.UInt32(base_seed)
+    if not run.frozen:
+        return run.strategy(seed, which, spp)
+    try:
+        return run.step_fn(seed, which, spp, run.strategy.frozen_inputs())
+    except RuntimeError as e:
+        # dr.freeze refuses to replay when, e.g., scene objects were created or
+        # freed since the recording; trace this and later steps instead.
+        warnings.warn(f"optimize(): {run.problem.name}: frozen step could not be replayed "
+                      f"({str(e).splitlines()[0]}); continuing without dr.freeze", stacklevel=3)
+        run.frozen = False
+        run.latents.clear_gradients()
+        return run.strategy(seed, which, spp)
+
+
+def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[int]] | None:
+    """Step ``it``: its loss and views, or None when the loss is not finite
+    (the latents are then left as they were)."""
+    import drjit as dr
+
+    cfg, latents, context = run.problem.config, run.latents, run.context
+    latents.advance(it)
+    fit = context.fit
+    chosen = (fit if context.per_step == len(fit)
+              else sorted(int(i) for i in rng.choice(fit, size=context.per_step, replace=False)))
+    spp = spp_at(cfg.render, it, run.iterations)
+    n_views = len(run.problem.views)
+    base_seed = (cfg.optimize.seed * 1_000_003 + it * n_views) % (2**32 - n_views)
+    total = render_and_backward(run, base_seed, chosen, spp)
+    reg = latents.regularizer()
+    if reg is not None:
+        latents.backward(reg)
+        total = total + dr.detach(reg)
+    total = float(np.asarray(dr.detach(total)).ravel()[0])  # the step's one read-back
+    run.strategy.after_backward(chosen, base_seed, spp)
+    if not np.isfinite(total):
+        return None
+    if cfg.optimize.lr_decay != 1.0:
+        latents.decay(decay_factor(cfg.optimize.lr_decay, it, run.iterations))
+    latents.step()
+    return total, chosen
+
+
+def run_steps(run: Run, callback: Callable | None, progress: bool) -> None:
+    """Take the run's steps; Ctrl-C, a callback or a non-finite loss end them early."""
+    rng = np.random.default_rng(run.problem.config.optimize.seed)
+    last_good = run.latents.snapshot()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.iterations, desc=run.problem.name, unit="it", leave=True)
+    start = time.perf_counter()
+    try:
+        for it in range(run.iterations):
+            step_start = time.perf_counter()
+            taken = take_step(run, it, rng)
+            if taken is None:
+                run.status = "diverged"
+                run.latents.restore(last_good)
+                break
+            total, chosen = taken
+            last_good = run.latents.snapshot()
+            run.history.append(total)
+            run.trajectory.record(run.latents)
+            run.step_seconds.append(time.perf_counter() - step_start)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total:.4g}")
+            if callback is not None:
+                info = StepInfo(iteration=it, loss=total,
+                                views=[run.problem.views[v].id for v in chosen],
+                                estimates=run.latents.values(),
+                                render=lambda view_id: render_current(run, view_id),
+                                errors=lambda: errors_against_truth(
+                                    run.problem, run.estimates, run.latents.values())[0])
+                if callback(info):
+                    run.status = "stopped"
+                    break
+    except KeyboardInterrupt:
+        run.status = "interrupted"
+        run.latents.restore(last_good)
+    finally:
+        if bar is not None:
+            bar.close()
+    run.elapsed = time.perf_counter() - start
+
+
+def render_current(run: Run, view_id: str) -> np.ndarray:
+    """View ``view_id`` of the current estimate without gradients, as its photo
+    saw it (per-view estimates moved for it, gains applied); for callbacks."""
+    import drjit as dr
+
+    views = run.problem.views
+    v = next((i for i, view in enumerate(views) if view.id == view_id), None)
+    if v is None:
+        raise ValueError(f"StepInfo.render(): unknown view {view_id!r}; views: "
+                         f"{', '.join(view.id for view in views)}")
+    spp = max(4, run.problem.config.render.spp_final // 4)
+    per_view = any(e.per_view for e in run.estimates)
+    if per_view:  # (outside suspend_grad: the scene keeps its AD graph for the next step)
+        run.latents.write_scene(views[v].index)
+    with dr.suspend_grad():
+        image = run.context.render_view(v, spp, 2**31 - 2)
+        out = np.array(run.latents.apply_to_image(image, v), dtype=np.float32)[..., :3]
+    if per_view:
+        run.latents.write_scene()
+    return out
+
+
+def errors_against_truth(problem, estimates, values: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """key -> error of each estimate against the truth, and key -> its further
+    named errors (geometry: Chamfer, pose position and angle)."""
+    errors, extra = {}, {}
+    for e in estimates:
+        if e.key not in values:
+            continue
+        error, more = e.errors(values[e.key], problem)
+        if error is not None:
+            errors[e.key] = error
+        if more:
+            extra[e.key] = more
+    return errors, extra
+
+
+def final_renders(run: Run) -> dict[str, np.ndarray]:
+    """Every view rendered from the estimates at ``spp_final``, as its photo
+    saw it (per-view estimates moved for it, gains applied)."""
+    import drjit as dr
+
+    problem, latents = run.problem, run.latents
+    renders = {}
+    with dr.suspend_grad():
+        for v, view in enumerate(problem.views):
+            latents.move_for_view(view.index)
+            image = run.context.render_view(v, problem.config.render.spp_final, 2**31 - 1)
+            renders[view.id] = np.array(latents.apply_to_image(image, v), dtype=np.float32)
+        latents.move_for_view(None)
+    return renders
+
+
+def finish_run(run: Run) -> Result:
+    """The :class:`Result` of a run whose steps are done."""
+    import mitsuba as mi
+
+    problem, latents, cfg = run.problem, run.latents, run.problem.config
+    after_start = time.perf_counter()
+    latents.finish()
+    estimates = latents.values()
+    latents.release()
+    fields: dict[str, Any] = {}
+    for e in run.estimates:
+        for name, value in e.result_fields(latents, problem, estimates).items():
+            if isinstance(value, dict) and isinstance(fields.get(name), dict):
+                fields[name] = fields[name] | value
+            else:
+                fields[name] = value
+    errors, extra = errors_against_truth(problem, run.estimates, estimates)
+    initial_errors, extra_initial = errors_against_truth(problem, run.estimates, run.initial)
+    renders = final_renders(run)
+    after = evaluate.evaluation_renders(problem, run.integrator, renders=renders)
+    held_out = [v for v in problem.views if v.held_out]
+    batched = getattr(run.strategy, "batched", False)
+    run.gradient_images += run_gradient_images(run, "end")
+    run.timings["after_loop"] = time.perf_counter() - after_start
+    return Result(
+        name=problem.name, status=run.status, estimates=estimates, initial=run.initial,
+        kinds={e.key: e.kind for e in run.estimates if e.reported}, loss=run.history,
+        iterations=len(run.history),
+        seconds_per_iteration=run.elapsed / max(len(run.history), 1),
+        step_seconds=run.step_seconds, errors=errors, initial_errors=initial_errors,
+        geometry_errors=extra, geometry_errors_initial=extra_initial,
+        peak_memory_mb=peak_memory_mb(), renders=renders,
+        photos={v.id: v.photo for v in problem.views}, integrator=run.integrator_type,
+        variant=mi.variant(),
+        settings=cfg.to_dict() | {"iterations_run": len(run.history), "frozen": run.frozen,
+                                  "recordings": run.step_fn.n_recordings if run.frozen else 0,
+                                  "batched": batched},
+        held_out=[v.id for v in held_out],
+        novel_view_psnr={v.id: evaluate.psnr(renders[v.id], v.photo) for v in held_out},
+        novel_view_psnr_initial={v.id: evaluate.psnr(run.before["held_out"][v.id], v.photo)
+                                 for v in held_out},
+        relight_psnr=evaluate.relight_scores(problem, after),
+        relight_psnr_initial=evaluate.relight_scores(problem, run.before),
+        errors_scale_invariant=evaluate.albedo_scale_invariant_errors(estimates, problem.truth),
+        notes=evaluate.ambiguity_notes(run.estimates, problem.params),
+        scene_xml=problem.scene_xml,
+        scene_folder=str(problem.folder.resolve()) if problem.folder is not None else None,
+        start_renders=run.start_renders,
+        masks={v.id: v.mask for v in problem.views if v.mask is not None},
+        trajectory=run.trajectory.steps, truth=run.trajectory.truth(),
+        previews=records.point_previews(problem, run.estimates, run.initial, estimates),
+        gradient_images=run.gradient_images, timings=dict(run.timings),
+        **fields)
+
+
+def optimize(problem, *, iterations: int | None = None,
+             callback: Callable[[StepInfo], bool | None] | None = None,
+             progress: bool = True) -> Result:
+    """Estimate the problem's unknowns from its photos.
+
+    Args:
+        problem: the loaded problem (its scene is modified in place: at the
+            end it holds the estimates).
+        iterations: steps to take (default: ``problem.config.optimize.iterations``).
+        callback: called after every step with a :class:`StepInfo`; return
+            True to stop early.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A :class:`~invpbr.results.result.Result`. Ctrl-C stops the loop and
+        still returns what was estimated so far (status ``"interrupted"``); a
+        non-finite loss stops it at the last finite estimate (``"diverged"``).
+    """
+    with records.record_warnings() as caught:
+        run = start_run(problem, iterations)
+        run_steps(run, callback, progress)
+        result = finish_run(run)
+    result.warnings = caught + result.warnings
+    return result
