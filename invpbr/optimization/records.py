@@ -45,11 +45,14 @@ def start_renders(run) -> dict[str, np.ndarray]:
     (H, W, 3), with ``spp_final`` samples and the seed of the final renders."""
     import drjit as dr
 
+    from ..render.views import render_view
+
     problem = run.problem
     out = {}
     with dr.suspend_grad():
-        for v, view in enumerate(problem.views):
-            image = run.context.render_view(v, problem.config.render.spp_final, 2**31 - 1)
+        for view in problem.views:
+            image = render_view(problem.scene, problem.params, run.integrator, view.index,
+                                spp=problem.config.render.spp_final, seed=2**31 - 1)
             out[view.id] = np.array(image, dtype=np.float32)[..., :3]
     return out
 
