@@ -8,6 +8,8 @@ image size.
 
 from __future__ import annotations
 
+from ..estimates.textures import total_variation  # noqa: F401  (a texture's regularizer)
+
 
 def _masked_mean(x, weight):
     import drjit as dr
@@ -70,17 +72,3 @@ def image_loss(name: str, *, scale: float = 0.05):
     if name == "cauchy":
         return lambda image, reference, weight=None: loss(image, reference, weight, scale=scale)
     return loss
-
-
-def total_variation(texture):
-    """Anisotropic total variation of a texture (H, W, C): the mean absolute
-    difference between horizontally and vertically neighbouring texels."""
-    import drjit as dr
-
-    h, w = texture.shape[0], texture.shape[1]
-    tv = 0.0
-    if h > 1:
-        tv = tv + dr.mean(dr.abs(texture[1:, :, :] - texture[:-1, :, :]), axis=None)
-    if w > 1:
-        tv = tv + dr.mean(dr.abs(texture[:, 1:, :] - texture[:, :-1, :]), axis=None)
-    return tv
