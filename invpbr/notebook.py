@@ -79,8 +79,8 @@ class LiveFigure:
             at = self.state.render_iteration
         for i, vid in enumerate(ids):
             for row, (image, label) in enumerate(((photos.get(vid), f"{vid}: photo"),
-                                                  (renders.get(vid), f"step {at}" if at is not None
-                                                   else "(no render yet)"))):
+                                                  (renders.get(vid), f"after step {at + 1}"
+                                                   if at is not None else "(no render yet)"))):
                 a = fig.add_subplot(grid[1 + row, i])
                 if image is not None:
                     a.imshow(pictures.srgb8(image), interpolation="nearest")
@@ -105,9 +105,9 @@ class LiveFigure:
             self.handle.update(fig)
 
     def finish(self, result: Any = None) -> None:
-        """Mark the run as over (with ``result.status`` when given) and draw the
-        last state."""
-        self.state.finish(getattr(result, "status", "finished"))
+        """Mark the run as over and draw the last state: with ``result``, its
+        status, errors and final renders."""
+        self.state.finish(getattr(result, "status", "finished"), result=result)
         self.draw()
 
 

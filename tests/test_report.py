@@ -299,3 +299,7 @@ def test_notebook_live_figure_draws_loss_and_views(tiny_scene):
     assert len(axes[0].get_lines()[0].get_xdata()) == 4
     assert re.search(r"completed, 4 steps", axes[0].get_title())
     assert axes[-1].get_images()  # the last view's render is drawn
+    # the last state is the result's: its errors and final renders
+    assert monitor.state.errors == pytest.approx(result.errors)
+    vid = problem.views[-1].id
+    assert np.array_equal(monitor.state.render_arrays[vid], result.renders[vid])

@@ -97,12 +97,25 @@ class LiveState:
             span = self.times[-1] - self.times[0]
             return (len(self.times) - 1) / span if span > 0 else None
 
-    def finish(self, status: str, result_folder: str | Path | None = None) -> None:
+    def finish(self, status: str, result_folder: str | Path | None = None, *,
+               result=None) -> None:
         """Mark the run as over (``status`` as in the result); the page links
-        the result folder's report when given."""
+        the result folder's report when given, and shows the ``result``'s final
+        renders and errors when given."""
+        renders = {} if result is None else {vid: image for vid, image in result.renders.items()
+                                             if vid in self.view_ids}
+        encoded = {vid: pictures.png_bytes(pictures.shrink(pictures.srgb8(image)))
+                   for vid, image in renders.items()}
         with self.lock:
             self.status = status
             self.result_folder = Path(result_folder) if result_folder is not None else None
+            if result is not None:
+                self.errors = {k: float(v) for k, v in result.errors.items()}
+                self.loss = [float(v) for v in result.loss]
+            if renders:
+                self.renders, self.render_arrays = encoded, renders
+                self.render_version += 1
+                self.render_iteration = len(self.loss) - 1
 
     def snapshot(self) -> dict[str, Any]:
         """The state as JSON-ready data (what ``/state.json`` returns)."""

@@ -32,7 +32,7 @@ def _cmd_run(args) -> int:
                           callback=live)
         save_result(result, out)
         if live is not None:
-            live.finish(result.status, out)
+            live.finish(result.status, out, result=result)
         _print_run(result, out)
         if server is not None and sys.stdin.isatty():
             print(f"live view: {server.url} (the run is over; Ctrl-C stops serving)", flush=True)
