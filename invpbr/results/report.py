@@ -468,6 +468,11 @@ def render_report_html(folder: Path, data: dict[str, Any]) -> str:
     parts += [f'<div class="warn">{_esc(w)}</div>' for w in warns]
     parts += [f'<div class="note">{_esc(n)}</div>' for n in data.get("notes") or []]
     parts.append("<h2>Errors against the truth</h2>" + _errors_section(data))
+    ids = view_ids(folder, data)
+    if ids:
+        rows = "".join(_view_row(folder, vid, data) for vid in ids)
+        parts.append("<h2>Views: photo, mask, start and end renders, differences</h2>"
+                     f"<table>{rows}</table>")
     metrics = _metrics_section(data)
     if metrics:
         parts.append("<h2>Metrics</h2>" + metrics)
@@ -475,11 +480,6 @@ def render_report_html(folder: Path, data: dict[str, Any]) -> str:
     plots.plot_loss(data.get("loss") or [], folder / PICTURES / "loss.png", title=str(name),
                     step_seconds=data.get("step_seconds"))
     parts.append(f'<h2>Loss</h2><img class="plot" src="{PICTURES}/loss.png" alt="loss curve">')
-    ids = view_ids(folder, data)
-    if ids:
-        rows = "".join(_view_row(folder, vid, data) for vid in ids)
-        parts.append("<h2>Views: photo, mask, start and end renders, differences</h2>"
-                     f"<table>{rows}</table>")
     parts.append("<h2>Estimates</h2>" + _estimates_section(folder, data))
     gradients = _gradients_section(folder)
     if gradients:

@@ -14,8 +14,8 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 .note { background: #eef4ff; border-left: 4px solid #3a6ab0; padding: 4px 10px; margin: 4px 0; }
 figure { display: inline-block; margin: 4px 8px 8px 0; vertical-align: top; white-space: normal; }
 td.views { white-space: nowrap; overflow-x: auto; }
-figcaption { font-size: 12px; color: #555; max-width: 260px; }
-img.px { image-rendering: pixelated; width: 160px; height: auto; border: 1px solid #ccc; }
+figcaption { font-size: 12px; color: #555; max-width: 150px; }
+img.px { image-rendering: pixelated; width: 140px; height: auto; border: 1px solid #ccc; }
 img.plot { max-width: 520px; border: 1px solid #eee; }
 .swatch { display: inline-block; width: 34px; height: 22px; border: 1px solid #888;
   vertical-align: middle; margin-right: 4px; }
