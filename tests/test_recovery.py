@@ -65,7 +65,7 @@ def test_shipped_scene_is_recovered(scene, tmp_path, capsys):
 
 
 def test_check_passes_on_every_shipped_scene(capsys):
-    for scene in STATED_ERRORS:
+    for scene in STATED:
         assert main(["check", str(SCENES / scene)]) == 0
         assert "ok" in capsys.readouterr().out
 
@@ -90,7 +90,7 @@ def test_render_remakes_the_shipped_photos(tmp_path):
 
 def test_batch_over_shipped_scenes_and_a_broken_one(tmp_path, capsys):
     scenes = tmp_path / "scenes"
-    for scene in STATED_ERRORS:
+    for scene in STATED:
         shutil.copytree(SCENES / scene, scenes / scene)
     broken = scenes / "broken"
     shutil.copytree(SCENES / "cornell", broken)
@@ -100,10 +100,10 @@ def test_batch_over_shipped_scenes_and_a_broken_one(tmp_path, capsys):
                  "--jobs", "2"])
     assert code == 1  # one scene failed
     rows = {r["scene"]: r for r in json.loads((out / "summary.json").read_text())}
-    assert set(rows) == {*STATED_ERRORS, "broken"}
+    assert set(rows) == {*STATED, "broken"}
     assert rows["broken"]["status"] == "failed"
     assert "side" in rows["broken"]["message"]
-    for scene in STATED_ERRORS:
+    for scene in STATED:
         assert rows[scene]["status"] == "completed", rows[scene]
         assert set(rows[scene]["errors"]) == set(STATED[scene])
         assert (out / scene / "result.json").is_file()

@@ -26,6 +26,13 @@ photos' gains, or a kind defined elsewhere and registered with
   (:meth:`Estimate.gradcheck_directions`, :meth:`Estimate.gradcheck_writer`);
 - its state for a checkpoint (:meth:`Estimate.state`, :meth:`Estimate.load_state`).
 
+Two optional hooks, looked up by name: ``make_strategy(context)`` for a kind
+that steps in its own way (a radiance field draws random rays, not whole
+images; see :func:`invpbr.optimization.strategies.choose_strategy`), and a
+class method ``render_views(folder, cameras, *, spp, envmap, out)`` for a kind
+that renders a result folder itself (``invpbr view``, see
+:mod:`invpbr.results.view`).
+
 The optimizer keeps the latents in a store (:class:`LatentStore`: named
 Dr.Jit variables with per-name learning rates); the loop, result writing,
 gradient checks and the command line iterate over estimates without naming
