@@ -38,6 +38,7 @@ from .problem.scene import load_scene  # noqa: E402
 from .render.photos import render_photos, simulate_capture  # noqa: E402
 from .results.result import Result, save_result  # noqa: E402
 from .optimization.gradcheck import check_gradients  # noqa: E402
+from . import notebook  # noqa: E402  (invpbr.notebook.live(problem): a Jupyter live figure)
 
 __version__ = "0.1.0"
 

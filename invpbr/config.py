@@ -271,6 +271,20 @@ class CamerasConfig:
 
 
 @dataclass
+class ReportConfig:
+    gradients: Bool = True
+    """Gradient images at the start and at the end of a run, in the result
+    folder's gradients/ and report.html: dLoss/dpixel, and for each estimate
+    dI/dθ and its per-pixel contribution (forward mode) or, for textures and
+    environment maps, the gradient as an image. Costs a reverse and a forward
+    render per direction of each estimate (see BENCHMARKS.md)."""
+    gradient_views: PositiveInt = 1
+    """How many fitted views get gradient images (the first ones)."""
+    gradient_spp: PositiveInt = 16
+    """Samples per pixel of the gradient images' renders."""
+
+
+@dataclass
 class ProblemConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     estimate: list[EstimateConfig] = field(default_factory=list)
@@ -278,6 +292,7 @@ class ProblemConfig:
     photos: PhotosConfig = field(default_factory=PhotosConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     cameras: CamerasConfig = field(default_factory=CamerasConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -290,7 +305,8 @@ class ConfigError(ValueError):
 #: The tables of invpbr.toml and the dataclass each is read into.
 TABLES: dict[str, type] = {"render": RenderConfig, "estimate": EstimateConfig,
                            "optimize": OptimizeConfig, "photos": PhotosConfig,
-                           "evaluate": EvaluateConfig, "cameras": CamerasConfig}
+                           "evaluate": EvaluateConfig, "cameras": CamerasConfig,
+                           "report": ReportConfig}
 
 for _cls in TABLES.values():
     _cls.__pydantic_config__ = STRICT

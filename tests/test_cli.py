@@ -174,6 +174,10 @@ def test_batch_reports_good_and_broken_scenes(tiny_scene, tmp_path, capsys):
     assert "no photos folder" in table["broken"]["message"]
     assert table["broken"]["error:ball.bsdf.base_color.value"] == ""
 
+    index = (out / "index.html").read_text()  # one row per scene, the good one linked
+    assert 'href="good/report.html"' in index and (out / "good" / "report.html").is_file()
+    assert "broken" in index and "no photos folder" in index
+
 
 def test_batch_of_a_missing_folder(tmp_path, capsys):
     assert main(["batch", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2

@@ -24,7 +24,7 @@ LAYERS = [
     {"render"},
     {"results"},
     {"optimization"},
-    {"run", "__init__", "__main__"},
+    {"run", "notebook", "__init__", "__main__"},
 ]
 
 #: Longest function body allowed without a stated reason.

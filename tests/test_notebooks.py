@@ -107,6 +107,27 @@ def test_notebook_runs(path: Path):
         assert value < BASE_COLOR_TOLERANCE, f"{path.name}: {key} error {value:.4f}"
 
 
+#: Largest size of a committed notebook with its outputs (figures at notebooks/execute.py's dpi).
+MAX_NOTEBOOK_BYTES = 3 * 1024 * 1024
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_with_its_plots(path: Path):
+    """Where a notebook is read without running it (a repository page, a docs
+    site) it shows its figures: every code cell ran (``python notebooks/execute.py``
+    saves them so), without errors, and at least one figure is kept."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    not_run = [i for i, c in enumerate(code) if c.get("execution_count") is None]
+    assert not not_run, (f"{path.name}: code cells {not_run} have no outputs saved; run "
+                         "`python notebooks/execute.py " + path.stem + "`")
+    outputs = [out for c in code for out in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"], path.name
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert figures, f"{path.name}: no figure among its saved outputs"
+    assert path.stat().st_size < MAX_NOTEBOOK_BYTES, f"{path.name}: {path.stat().st_size} bytes"
+
+
 def test_python3_kernel_is_this_interpreter():
     """The python3 kernel that the notebooks run in is the interpreter running
     the tests (so it sees the same invpbr, Mitsuba and Dr.Jit)."""

@@ -268,14 +268,20 @@ class Estimate:
 
     # -- gradient checks -----------------------------------------------------------------
 
-    def gradcheck_writer(self, params, view_index: int):
+    def gradcheck_writer(self, params, view_index: int, store=None):
         """How a gradient check moves this estimate: ``(base, to_dr, write,
         restore)``: its base value (numpy), a function making the Dr.Jit value
         of a numpy one, one writing a Dr.Jit value into the scene and one
-        putting the original back."""
+        putting the original back.
+
+        ``store``: a run's latents (gradient images at the end of a run):
+        kinds whose base is a latent start from its value there rather than
+        from the starting latent; this default starts from the scene as it is
+        and ignores it."""
         key = self.scene_keys[0]
-        original = params[key]
-        kind = type(original)
+        kind = type(params[key])
+        # a copy: ``params[key]`` is the scene's live field, which writes change
+        original = kind(params[key])
 
         def write(value):
             params[key] = value

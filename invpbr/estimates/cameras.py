@@ -318,11 +318,15 @@ class Cameras(Estimate):
 
     def result_fields(self, store, problem, estimates) -> dict[str, Any]:
         cameras = self.model.camera_to_world(estimates[self.key])
+        start = self.model.start_camera_to_world()
+        truth = problem.true_cameras or {}
         return {"cameras": cameras,
                 "refined_cameras": refined_cameras(problem, cameras),
                 "camera_errors": camera_errors(cameras, problem.true_cameras),
-                "camera_errors_initial": camera_errors(self.model.start_camera_to_world(),
-                                                       problem.true_cameras)}
+                "camera_errors_initial": camera_errors(start, problem.true_cameras),
+                # for the report's picture: the refined cameras at start, refined and true
+                "camera_poses": {"start": start, "refined": cameras,
+                                 "truth": {v: np.asarray(truth[v]) for v in cameras if v in truth}}}
 
     @classmethod
     def to_json(cls, key, value, result, files):
@@ -357,10 +361,12 @@ class Cameras(Estimate):
     def gradcheck_applies(self, view_index: int) -> bool:
         return view_index in self.model.slot
 
-    def gradcheck_writer(self, params, view_index: int):
+    def gradcheck_writer(self, params, view_index: int, store=None):
         import mitsuba as mi
 
         model = self.model
+        base = (model.initial_latent() if store is None
+                else np.array(store[self.key], dtype=np.float64).ravel())
 
         def write(value):
             model.move_scene(params, value, view_index)
@@ -371,7 +377,7 @@ class Cameras(Estimate):
         def to_dr(value):
             return mi.Float(np.ravel(value))
 
-        return model.initial_latent().astype(np.float64), to_dr, write, restore
+        return np.asarray(base, dtype=np.float64), to_dr, write, restore
 
     def gradcheck_directions(self, value, grad, view_index):
         slot = self.model.slot[view_index]

@@ -203,10 +203,12 @@ class Pose(Geometry):
         return (f"pose: translation {', '.join(f'{v:.4f}' for v in pose['translation'])}, "
                 f"rotation {pose['rotation_deg']:.2f} deg")
 
-    def gradcheck_writer(self, params, view_index: int):
+    def gradcheck_writer(self, params, view_index: int, store=None):
         import mitsuba as mi
 
-        originals = {k: params[k] for k in self.scene_keys}
+        originals = {k: type(params[k])(params[k]) for k in self.scene_keys}  # (not aliases)
+        base = (self.model.initial_latent() if store is None
+                else np.array(store[self.key], dtype=np.float64).ravel())
 
         def write(value):
             for k, v in self.model.scene_values(value).items():
@@ -221,7 +223,7 @@ class Pose(Geometry):
         def to_dr(value):
             return mi.Float(np.ravel(value))
 
-        return self.model.initial_latent().astype(np.float64), to_dr, write, restore
+        return np.asarray(base, dtype=np.float64), to_dr, write, restore
 
     def gradcheck_directions(self, value, grad, view_index):
         flat = value.reshape(-1)

@@ -104,10 +104,10 @@ class Shape(Geometry):
         found = geometry_errors("shape", value, truth, faces=faces, truth_faces=truth_faces)
         return found.pop("vertex"), found
 
-    def gradcheck_writer(self, params, view_index: int):
+    def gradcheck_writer(self, params, view_index: int, store=None):
         import mitsuba as mi
 
-        base, _, write, restore = super().gradcheck_writer(params, view_index)
+        base, _, write, restore = super().gradcheck_writer(params, view_index, store)
 
         def to_dr(value):
             return mi.Float(np.ravel(value))

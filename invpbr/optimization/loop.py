@@ -23,6 +23,8 @@ from ..config import spp_at
 from ..render.integrators import choose_integrator_type, make_integrator
 from ..results import evaluate
 from ..results.result import Result
+from . import records
+from .gradient_images import run_gradient_images
 from .latents import Latents
 from .losses import image_loss
 from .strategies import StepContext, Strategy, can_freeze, choose_strategy
@@ -38,12 +40,20 @@ class StepInfo:
             regularizers).
         views: ids of the views rendered in this step.
         estimates: key -> current value (numpy; textures (H, W, C)).
+        render: renders a view of the current estimate (see below).
+        errors: the current errors against the truth (see below).
     """
 
     iteration: int
     loss: float
     views: list[str]
     estimates: dict[str, np.ndarray]
+    render: Callable[[str], np.ndarray] | None = None
+    """``render(view_id)``: that view of the current estimate, linear RGB
+    (H, W, 3), as its photo saw it (one render at ``spp_final // 4``, at least
+    4 samples, without gradients; costs a render per call, nothing if unused)."""
+    errors: Callable[[], dict[str, float]] | None = None
+    """``errors()``: key -> current error against the truth (empty without one)."""
 
 
 def peak_memory_mb() -> float | None:
@@ -89,6 +99,11 @@ class Run:
     step_seconds: list[float] = field(default_factory=list)
     status: str = "completed"
     elapsed: float = 0.0
+    # what the report shows (see :mod:`.records`)
+    start_renders: dict[str, np.ndarray] = field(default_factory=dict)
+    gradient_images: list = field(default_factory=list)
+    trajectory: records.Trajectory | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def start_run(problem, iterations: int | None = None) -> Run:
@@ -121,6 +136,11 @@ def start_run(problem, iterations: int | None = None) -> Run:
               frozen=frozen, initial={e.key: e.initial for e in estimates if e.reported},
               # "doing nothing": the starting guess's held-out views and relit renders
               before=evaluate.evaluation_renders(problem, integrator))
+    before_start = time.perf_counter()
+    run.start_renders = records.start_renders(run)
+    run.gradient_images = run_gradient_images(run, "start")  # (before the latents' AD graph)
+    run.timings["before_loop"] = time.perf_counter() - before_start
+    run.trajectory = records.Trajectory(problem, estimates)
     run.latents = context.latents = Latents(problem, estimates, iterations, lr=cfg.optimize.lr,
                                             half=cfg.optimize.precision == "half")
     if frozen:
@@ -211,6 +231,7 @@ def run_steps(run: Run, callback: Callable | None, progress: bool) -> None:
             total, chosen = taken
             last_good = run.latents.snapshot()
             run.history.append(total)
+            run.trajectory.record(run.latents)
             run.step_seconds.append(time.perf_counter() - step_start)
             if bar is not None:
                 bar.update(1)
@@ -218,7 +239,10 @@ def run_steps(run: Run, callback: Callable | None, progress: bool) -> None:
             if callback is not None:
                 info = StepInfo(iteration=it, loss=total,
                                 views=[run.problem.views[v].id for v in chosen],
-                                estimates=run.latents.values())
+                                estimates=run.latents.values(),
+                                render=lambda view_id: render_current(run, view_id),
+                                errors=lambda: errors_against_truth(
+                                    run.problem, run.estimates, run.latents.values())[0])
                 if callback(info):
                     run.status = "stopped"
                     break
@@ -229,6 +253,28 @@ def run_steps(run: Run, callback: Callable | None, progress: bool) -> None:
         if bar is not None:
             bar.close()
     run.elapsed = time.perf_counter() - start
+
+
+def render_current(run: Run, view_id: str) -> np.ndarray:
+    """View ``view_id`` of the current estimate without gradients, as its photo
+    saw it (per-view estimates moved for it, gains applied); for callbacks."""
+    import drjit as dr
+
+    views = run.problem.views
+    v = next((i for i, view in enumerate(views) if view.id == view_id), None)
+    if v is None:
+        raise ValueError(f"StepInfo.render(): unknown view {view_id!r}; views: "
+                         f"{', '.join(view.id for view in views)}")
+    spp = max(4, run.problem.config.render.spp_final // 4)
+    per_view = any(e.per_view for e in run.estimates)
+    if per_view:  # (outside suspend_grad: the scene keeps its AD graph for the next step)
+        run.latents.write_scene(views[v].index)
+    with dr.suspend_grad():
+        image = run.context.render_view(v, spp, 2**31 - 2)
+        out = np.array(run.latents.apply_to_image(image, v), dtype=np.float32)[..., :3]
+    if per_view:
+        run.latents.write_scene()
+    return out
 
 
 def errors_against_truth(problem, estimates, values: dict[str, np.ndarray]) -> tuple[dict, dict]:
@@ -267,6 +313,7 @@ def finish_run(run: Run) -> Result:
     import mitsuba as mi
 
     problem, latents, cfg = run.problem, run.latents, run.problem.config
+    after_start = time.perf_counter()
     latents.finish()
     estimates = latents.values()
     latents.release()
@@ -283,6 +330,8 @@ def finish_run(run: Run) -> Result:
     after = evaluate.evaluation_renders(problem, run.integrator, renders=renders)
     held_out = [v for v in problem.views if v.held_out]
     batched = getattr(run.strategy, "batched", False)
+    run.gradient_images += run_gradient_images(run, "end")
+    run.timings["after_loop"] = time.perf_counter() - after_start
     return Result(
         name=problem.name, status=run.status, estimates=estimates, initial=run.initial,
         kinds={e.key: e.kind for e in run.estimates if e.reported}, loss=run.history,
@@ -306,6 +355,11 @@ def finish_run(run: Run) -> Result:
         notes=evaluate.ambiguity_notes(run.estimates, problem.params),
         scene_xml=problem.scene_xml,
         scene_folder=str(problem.folder.resolve()) if problem.folder is not None else None,
+        start_renders=run.start_renders,
+        masks={v.id: v.mask for v in problem.views if v.mask is not None},
+        trajectory=run.trajectory.steps, truth=run.trajectory.truth(),
+        previews=records.point_previews(problem, run.estimates, run.initial, estimates),
+        gradient_images=run.gradient_images, timings=dict(run.timings),
         **fields)
 
 
@@ -327,6 +381,9 @@ def optimize(problem, *, iterations: int | None = None,
         still returns what was estimated so far (status ``"interrupted"``); a
         non-finite loss stops it at the last finite estimate (``"diverged"``).
     """
-    run = start_run(problem, iterations)
-    run_steps(run, callback, progress)
-    return finish_run(run)
+    with records.record_warnings() as caught:
+        run = start_run(problem, iterations)
+        run_steps(run, callback, progress)
+        result = finish_run(run)
+    result.warnings = caught + result.warnings
+    return result

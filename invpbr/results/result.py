@@ -12,6 +12,11 @@
       scene.xml            the model with every estimate written in: plain Mitsuba
                            renders it (its files are copied into assets/)
       loss.png             the loss curve
+      renders/start/<view>.exr    the starting guess rendered (linear)
+      renders/photos/<view>.png   the photo (sRGB), renders/masks/<view>.png its mask
+      textures/start/<key>.exr    estimated textures and envmaps at the start
+      gradients/           gradient images at the start and end (index.json, PNGs)
+      report.html          everything above on one page (pictures in report/)
 
 The folder appears whole: it is written beside the destination and renamed.
 """
@@ -33,6 +38,7 @@ from ..capture import images as io
 from ..estimates import kind_class
 from ..estimates.textures import file_name
 from .scene_xml import write_scene
+from . import plots
 from .evaluate import psnr
 
 
@@ -89,6 +95,23 @@ class Result:
         gain_errors: view id -> largest relative error of its gains against
             the truth (in the estimate's gauge).
         gain_errors_initial: the same for gains of 1.
+        start_renders: view id -> the starting guess rendered (linear RGB
+            (H, W, 3)), with ``spp_final`` samples, as the photo saw it.
+        masks: view id -> the photo's mask ((H, W) bool), where it has one.
+        trajectory: key -> the estimate's value (flattened) before the first
+            step and after each step, for estimates of at most
+            :data:`~invpbr.results.report.TRAJECTORY_MAX` numbers.
+        truth: key -> the true value (flattened) of those small estimates.
+        previews: key -> ``start``/``end``/``truth`` -> up to
+            :data:`PREVIEW_POINTS` points (N, 3) of a geometry estimate (the same
+            points in each state).
+        camera_poses: ``start``/``refined``/``truth`` -> view id ->
+            camera-to-world (4, 4), OpenCV convention (camera refinement).
+        warnings: the warnings raised while optimizing.
+        gradient_images: gradient images (:class:`~invpbr.results.gradients.GradientImage`)
+            at the start and end of the run.
+        timings: seconds spent ``before_loop`` (start renders, gradient
+            images) and ``after_loop`` (final renders, evaluation, gradient images).
         scene_xml: the model scene's XML as loaded (the result folder's
             scene.xml writes the estimates into it).
         scene_folder: the folder its relative file names resolve against.
@@ -129,6 +152,15 @@ class Result:
     gains: dict[str, np.ndarray] = field(default_factory=dict)
     gain_errors: dict[str, float] = field(default_factory=dict)
     gain_errors_initial: dict[str, float] = field(default_factory=dict)
+    start_renders: dict[str, np.ndarray] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    trajectory: dict[str, list[list[float]]] = field(default_factory=dict)
+    truth: dict[str, list[float]] = field(default_factory=dict)
+    previews: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    camera_poses: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    gradient_images: list = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
     scene_xml: str = ""
     scene_folder: str | None = None
 
@@ -143,6 +175,15 @@ class Result:
             out[vid] = psnr(render, photo)
         return out
 
+    def psnr_initial(self) -> dict[str, float]:
+        """view id -> PSNR (dB) of the starting guess's render against the photo."""
+        return {vid: psnr(render, self.photos[vid]) for vid, render in self.start_renders.items()
+                if vid in self.photos}
+
+
+#: Points of a geometry estimate kept for the report's picture (start, end, truth).
+PREVIEW_POINTS = 400
+
 
 def steady_seconds_per_iteration(step_seconds: list[float], warmup: int = 3) -> float | None:
     """Mean step time after the first ``warmup`` steps (which compile kernels)."""
@@ -154,27 +195,6 @@ def _side_by_side(photo: np.ndarray, render: np.ndarray) -> np.ndarray:
     gap = np.ones((photo.shape[0], 2, 3), np.float32)
     diff = np.abs(render - photo)
     return np.concatenate([photo, gap, render, gap, diff], axis=1)
-
-
-def plot_loss(loss: list[float], path: str | os.PathLike, *, title: str = "") -> None:
-    """Save the loss curve (log scale) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    if loss:
-        ax.plot(np.arange(1, len(loss) + 1), loss, lw=1.2)
-        if min(loss) > 0:
-            ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def result_to_json(result: Result, files: dict[str, dict] | None = None) -> dict[str, Any]:
@@ -230,7 +250,40 @@ def result_to_json(result: Result, files: dict[str, dict] | None = None) -> dict
                     if result.variant.startswith("llvm") else result.variant),
         "peak_memory_mb": result.peak_memory_mb,
         "settings": result.settings,
+        "views": [{"id": vid, "held_out": vid in result.held_out} for vid in result.photos],
+        "psnr_initial": {k: finite(v) for k, v in result.psnr_initial().items()},
+        "step_seconds": [float(v) for v in result.step_seconds],
+        "trajectory": {k: [[finite(float(x)) for x in step] for step in steps]
+                       for k, steps in result.trajectory.items()},
+        "truth": {k: [float(x) for x in v] for k, v in result.truth.items()},
+        "previews": {k: {state: np.asarray(pts, dtype=np.float64).round(6).tolist()
+                         for state, pts in states.items()}
+                     for k, states in result.previews.items()},
+        "camera_poses": {state: {vid: np.asarray(m, dtype=np.float64).tolist()
+                                 for vid, m in poses.items()}
+                         for state, poses in result.camera_poses.items()},
+        "warnings": list(result.warnings),
+        "timings": {k: float(v) for k, v in result.timings.items()},
     }
+
+
+def _save_view_files(result: Result, folder: Path) -> None:
+    """What the report needs of each view beyond the final render: the start
+    render (linear EXR), the photo (sRGB PNG) and the mask."""
+    from . import pictures
+
+    for vid, render in result.start_renders.items():
+        io.save_image(folder / "renders" / "start" / f"{file_name(vid)}.exr", render)
+    for vid, photo in result.photos.items():
+        path = folder / "renders" / "photos" / f"{file_name(vid)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pictures.png_bytes(pictures.srgb8(photo)))
+    for vid, mask in result.masks.items():
+        if mask is not None:
+            path = folder / "renders" / "masks" / f"{file_name(vid)}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(pictures.png_bytes(np.where(np.asarray(mask, bool)[..., None],
+                                                         255, 0).astype(np.uint8).repeat(3, -1)))
 
 
 def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
@@ -245,12 +298,20 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
     try:
         files = {key: kind_class(result.kinds.get(key, "")).write_files(key, value, result, tmp)
                  for key, value in result.estimates.items()}
+        for key, start in result.initial.items():
+            if np.ndim(start) == 3 and np.ndim(result.estimates.get(key)) == 3:  # an image
+                io.save_image(tmp / "textures" / "start" / f"{file_name(key)}.exr", start)
         for vid, render in result.renders.items():
             io.save_image(tmp / "renders" / f"{file_name(vid)}.exr", render)
             photo = result.photos.get(vid)
             preview = render if photo is None else _side_by_side(photo, render)
             io.save_image(tmp / "renders" / f"{file_name(vid)}.png", preview)
-        plot_loss(result.loss, tmp / "loss.png", title=result.name)
+        _save_view_files(result, tmp)
+        plots.plot_loss(result.loss, tmp / "loss.png", title=result.name)
+        if result.gradient_images:
+            from .gradients import write_gradient_images
+
+            write_gradient_images(result.gradient_images, tmp / "gradients", title=result.name)
         missing = write_scene(result, tmp, files) if result.scene_xml else None
         doc = result_to_json(result, files)
         if missing is not None:
@@ -258,6 +319,9 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
             doc["scene_file_lacks"] = missing
         with open(tmp / "result.json", "w") as f:
             json.dump(doc, f, indent=2)
+        from .report import write_report
+
+        write_report(tmp)
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
             os.replace(out_dir, old / "x")

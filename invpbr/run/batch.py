@@ -57,7 +57,8 @@ def run_scene_process(folder: Path, out_dir: Path, *, iterations: int | None = N
 def run_batch(root: str | Path, out: str | Path, *, iterations: int | None = None,
               spp: int | None = None, jobs: int = 1, timeout: float | None = None,
               on_row=None) -> list[dict[str, Any]]:
-    """Run every scene folder in ``root``; write ``out/summary.csv`` and ``.json``.
+    """Run every scene folder in ``root``; write ``out/summary.csv`` and ``.json``
+    and ``out/index.html`` (one row per scene, linking to each report).
 
     Args:
         root: folder of scene folders.
@@ -84,6 +85,9 @@ def run_batch(root: str | Path, out: str | Path, *, iterations: int | None = Non
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
         rows = list(pool.map(one, folders))
     write_summary(rows, out)
+    from ..results.report import write_index
+
+    write_index(out, rows)
     return rows
 
 

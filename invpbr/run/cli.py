@@ -1,14 +1,15 @@
-"""The command line: ``invpbr run | render | check | batch``."""
+"""The command line: ``invpbr run | render | check | batch | gradcheck | gradients | report
+| view | schema``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 
 def _cmd_run(args) -> int:
-    from ..estimates import kind_class
     from ..optimization.loop import optimize
     from ..problem.folder import load_problem
     from ..results.result import save_result
@@ -19,8 +20,36 @@ def _cmd_run(args) -> int:
     if args.iterations is not None:  # recorded in result.json's settings
         problem.config.optimize.iterations = args.iterations
     out = Path(args.out) if args.out else Path("out") / Path(args.scene_dir).resolve().name
-    result = optimize(problem, iterations=args.iterations, progress=not args.no_progress)
-    save_result(result, out)
+    live = server = None
+    if args.watch:
+        from ..results.live import LiveServer, LiveState
+
+        live = LiveState(problem)
+        server = LiveServer(live, port=args.port).start()
+        print(f"live view: {server.url}", flush=True)
+    try:
+        result = optimize(problem, iterations=args.iterations, progress=not args.no_progress,
+                          callback=live)
+        save_result(result, out)
+        if live is not None:
+            live.finish(result.status, out, result=result)
+        _print_run(result, out)
+        if server is not None and sys.stdin.isatty():
+            print(f"live view: {server.url} (the run is over; Ctrl-C stops serving)", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        if server is not None:
+            server.stop()
+    return 0 if result.status in ("completed", "stopped") else 1
+
+
+def _print_run(result, out: Path) -> None:
+    from ..estimates import kind_class
+
     print(f"{result.name}: {result.status} after {result.iterations} iterations, "
           f"{result.seconds_per_iteration:.3f} s/iteration ({result.integrator}, {result.variant})")
     for key, value in result.estimates.items():
@@ -39,8 +68,7 @@ def _cmd_run(args) -> int:
         print(f"  gains of {len(result.gains)} photos: "
               f"{min(g.min() for g in result.gains.values()):.3f} .. "
               f"{max(g.max() for g in result.gains.values()):.3f}{worst}")
-    print(f"wrote {out / 'result.json'}")
-    return 0 if result.status in ("completed", "stopped") else 1
+    print(f"wrote {out / 'result.json'} and {out / 'report.html'}")
 
 
 def _cmd_render(args) -> int:
@@ -121,6 +149,36 @@ def _cmd_gradcheck(args) -> int:
     return 0
 
 
+def _cmd_gradients(args) -> int:
+    from ..optimization.gradient_images import write_scene_gradients
+    from ..problem.folder import load_problem
+
+    problem = load_problem(args.scene_dir, variant=args.variant)
+    out = Path(args.out) if args.out else Path("out") / f"gradients_{problem.name}"
+    index = write_scene_gradients(problem, out, keys=args.key, views=args.views, spp=args.spp,
+                                  n_views=args.n_views)
+    print(f"wrote {index} and {out / 'index.html'}")
+    if args.screenshot:
+        from .browser import screenshot
+
+        print(f"wrote {screenshot(out / 'index.html', args.screenshot, width=args.width, height=args.height)}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from ..results.report import rebuild_reports
+
+    written = rebuild_reports(args.out_dir)
+    for path in written:
+        print(f"wrote {path}")
+    if args.screenshot:
+        from .browser import screenshot
+
+        shot = screenshot(written[-1], args.screenshot, width=args.width, height=args.height)
+        print(f"wrote {shot}")
+    return 0
+
+
 def _cmd_view(args) -> int:
     from ..results.view import view_result
 
@@ -187,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--iterations", type=int, help="override [optimize] iterations")
     run.add_argument("--spp", type=int, help="override [render] spp")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--watch", action="store_true",
+                     help="serve a live view of the run (loss, renders, errors) on this machine")
+    run.add_argument("--port", type=int, default=8765,
+                     help="port of the live view (--watch; 0: any free port)")
     run.set_defaults(func=_cmd_run)
 
     render = sub.add_parser(
@@ -227,6 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
     grad.add_argument("--json", help="also write the checks to this JSON file")
     grad.set_defaults(func=_cmd_gradcheck)
 
+    grads = sub.add_parser("gradients", help="gradient images of a scene folder's starting "
+                           "guess (dLoss/dpixel, dI/dθ and each pixel's pull), without a run")
+    grads.add_argument("scene_dir")
+    grads.add_argument("--key", nargs="+", help="estimates (default: all)")
+    grads.add_argument("--views", nargs="+", help="sensor ids (default: the first fitted view)")
+    grads.add_argument("--n-views", type=int, default=1,
+                       help="how many fitted views when --views is not given")
+    grads.add_argument("--spp", type=int, default=16, help="samples per pixel of the renders")
+    grads.add_argument("--out", help="output folder (default: out/gradients_<scene>)")
+    grads.add_argument("--screenshot", help="also save a screenshot of its index.html (PNG)")
+    grads.add_argument("--width", type=int, default=1000, help="screenshot width, pixels")
+    grads.add_argument("--height", type=int, default=1500, help="screenshot height, pixels")
+    grads.set_defaults(func=_cmd_gradients)
+
+    report = sub.add_parser("report", help="(re)build report.html of a result folder, or the "
+                            "reports and index.html of a folder of result folders (a batch)")
+    report.add_argument("out_dir")
+    report.add_argument("--screenshot", help="also save a screenshot of the page (PNG; needs "
+                        "Chromium)")
+    report.add_argument("--width", type=int, default=1200, help="screenshot width, pixels")
+    report.add_argument("--height", type=int, default=1600, help="screenshot height, pixels")
+    report.set_defaults(func=_cmd_report)
     view = sub.add_parser("view", help="render a result folder from the cameras of a camera "
                           "file (linear RGBA EXR + sRGB PNG per frame)")
     view.add_argument("result_dir")
@@ -271,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins([p for p in os.environ.get("INVPBR_PLUGINS", "").split(",") if p]
                      + args.plugin)
         return args.func(args)
-    except (FileNotFoundError, ValueError, ConfigError, LLVMError) as e:
+    except (FileNotFoundError, ValueError, ConfigError, LLVMError, OSError) as e:
         print(f"invpbr {args.command}: error: {e}", file=sys.stderr)
         return 2
 
