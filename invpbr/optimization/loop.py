@@ -369,6 +369,7 @@ def final_renders(run: Run) -> dict[str, np.ndarray]:
 
 def finish_run(run: Run) -> Result:
     """The :class:`Result` of a run whose steps are done."""
+    import drjit as dr
     import mitsuba as mi
 
     problem, latents, cfg = run.problem, run.latents, run.problem.config
@@ -402,6 +403,7 @@ def finish_run(run: Run) -> Result:
         photos={v.id: v.photo for v in problem.views}, integrator=run.integrator_type,
         variant=mi.variant(),
         settings=cfg.to_dict() | {"iterations_run": len(run.history), "frozen": run.frozen,
+                                  "threads": dr.thread_count(),
                                   "recordings": run.step_fn.n_recordings if run.frozen else 0,
                                   "batched": batched},
         held_out=[v.id for v in held_out],

@@ -67,7 +67,9 @@ def _cmd_batch(args) -> int:
               flush=True)
 
     rows = run_batch(args.scenes_dir, out, iterations=args.iterations, spp=args.spp, jobs=args.jobs,
-                     timeout=args.timeout, on_row=show)
+                     timeout=args.timeout, on_row=show, engine=args.engine, address=args.address,
+                     resume=args.resume, variant=args.variant, backend=args.backend,
+                     threads=args.threads, gpus=args.gpus, retries=args.retries)
     print(f"wrote {out / 'summary.csv'} and {out / 'summary.json'}")
     return 0 if all(r["status"] == "completed" for r in rows) else 1
 
@@ -274,12 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_cmd_schema)
 
     batch = sub.add_parser("batch", help="run every scene folder in a folder")
-    batch.add_argument("scenes_dir")
-    batch.add_argument("--out", help="results folder (default: out)")
-    batch.add_argument("--iterations", type=int)
-    batch.add_argument("--spp", type=int)
-    batch.add_argument("--jobs", type=int, default=1, help="scenes run at once")
-    batch.add_argument("--timeout", type=float, help="seconds per scene")
+    from .batch import add_batch_arguments
+
+    add_batch_arguments(batch)
     batch.set_defaults(func=_cmd_batch)
     return parser
 
