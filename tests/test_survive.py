@@ -25,7 +25,7 @@ from conftest import make_tiny_scene
 
 BASE = "ball.bsdf.base_color.value"
 FLOOR = "floor.bsdf.reflectance.data"
-ITERATIONS = 12
+ITERATIONS = 16
 
 TOML = f"""[render]
 spp = 4
@@ -55,6 +55,8 @@ gradients = false
 #: measured 1.5e-8 between uninterrupted runs of this scene. A resumed run is held
 #: to this tolerance.
 RESUME_TOLERANCE = 1e-6
+#: What README's "Runs that survive" states: SIGKILLs per resumed run, steps, tolerance.
+STATED = {"kills": 5, "iterations": ITERATIONS, "tolerance": RESUME_TOLERANCE}
 
 
 def reject_constant(name):
@@ -247,7 +249,7 @@ def test_a_mitsuba_error_mid_run_keeps_the_checkpoint_and_says_how_to_resume(
 
     monkeypatch.setattr(loop, "render_and_backward", render)
     assert main(["run", str(scene), "--out", str(out), "--no-progress", "--resume"]) == 0
-    assert "resuming at step 5 of 12" in capsys.readouterr().out
+    assert f"resuming at step 5 of {ITERATIONS}" in capsys.readouterr().out
     doc = read_result(out)
     assert doc["resumed_from"] == 5
     assert_same_run(doc, reference, out)
@@ -302,7 +304,7 @@ def test_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
     state = out / "checkpoint" / "state.npz"
     rng = np.random.default_rng(17)
     kills = []
-    for k in range(5):
+    for k in range(STATED["kills"]):
         # (the sleep inside each checkpoint write makes the steps last long enough to hit)
         proc = start(scene, out, "--resume", INVPBR_CHECKPOINT_SLEEP="0.05")
         if k == 2:  # during a write: the temporary file is there, not yet renamed
@@ -317,7 +319,7 @@ def test_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
                 return len(mtimes) > n
 
             hit = wait_for(written, proc)
-            time.sleep(float(rng.uniform(0.0, 0.08)))
+            time.sleep(float(rng.uniform(0.0, 0.05)))
         proc.kill()
         proc.communicate()
         kills.append((k, hit, proc.returncode))
@@ -325,7 +327,7 @@ def test_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
             assert proc.returncode == -signal.SIGKILL
             assert state.is_file()  # a kill never leaves a torn checkpoint
             np.load(state)
-    assert sum(hit for _, hit, _ in kills) >= 4, kills
+    assert all(hit for _, hit, _ in kills), kills  # every kill hit a running step
     proc = run_cli(scene, out, "--resume")
     assert proc.returncode == 0, proc.stderr
     doc = read_result(out)
