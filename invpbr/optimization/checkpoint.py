@@ -245,10 +245,13 @@ class Checkpoints:
                     or (self.seconds and time.perf_counter() - self.last >= self.seconds))
 
     def save(self, run, rng: np.random.Generator) -> None:
-        """Write ``run``'s checkpoint now."""
-        self.write_seconds += write_checkpoint(self.path, run_state(run, rng))
+        """Write ``run``'s checkpoint now (``write_seconds`` counts the read-back
+        of the latents and Adam's state too)."""
+        start = time.perf_counter()
+        write_checkpoint(self.path, run_state(run, rng))
         self.written += 1
         self.last = time.perf_counter()
+        self.write_seconds += self.last - start
 
     def load(self) -> dict[str, Any] | None:
         """The checkpoint's state, or None when there is none (a killed write's
