@@ -3,8 +3,10 @@ checkpoints, SIGKILL at random points and ``--resume``, SIGINT / SIGTERM.
 
 The tiny scene (16x16, 4 spp) with a colour and a coarse-to-fine floor
 texture (stages 4, 8, 16 texels: a resumed run must come back at the right
-stage, with the latent's size of that stage). Child processes run the real
-command line; each is a few seconds.
+stage, with the latent's size of that stage), one of its two views per step
+(a resumed run must draw the same views: the random generator's state is in
+the checkpoint). Child processes run the real command line; each is a few
+seconds.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ resolution = [4, 8, 16]
 iterations = {ITERATIONS}
 lr = 0.05
 checkpoint_every = 1
+views_per_step = 1
 
 [report]
 gradients = false
