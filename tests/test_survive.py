@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,6 +258,39 @@ def test_a_mitsuba_error_mid_run_keeps_the_checkpoint_and_says_how_to_resume(
     assert doc["resumed_from"] == 5
     assert_same_run(doc, reference, out)
     assert not (out / "checkpoint").exists()
+
+
+def test_deterministic_runs_resume_bit_identical(scene, tmp_path, monkeypatch, capsys):
+    """``[optimize] deterministic = true`` (one Dr.Jit thread for the steps): a
+    run stopped by an error at step 7 and resumed equals the uninterrupted run
+    bit for bit (estimates, texture, every step's loss)."""
+    from invpbr.optimization import loop
+    from invpbr.run.cli import main
+
+    folder = tmp_path / "scene"
+    shutil.copytree(scene, folder)
+    (folder / "invpbr.toml").write_text(TOML.replace("checkpoint_every = 1",
+                                                     "checkpoint_every = 1\ndeterministic = true"))
+    reference = tmp_path / "reference"
+    assert main(["run", str(folder), "--out", str(reference), "--no-progress"]) == 0
+    render = loop.render_and_backward
+
+    def failing(run, base_seed, chosen, spp):
+        if run.next_step == 7:
+            raise RuntimeError("injected")
+        return render(run, base_seed, chosen, spp)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(loop, "render_and_backward", failing)
+    assert main(["run", str(folder), "--out", str(out), "--no-progress"]) == 1
+    monkeypatch.setattr(loop, "render_and_backward", render)
+    assert main(["run", str(folder), "--out", str(out), "--no-progress", "--resume"]) == 0
+    a, b = read_result(reference), read_result(out)
+    assert b["resumed_from"] == 7 and b["settings"]["threads"] >= 2  # (restored after the steps)
+    assert a["loss"] == b["loss"] and len(b["loss"]) == ITERATIONS
+    assert a["parameters"][BASE] == b["parameters"][BASE]
+    assert a["trajectory"] == b["trajectory"]
+    np.testing.assert_array_equal(texture(a, reference), texture(b, out))
 
 
 def test_a_checkpoint_of_other_settings_is_refused(scene, tmp_path, capsys):
