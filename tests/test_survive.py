@@ -260,39 +260,6 @@ def test_a_mitsuba_error_mid_run_keeps_the_checkpoint_and_says_how_to_resume(
     assert not (out / "checkpoint").exists()
 
 
-def test_deterministic_runs_resume_bit_identical(scene, tmp_path, monkeypatch, capsys):
-    """``[optimize] deterministic = true`` (one Dr.Jit thread for the steps): a
-    run stopped by an error at step 7 and resumed equals the uninterrupted run
-    bit for bit (estimates, texture, every step's loss)."""
-    from invpbr.optimization import loop
-    from invpbr.run.cli import main
-
-    folder = tmp_path / "scene"
-    shutil.copytree(scene, folder)
-    (folder / "invpbr.toml").write_text(TOML.replace("checkpoint_every = 1",
-                                                     "checkpoint_every = 1\ndeterministic = true"))
-    reference = tmp_path / "reference"
-    assert main(["run", str(folder), "--out", str(reference), "--no-progress"]) == 0
-    render = loop.render_and_backward
-
-    def failing(run, base_seed, chosen, spp):
-        if run.next_step == 7:
-            raise RuntimeError("injected")
-        return render(run, base_seed, chosen, spp)
-
-    out = tmp_path / "out"
-    monkeypatch.setattr(loop, "render_and_backward", failing)
-    assert main(["run", str(folder), "--out", str(out), "--no-progress"]) == 1
-    monkeypatch.setattr(loop, "render_and_backward", render)
-    assert main(["run", str(folder), "--out", str(out), "--no-progress", "--resume"]) == 0
-    a, b = read_result(reference), read_result(out)
-    assert b["resumed_from"] == 7 and b["settings"]["threads"] >= 2  # (restored after the steps)
-    assert a["loss"] == b["loss"] and len(b["loss"]) == ITERATIONS
-    assert a["parameters"][BASE] == b["parameters"][BASE]
-    assert a["trajectory"] == b["trajectory"]
-    np.testing.assert_array_equal(texture(a, reference), texture(b, out))
-
-
 def test_a_checkpoint_of_other_settings_is_refused(scene, tmp_path, capsys):
     from invpbr.run.cli import main
 
@@ -332,11 +299,28 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> bool:
     raise TimeoutError("the run neither reached the point nor ended")
 
 
+@pytest.fixture(scope="module")
+def deterministic(scene, tmp_path_factory) -> tuple[Path, dict]:
+    """The scene with ``[optimize] deterministic = true``, and its uninterrupted run."""
+    folder = tmp_path_factory.mktemp("deterministic") / "tiny"
+    shutil.copytree(scene, folder)
+    (folder / "invpbr.toml").write_text(TOML.replace("checkpoint_every = 1",
+                                                     "checkpoint_every = 1\ndeterministic = true"))
+    out = folder.parent / "reference"
+    proc = run_cli(folder, out)
+    assert proc.returncode == 0, proc.stderr
+    return folder, read_result(out) | {"out": out}
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["threads", "deterministic"])
 def test_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
-        scene, reference, tmp_path):
+        scene, reference, deterministic, tmp_path, exact):
     """Five SIGKILLs, one in the middle of a checkpoint write (between the
     temporary file and its rename), the others after a random number of
-    checkpoints plus a random delay; each kill is followed by ``--resume``."""
+    checkpoints plus a random delay; each kill is followed by ``--resume``.
+    With ``deterministic = true`` the result is bit-identical."""
+    if exact:
+        scene, reference = deterministic
     out = tmp_path / "out"
     state = out / "checkpoint" / "state.npz"
     rng = np.random.default_rng(17)
@@ -371,6 +355,10 @@ def test_killed_at_random_points_and_resumed_equals_the_uninterrupted_run(
     assert doc["resumed_from"] is not None and doc["resumed_from"] > 0
     assert not list(state.parent.glob(".*.tmp")) if state.parent.exists() else True
     assert_same_run(doc, reference, out)
+    if exact:
+        assert doc["loss"] == reference["loss"] and doc["trajectory"] == reference["trajectory"]
+        assert doc["parameters"][BASE] == reference["parameters"][BASE]
+        np.testing.assert_array_equal(texture(doc, out), texture(reference, reference["out"]))
 
 
 # --- signals ---------------------------------------------------------------------------------
