@@ -283,6 +283,9 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
             if taken is None:
                 run.skipped.append(it)
                 in_a_row += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(skipped=len(run.skipped))
                 if in_a_row >= cfg.max_skipped_steps:
                     run.status = "diverged"
                     break
