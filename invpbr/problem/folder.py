@@ -300,7 +300,8 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     else:
         views = [View(index=i, id=f.camera.id, photo_path=f.path, photo=f.photo, mask=f.mask,
                       camera=f.camera) for i, f in enumerate(frames)]
-    mask_saturated(views, config.photos.saturation)
+    if config.reconstruct is None:  # a reconstruction's masks are silhouettes: keep them whole
+        mask_saturated(views, config.photos.saturation)
     mark_held_out(views, config.evaluate.held_out, source=folder / "invpbr.toml")
     _check_gain_reference(config, views, folder / "invpbr.toml")
     truth, truth_scene, relight_maps = {}, None, {}

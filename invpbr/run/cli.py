@@ -15,6 +15,8 @@ def _cmd_run(args) -> int:
     from ..results.result import save_result
 
     problem = load_problem(args.scene_dir, variant=args.variant)
+    if problem.config.reconstruct is not None:
+        return _cmd_reconstruct(problem, args)
     if args.spp is not None:
         problem.config.render.spp = args.spp
     if args.iterations is not None:  # recorded in result.json's settings
@@ -45,6 +47,22 @@ def _cmd_run(args) -> int:
         if server is not None:
             server.stop()
     return 0 if result.status in ("completed", "stopped") else 1
+
+
+def _cmd_reconstruct(problem, args) -> int:
+    from ..reconstruct import reconstruct, save_reconstruction
+
+    if args.iterations is not None:
+        problem.config.reconstruct.iterations = args.iterations
+    if args.spp is not None:
+        problem.config.reconstruct.spp = args.spp
+    out = Path(args.out) if args.out else Path("out") / Path(args.scene_dir).resolve().name
+    rec = reconstruct(problem, progress=not args.no_progress)
+    cfg = problem.config.reconstruct
+    save_reconstruction(rec, out, [v.camera for v in problem.views], max_depth=cfg.max_depth,
+                        texture_resolution=cfg.texture_resolution)
+    print(f"{rec.name}: {rec.status} in {rec.seconds['total']:.0f} s; wrote {out}")
+    return 0 if rec.status == "completed" else 1
 
 
 def _print_run(result, out: Path) -> None:
