@@ -231,7 +231,8 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
         opt_s["u"] = ls.to_differential(mi.Float(state.vertices.ravel()))
     tensors = [photo_tensors(photos, i, cfg.background) for i in range(len(photos.ids))]
     n = len(photos.ids)
-    per_step = min(cfg.views_per_step, n)
+    # material and light alone render no silhouettes: twice the views for the same time
+    per_step = min(cfg.views_per_step * (1 if moves else 2), n)
     losses = []
     for it in range(iterations):
         chosen = rng.choice(n, size=per_step, replace=False)

@@ -97,7 +97,7 @@ def _centre(sil: Silhouettes) -> np.ndarray:
 
 
 def occupancy(sil: Silhouettes, lo: np.ndarray, hi: np.ndarray, resolution: int,
-              *, min_views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+              *, min_views: int | None = None, tolerance: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The carved grid over the box ``[lo, hi]``: for each voxel centre the
     smallest mask value over the photos that see it (1: object in every
     photo), 0 where fewer than ``min_views`` photos see it.
@@ -114,7 +114,11 @@ def occupancy(sil: Silhouettes, lo: np.ndarray, hi: np.ndarray, resolution: int,
     values, inside = sample_masks(sil, pts)
     seen = inside.sum(axis=0)
     need = max(2, math.ceil(0.5 * len(sil.cameras))) if min_views is None else min_views
-    occ = np.where(inside, values, 1.0).min(axis=0)
+    if tolerance:  # kept unless more than ``tolerance`` photos see background there
+        carves = (inside & (values < 0.5)).sum(axis=0)
+        occ = (carves <= tolerance).astype(np.float32)
+    else:
+        occ = np.where(inside, values, 1.0).min(axis=0)
     occ = np.where(seen >= need, occ, 0.0).astype(np.float32)
     return occ.reshape(dims), np.full(3, step)
 
@@ -132,6 +136,7 @@ def object_bounds(sil: Silhouettes, *, resolution: int = 48) -> tuple[np.ndarray
     centre = _centre(sil)
     radius = max(float(np.linalg.norm(c.c2w[:3, 3] - centre)) for c in sil.cameras)
     lo, hi = centre - radius, centre + radius
+    check_agreement(sil, lo, hi, resolution)
     for _ in range(3):  # zoom in: the coarse grid may be far larger than the object
         occ, step = occupancy(sil, lo, hi, resolution)
         full = np.argwhere(occ > 0.5)
@@ -144,6 +149,69 @@ def object_bounds(sil: Silhouettes, *, resolution: int = 48) -> tuple[np.ndarray
         if shrink > 0.5:
             break
     return lo, hi
+
+
+#: A mask less covered than this by the hull's projection disagrees with the others.
+MIN_MASK_COVERAGE = 0.5
+
+
+def mask_coverage(sil: Silhouettes, occ: np.ndarray, lo: np.ndarray, step: np.ndarray) -> list[float]:
+    """For each photo, the fraction of its mask's pixels that the carved
+    voxels (``occ > 0.5``) cover when projected (each voxel splatted as a disc
+    of its projected size)."""
+    from scipy.ndimage import binary_dilation
+
+    idx = np.argwhere(occ > 0.5)
+    centres = lo + (idx + 0.5) * step
+    out = []
+    for cam, mask in zip(sil.cameras, sil.masks):
+        uv = project(cam, centres)
+        ok = np.isfinite(uv).all(axis=1)
+        h, w = mask.shape
+        hit = np.zeros((h, w), bool)
+        px = np.floor(uv[ok]).astype(int)
+        inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+        hit[px[inside, 1], px[inside, 0]] = True
+        if ok.any():
+            depth = np.linalg.norm(centres[ok] - cam.c2w[:3, 3], axis=1)
+            radius = int(np.ceil(np.median(0.87 * step[0] * cam.fx / depth)))
+            yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+            hit = binary_dilation(hit, structure=xx ** 2 + yy ** 2 <= radius ** 2)
+        m = mask > 0.5
+        out.append(float((hit & m).sum() / max(m.sum(), 1)))
+    return out
+
+
+def check_agreement(sil: Silhouettes, lo: np.ndarray, hi: np.ndarray, resolution: int) -> None:
+    """Refuse masks that the hull of all of them does not fill. A culprit is
+    a photo without which the others agree (each left out in turn).
+
+    Raises:
+        HullError: naming the photos whose masks the hull covers less than
+            ``MIN_MASK_COVERAGE`` (another photo's mask, a wrong camera).
+    """
+    occ, step = occupancy(sil, lo, hi, resolution)
+    coverage = mask_coverage(sil, occ, lo, step)
+    if min(coverage) >= MIN_MASK_COVERAGE:
+        return
+    culprits = []
+    if len(sil.names) > 2:
+        for i, name in enumerate(sil.names):
+            others = Silhouettes([c for j, c in enumerate(sil.cameras) if j != i],
+                                 [m for j, m in enumerate(sil.masks) if j != i],
+                                 [n for j, n in enumerate(sil.names) if j != i])
+            rest, _ = occupancy(others, lo, hi, resolution)
+            if (rest > 0.5).any() and min(mask_coverage(others, rest, lo, step)) >= MIN_MASK_COVERAGE:
+                culprits.append(name)
+    if culprits:
+        raise HullError("reconstruct: the masks disagree: without the photo(s) "
+                        f"{', '.join(culprits)} the others agree on one object. Their camera or "
+                        "mask is wrong (another photo's mask, a wrong pose); fix or remove them")
+    bad = [f"{n} ({100 * c:.0f} %)" for n, c in zip(sil.names, coverage) if c < MIN_MASK_COVERAGE]
+    raise HullError("reconstruct: the masks disagree: the object they carve out together "
+                    f"covers little of the mask of {', '.join(bad)}. The cameras or masks are "
+                    "wrong (masks of another photo set, a wrong camera file, masks where "
+                    "black is the object)")
 
 
 def _disagreement(sil: Silhouettes, centre: np.ndarray) -> str:

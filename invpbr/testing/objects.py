@@ -63,7 +63,7 @@ def ring_cameras(n: int, size: int, *, distance: float = 4.2, fov: float = 42.0,
         fx = 0.5 * size / np.tan(np.radians(fov) / 2)
         cams.append(Camera(id=f"{prefix}_{i:02d}", width=size, height=size, fx=fx, fy=fx,
                            cx=size / 2, cy=size / 2, c2w=c2w,
-                           file_path=Path(f"photos/{prefix}_{i:02d}.exr")))
+                           file_path=Path(f"photos/{prefix}_{i:02d}.png")))
     return cams
 
 
@@ -86,7 +86,7 @@ def truth_xml(max_depth: int = 2) -> str:
 def write_object_capture(folder: str | Path, *, views: int = 24, held_out: int = 4,
                          size: int = 96, spp: int = 128, subdivisions: int = 5,
                          iterations: int | None = None) -> Path:
-    """Write a ``[reconstruct]`` scene folder: photos/ (linear EXR), masks/ (PNG),
+    """Write a ``[reconstruct]`` scene folder: photos/ (sRGB PNG), masks/ (PNG),
     transforms.json, invpbr.toml, truth_mesh.ply, truth.xml, truth_sky.exr and
     relight_sky.exr; ``views`` fitted photos plus ``held_out`` ones."""
     import drjit as dr
@@ -112,13 +112,13 @@ def write_object_capture(folder: str | Path, *, views: int = 24, held_out: int =
         for i, cam in enumerate(cams):
             img = np.array(mi.render(scene, sensor=i, spp=spp, seed=i))[..., :3]
             cover = np.array(mi.render(sil, sensor=i, spp=spp, seed=i))[..., 0]
-            images.save_image(folder / "photos" / f"{cam.id}.exr", img)
+            images.save_image(folder / "photos" / f"{cam.id}.png", img)
             images.save_image(folder / "masks" / f"{cam.id}.png",
                               (cover > 0.5).astype(np.float32))
     from dataclasses import replace
 
     write_transforms(folder / "transforms.json",
-                     [replace(c, file_path=folder / "photos" / f"{c.id}.exr") for c in cams])
+                     [replace(c, file_path=folder / "photos" / f"{c.id}.png") for c in cams])
     mesh.write_ply(str(folder / "truth_mesh.ply"))
     procedural.write_exr(folder / "truth_sky.exr", sky)
     procedural.write_exr(folder / "relight_sky.exr", relight)
