@@ -130,11 +130,22 @@ def write_object(folder: Path, state: ObjectState, cameras: list, *, max_depth: 
             "envmap": "envmaps/light.exr"}
 
 
-def save_reconstruction(rec, folder: str | Path, cameras: list, *, max_depth: int,
-                        texture_resolution: int = 512) -> Path:
-    """Write a :class:`~invpbr.reconstruct.pipeline.Reconstruction` as a result folder."""
+def save_reconstruction(rec, folder: str | Path, cameras: list, *, max_depth: int | None = None,
+                        texture_resolution: int | None = None) -> Path:
+    """Write a :class:`~invpbr.reconstruct.pipeline.Reconstruction` as a result folder.
+
+    Args:
+        rec: the reconstruction.
+        folder: the result folder (made).
+        cameras: the sensors written into scene.xml (e.g. the problem's views' cameras).
+        max_depth, texture_resolution: default: the run's ``[reconstruct]`` settings.
+    """
     from ..estimates.meshes import write_ply
 
+    cfg = rec.settings.get("reconstruct") or {}
+    max_depth = int(cfg.get("max_depth", 2)) if max_depth is None else max_depth
+    if texture_resolution is None:
+        texture_resolution = int(cfg.get("texture_resolution", 512))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = write_object(folder, rec.state, cameras, max_depth=max_depth,
