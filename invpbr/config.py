@@ -320,7 +320,7 @@ class ReconstructConfig:
     """Adam step of the environment map's log radiance."""
     remesh: NonNegativeInt = 2
     """Isotropic remeshings during the joint optimization (evenly spaced)."""
-    envmap_height: PositiveInt = 32
+    envmap_height: PositiveInt = 64
     """Rows of the estimated environment map (width: twice as many)."""
     background: Background = "envmap"
     """``envmap``: the photos' background is the environment seen from afar and is

@@ -35,6 +35,8 @@ from .scene import LIGHT, OBJECT, object_mesh, object_scene
 ROUGHNESS_BOUNDS = (0.05, 1.0)
 #: Base colour kept inside these bounds.
 COLOR_BOUNDS = (0.0, 1.0)
+#: Large-steps smoothness of the per-vertex material's latent.
+MATERIAL_LAMBDA = 10.0
 
 
 @dataclass
@@ -202,6 +204,15 @@ def fit_object(state: ObjectState, photos: Photos, cfg: ReconstructConfig, *,
     return state
 
 
+def _decay(iteration: int, iterations: int) -> float:
+    """Learning-rate factor within a stage: 1 for its first half, then down
+    linearly to 0.2 (each stage ends settled rather than in Monte Carlo noise)."""
+    half = iterations / 2
+    if iteration < half or iterations < 4:
+        return 1.0
+    return 1.0 - 0.8 * (iteration - half) / max(iterations - 1 - half, 1)
+
+
 def _area(v, f) -> float:
     t = np.asarray(v, np.float64)[np.asarray(f)]
     return float(0.5 * np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).sum())
@@ -219,9 +230,14 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
                       f"{OBJECT}.vertex_roughness", f"{LIGHT}.data")
     from ..estimates.lighting import envmap_with_halo
 
+    # material latents: (I + lambda L) x per vertex, as for the shape, so that a step
+    # moves a smooth patch of the material rather than single vertices' noise
+    ls_m = mi.ad.LargeSteps(mi.Float(state.vertices.ravel()), mi.UInt32(state.faces.ravel()),
+                            MATERIAL_LAMBDA)
     opt_m = mi.ad.Adam(lr=cfg.lr_material)
-    opt_m["color"] = mi.Float(state.colors.ravel().astype(np.float32))
-    opt_m["rough"] = mi.Float(state.roughness.astype(np.float32))
+    opt_m["color"] = ls_m.to_differential(mi.Float(state.colors.ravel().astype(np.float32)))
+    opt_m["rough"] = ls_m.to_differential(
+        mi.Float(np.repeat(state.roughness, 3).astype(np.float32)))
     opt_l = mi.ad.Adam(lr=cfg.lr_light)
     opt_l["log_env"] = mi.TensorXf(np.log(np.maximum(state.envmap, 1e-4)).astype(np.float32))
     if moves:
@@ -236,8 +252,15 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
     losses = []
     for it in range(iterations):
         chosen = rng.choice(n, size=per_step, replace=False)
-        p[kc] = dr.clip(opt_m["color"], *COLOR_BOUNDS)
-        p[kr] = dr.clip(opt_m["rough"], *ROUGHNESS_BOUNDS)
+        factor = _decay(it, iterations)
+        opt_m.set_learning_rate(cfg.lr_material * factor)
+        opt_l.set_learning_rate(cfg.lr_light * factor)
+        if moves:
+            opt_s.set_learning_rate(cfg.lr_shape * diag * factor)
+        p[kc] = dr.clip(ls_m.from_differential(opt_m["color"]), *COLOR_BOUNDS)
+        rough3 = ls_m.from_differential(opt_m["rough"])
+        p[kr] = dr.clip(dr.gather(mi.Float, rough3, dr.arange(mi.UInt32, len(state.roughness)) * 3),
+                        *ROUGHNESS_BOUNDS)
         p[ke] = envmap_with_halo(dr.exp(opt_l["log_env"]))
         if moves:
             v = ls.from_differential(opt_s["u"])
@@ -271,8 +294,9 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
         opt_l.step()
         if moves:
             opt_s.step()
-    colors = np.clip(np.array(opt_m["color"]), *COLOR_BOUNDS).reshape(-1, 3)
-    rough = np.clip(np.array(opt_m["rough"]), *ROUGHNESS_BOUNDS)
+    colors = np.clip(np.array(ls_m.from_differential(opt_m["color"])), *COLOR_BOUNDS).reshape(-1, 3)
+    rough = np.clip(np.array(ls_m.from_differential(opt_m["rough"])).reshape(-1, 3)[:, 0],
+                    *ROUGHNESS_BOUNDS)
     envmap = np.exp(np.array(opt_l["log_env"]))
     vertices = (np.array(ls.from_differential(opt_s["u"])).reshape(-1, 3) if moves
                 else state.vertices)

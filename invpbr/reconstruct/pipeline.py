@@ -24,7 +24,7 @@ from .metrics import image_figures, psnr_srgb, scale_invariant, surface_errors
 from .scene import OBJECT, object_mesh, object_scene
 
 #: Samples per pixel of the evaluation renders.
-EVAL_SPP = 32
+EVAL_SPP = 64
 
 
 @dataclass
