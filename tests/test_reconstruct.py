@@ -83,6 +83,10 @@ def test_bad_input_is_refused_naming_the_photos():
     wrong[3][:4, :4] = 1.0  # another photo's mask: the object in a corner
     with pytest.raises(HullError, match=f"masks disagree.*{sil.names[3]}"):
         object_bounds(Silhouettes(sil.cameras, wrong, sil.names))
+    away = list(sil.cameras)
+    away[1] = replace(away[1], c2w=away[1].c2w @ np.diag([-1.0, 1.0, -1.0, 1.0]))
+    with pytest.raises(HullError, match=f"without the photo\\(s\\) {sil.names[1]} the others"):
+        object_bounds(Silhouettes(away, sil.masks, sil.names))
 
 
 def test_figures_on_known_cases():
