@@ -153,7 +153,9 @@ def save_reconstruction(rec, folder: str | Path, cameras: list, *, max_depth: in
     write_ply(folder / "meshes" / "hull.ply", rec.hull.vertices, rec.hull.faces)
     files["hull"] = "meshes/hull.ply"
     doc = {"name": rec.name, "kind": "reconstruction", "status": rec.status,
-           "figures": rec.figures, "held_out": rec.held_out, "stages": rec.stages,
+           "figures": rec.figures, "held_out": rec.held_out,
+           # the result's figures, also where `invpbr batch` reads a run's errors
+           "errors": dict(rec.figures.get("final", {})), "stages": rec.stages,
            "seconds": rec.seconds, "files": files, "warnings": rec.warnings,
            "mesh": {"vertices": int(len(rec.state.vertices)), "faces": int(len(rec.state.faces))},
            "settings": {"render": {"max_depth": max_depth}, "problem": rec.settings}}
