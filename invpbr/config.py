@@ -574,6 +574,8 @@ def config_schema() -> dict[str, Any]:
     estimate = schema["$defs"]["EstimateConfig"]["properties"]
     estimate.pop("options", None)  # a registered kind's own keys
     estimate["lambda"] = estimate.pop("lambda_")
+    recon = schema["$defs"]["ReconstructConfig"]["properties"]
+    recon["lambda"] = recon.pop("lambda_")
     return schema
 
 

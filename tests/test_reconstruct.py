@@ -206,3 +206,16 @@ def test_missing_masks_and_a_single_photo_are_clear_errors(tiny_capture, tmp_pat
     err = capsys.readouterr().err
     assert "needs a mask for every photo" in err and "view_00" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_reconstruct_table_defaults_and_errors():
+    from invpbr.config import ConfigError, parse_config
+
+    assert parse_config({}).reconstruct is None
+    cfg = parse_config({"cameras": {"file": "transforms.json"}, "reconstruct": {}}).reconstruct
+    assert cfg is not None and cfg.iterations > 0 and cfg.background == "envmap"
+    assert parse_config({"reconstruct": {"lambda": 5.0}}).reconstruct.lambda_ == 5.0
+    with pytest.raises(ConfigError, match=r"unknown key reconstruct\.iteratons.*did you mean iterations"):
+        parse_config({"reconstruct": {"iteratons": 3}})
+    with pytest.raises(ConfigError, match=r"reconstruct\.background = 'wall'; expected one of envmap, ignore"):
+        parse_config({"reconstruct": {"background": "wall"}})
