@@ -219,3 +219,17 @@ def test_reconstruct_table_defaults_and_errors():
         parse_config({"reconstruct": {"iteratons": 3}})
     with pytest.raises(ConfigError, match=r"reconstruct\.background = 'wall'; expected one of envmap, ignore"):
         parse_config({"reconstruct": {"background": "wall"}})
+
+
+def test_check_names_photos_without_masks(tiny_capture, tmp_path):
+    import shutil
+
+    from invpbr.problem.folder import check_folder
+
+    assert check_folder(tiny_capture) == []
+    folder = tmp_path / "partial"
+    shutil.copytree(tiny_capture, folder)
+    (folder / "masks" / "view_03.png").unlink()
+    problems = check_folder(folder)
+    assert len(problems) == 1 and "needs a mask for every photo" in problems[0]
+    assert "view_03.png" in problems[0] and "view_02" not in problems[0]
