@@ -235,7 +235,11 @@ def hull_mesh(sil: Silhouettes, lo: np.ndarray, hi: np.ndarray, *, resolution: i
     Raises:
         HullError: nothing is left after carving.
     """
-    from skimage.measure import marching_cubes
+    try:
+        from skimage.measure import marching_cubes
+    except ImportError:
+        raise ImportError("[reconstruct] needs scikit-image, gpytoolbox and xatlas: "
+                          "pip install 'invpbr[reconstruct]'") from None
 
     occ, step = occupancy(sil, lo, hi, resolution)
     if not (occ > 0.5).any():
