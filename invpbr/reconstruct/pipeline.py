@@ -251,4 +251,5 @@ def _replace(cfg, **changes):
 
 
 def _show(figures: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, float))
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, float))
+    return shown or "no figures (no [evaluate] held_out photos, no truth_mesh)"
