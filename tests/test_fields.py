@@ -128,10 +128,10 @@ def tiny_folder(tmp_path_factory):
     from invpbr.testing.fields import make_field_folder
 
     folder = tmp_path_factory.mktemp("field") / "ball"
-    return make_field_folder(folder, size=16, views=14, held_out=2, spp=32, kind="simple",
-                             distance=2.2, toml_extra="resolution = [16, 24]\nbatch_rays = 2048\n"
-                             "occupancy_warmup = 20\noccupancy_every = 8\n"
-                             "\n[optimize]\niterations = 80\nloss = \"l2\"\n"
+    return make_field_folder(folder, size=16, views=10, held_out=2, spp=16, kind="simple",
+                             distance=2.2, toml_extra="resolution = [12, 16]\nbatch_rays = 1024\n"
+                             "occupancy_warmup = 20\noccupancy_every = 8\nsh_degree = 1\n"
+                             "\n[optimize]\niterations = 100\nloss = \"l2\"\n"
                              "\n[report]\ngradients = false\n")
 
 
@@ -174,25 +174,29 @@ def test_view_renders_a_field_from_any_cameras(tiny_result, tiny_folder, tmp_pat
     written = view_result(out, tiny_folder / "transforms.json", spp=2, width=20, out=tmp_path)
     names = {p.name for p in written}
     assert "view_00.exr" in names and "view_00.png" in names and "view_00_depth.exr" in names
-    rgba = images.load_image(tmp_path / "view_00.exr", channels=4)
+    import mitsuba as mi
+
+    rgba = np.array(mi.Bitmap(str(tmp_path / "view_00.exr")), np.float32)
     assert rgba.shape == (20, 20, 4)
     alpha = rgba[..., 3]
     assert alpha.min() >= 0 and alpha.max() <= 1.0 + 1e-5
     assert alpha.max() > 0.9 and alpha.min() < 0.5  # the ball opaque, the sky not
     # the same camera as the fit's final render (at the fit's size) agrees with it
     again = view_result(out, tiny_folder / "transforms.json", spp=4, out=tmp_path / "full")
-    image = images.load_image(tmp_path / "full" / "view_00.exr", channels=4)[..., :3]
+    image = images.load_image(tmp_path / "full" / "view_00.exr")
     assert np.abs(image - result.renders["view_00"][..., :3]).mean() < 0.02
 
 
-def test_mesh_export_is_a_closed_surface_near_the_ball(tiny_result):
+def test_mesh_export_finds_the_ball(tiny_result):
     import trimesh
 
     problem, result, out = tiny_result
     mesh = trimesh.load(out / "field.ply")
-    assert len(mesh.faces) > 50
-    centre = np.asarray(mesh.vertices).mean(axis=0)
-    assert np.linalg.norm(centre - np.array([-0.35, 0.0, 0.1])) < 0.25
+    biggest = max(mesh.split(only_watertight=False), key=lambda m: len(m.faces))
+    assert len(biggest.faces) > 50
+    # (the ball of invpbr.testing.fields: centre (-0.35, 0, 0.1), radius 0.4)
+    off = np.abs(np.linalg.norm(np.asarray(biggest.vertices) - [-0.35, 0.0, 0.1], axis=1) - 0.4)
+    assert np.median(off) < 0.1
 
 
 # -- bad input ---------------------------------------------------------------------------------

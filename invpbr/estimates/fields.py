@@ -44,11 +44,13 @@ from .base import Estimate, register_kind
 from .volume import Occupancy, render_rays, sh_basis, softplus
 
 #: sigma (1 / world units) = softplus(raw) * DENSITY_SCALE / (the box's longest side).
-DENSITY_SCALE = 100.0
-#: Raw density at the start: nearly transparent (optical depth ~0.7 across the box).
-RAW_START = -5.0
-#: Level of the marching-cubes surface: the density whose one-cell opacity is one half.
+DENSITY_SCALE = 300.0
+#: Raw density at the start: nearly transparent (optical depth ~0.45 across the box).
+RAW_START = -6.5
+#: Level of the marching-cubes surface: the density whose opacity over MESH_CELLS
+#: cells of the grid is MESH_OPACITY.
 MESH_OPACITY = 0.5
+MESH_CELLS = 4
 FIELD_FILE = "field.npz"
 
 
@@ -395,8 +397,8 @@ def model_from_data(data: dict[str, Any]):
 
 
 def field_mesh(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The marching-cubes surface of a field's density where one cell's
-    opacity is MESH_OPACITY, in world units (None: no surface)."""
+    """The marching-cubes surface of a field's density at the level whose
+    opacity over MESH_CELLS cells is MESH_OPACITY, in world units (None: no surface)."""
     from skimage.measure import marching_cubes
 
     lo, hi = data["lo"].astype(float), data["hi"].astype(float)
@@ -404,7 +406,7 @@ def field_mesh(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     nz, ny, nx = raw.shape
     cell = (hi - lo) / np.array([nx, ny, nz])
     sigma = np.logaddexp(0.0, raw) * DENSITY_SCALE / float((hi - lo).max())
-    level = -math.log(1.0 - MESH_OPACITY) / float(cell.min())
+    level = -math.log(1.0 - MESH_OPACITY) / (MESH_CELLS * float(cell.min()))
     if not (sigma.min() < level < sigma.max()):
         return None
     verts, faces, _, _ = marching_cubes(np.pad(sigma, 1), level)

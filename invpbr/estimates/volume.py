@@ -193,7 +193,7 @@ def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occup
     def lanes_of(index):
         ray = index // n
         k = mi.Float(index - ray * n)
-        oo, dd = dr.gather(mi.Point3f, o, ray), dr.gather(mi.Vector3f, d, ray)
+        oo, dd = dr.gather(mi.Point3f, mi.Point3f(o), ray), dr.gather(mi.Vector3f, mi.Vector3f(d), ray)
         t = dr.gather(mi.Float, t0, ray) + (k + (jit if jitter is None
                                                else dr.gather(mi.Float, jit, ray))) * dt
         return ray, t, oo, dd
