@@ -285,6 +285,9 @@ class ReportConfig:
 
 
 FieldModel = Literal["grid", "hash"]
+#: ``[optimize] iterations`` of a problem with a ``[field]`` that does not set it
+#: (a step fits ``batch_rays`` pixels, not whole views); its ``loss`` is then ``l2``.
+FIELD_ITERATIONS = 600
 
 
 @dataclass
@@ -308,7 +311,7 @@ class FieldConfig:
     background: SkipValidation[str | list[float]] = "envmap"
     """``learned`` (one colour), ``envmap`` (a learned colour per direction),
     ``white``, ``black`` or ``[r, g, b]`` (linear)."""
-    batch_rays: PositiveInt = 8192
+    batch_rays: PositiveInt = 4096
     """Random rays (pixels of all fitted photos) per step."""
     samples: Annotated[float, Strict(), Field(gt=0)] = 1.0
     """Samples per grid cell along a ray (of the current stage's cells)."""
@@ -584,6 +587,10 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
                               "the radiance field")
         read["field"].enabled = True
         _check_field(read["field"], source)
+        if "iterations" not in (data.get("optimize") or {}):
+            read["optimize"].iterations = FIELD_ITERATIONS
+        if "loss" not in (data.get("optimize") or {}):
+            read["optimize"].loss = "l2"  # (the mean squared error: what PSNR measures)
     _check_spp(read["render"].spp, source)
     _check_cameras(read["cameras"], source)
     tables = data.get("estimate", [])

@@ -942,6 +942,18 @@ loss = "l2"
 """)
 
 
+def make_field_object(folder: Path) -> None:
+    """A radiance-field scene (``[field]``, no scene.xml): an object (textured
+    diffuse sphere, glossy gold sphere, red plastic cube on a grey base) under a
+    sky and an area light, rendered by Mitsuba from 40 views at 64x64 plus 8
+    held out, 8-bit photos and a transforms.json (invpbr.testing.fields)."""
+    from invpbr.backend import init_backend
+    from invpbr.testing.fields import make_field_folder
+
+    init_backend()
+    make_field_folder(folder, size=64, views=40, held_out=8, spp=1024, kind="object")
+
+
 SCENES = {
     "cornell": make_cornell,
     "principled_sphere": make_principled_sphere,
@@ -955,18 +967,6 @@ SCENES = {
     "real_capture": make_real_capture,
     "field_object": make_field_object,
 }
-
-
-def make_field_object(folder: Path) -> None:
-    """A radiance-field scene (``[field]``, no scene.xml): an object (textured
-    diffuse sphere, glossy gold sphere, red plastic cube on a grey base) under a
-    sky and an area light, rendered by Mitsuba from 40 views at 64x64 plus 8
-    held out, 8-bit photos and a transforms.json (invpbr.testing.fields)."""
-    from invpbr.backend import init_backend
-    from invpbr.testing.fields import make_field_folder
-
-    init_backend()
-    make_field_folder(folder, size=64, views=40, held_out=8, spp=1024, kind="object")
 
 
 def main(names: list[str]) -> None:

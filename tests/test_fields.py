@@ -13,6 +13,9 @@ import pytest
 import invpbr  # noqa: F401  (sets up LLVM for Dr.Jit)
 from invpbr.backend import init_backend
 
+#: The figures README's "Radiance fields" table states (tests/test_readme.py).
+STATED = {"gradient_percent": 3, "fit_above_constant_db": 8, "held_out_above_start_db": 5}
+
 
 @pytest.fixture(scope="module", autouse=True)
 def backend():
@@ -84,7 +87,8 @@ def test_volume_gradient_matches_finite_differences():
         for i in np.argsort(-np.abs(g))[:3]:
             num = fd(which, int(i))
             assert abs(num) > 1e-3
-            assert g[i] == pytest.approx(num, rel=0.03, abs=1e-3), (which, i)
+            assert g[i] == pytest.approx(num, rel=STATED["gradient_percent"] / 100, abs=1e-3), \
+                (which, i)
 
 
 def test_occupancy_skips_empty_cells_without_changing_the_image():
@@ -154,10 +158,13 @@ def test_a_tiny_fit_beats_a_constant_image(tiny_result):
     mean_colour = np.mean([v.photo for v in fitted], axis=(0, 1, 2))
     constant = np.mean([psnr(np.broadcast_to(mean_colour, v.photo.shape), v.photo) for v in fitted])
     got = np.mean([result.psnr()[v.id] for v in fitted])
-    assert got > constant + 8, (got, constant)
+    assert got > constant + STATED["fit_above_constant_db"], (got, constant)
     held = result.novel_view_srgb
     assert set(held) == {v.id for v in problem.views if v.held_out} | {"mean"}
-    assert held["mean"]["psnr"] > max(result.novel_view_psnr_initial.values()) + 5
+    start = np.mean(list(result.novel_view_psnr_initial.values()))
+    end = np.mean(list(result.novel_view_psnr.values()))
+    assert end > start + STATED["held_out_above_start_db"]
+    assert held["mean"]["psnr"] > 15
     assert 0.0 < held["mean"]["ssim"] <= 1.0
     doc = json.loads((out / "result.json").read_text())
     assert doc["kinds"] == {"field": "field"}

@@ -529,6 +529,14 @@ class FieldEstimate(Estimate):
     def setup(self, problem) -> None:
         self.problem = problem
         source = str(problem.source)
+        if problem.parameters:
+            kinds = sorted({e.kind for e in problem.parameters})
+            raise ValueError(f"{source}: [field] with [[estimate]] tables ({', '.join(kinds)}) is "
+                             "not supported yet: a field is fitted alone (camera refinement "
+                             "with a field is not implemented)")
+        if problem.config.photos.gain != "none":
+            raise ValueError(f"{source}: photos.gain = {problem.config.photos.gain!r} does not "
+                             "apply to a [field] yet; leave it at \"none\"")
         fitted = [v for v in problem.views if not v.held_out]
         cams = self.cameras_of(fitted)
         if self.config.bounds is not None:
