@@ -132,7 +132,7 @@ def tiny_folder(tmp_path_factory):
     from invpbr.testing.fields import make_field_folder
 
     folder = tmp_path_factory.mktemp("field") / "ball"
-    return make_field_folder(folder, size=16, views=10, held_out=2, spp=16, kind="simple",
+    return make_field_folder(folder, size=16, views=16, held_out=2, spp=16, kind="simple",
                              distance=2.2, toml_extra="resolution = [12, 16]\nbatch_rays = 1024\n"
                              "occupancy_warmup = 20\noccupancy_every = 8\nsh_degree = 1\n"
                              "\n[optimize]\niterations = 100\nloss = \"l2\"\n"

@@ -279,7 +279,10 @@ class RayTable:
         import drjit as dr
         import mitsuba as mi
 
-        rng = mi.PCG32(size=n, initstate=mi.UInt64(seed) * 0x9E3779B9 + 17,
+        # (an opaque seed: a literal one would be compiled into the kernels, one set per step)
+        state = dr.opaque(mi.UInt64, int(np.asarray(seed).ravel()[0]) if not isinstance(seed, int)
+                          else seed)
+        rng = mi.PCG32(size=n, initstate=state * 0x9E3779B9 + 17,
                        initseq=dr.arange(mi.UInt64, n))
         k = mi.UInt32(dr.minimum(rng.next_float32() * self.count, self.count - 1))
         pix = dr.gather(mi.UInt32, self.valid, k)
@@ -662,7 +665,7 @@ class FieldEstimate(Estimate):
         nx, ny, nz = self.dims
         n = min(self.config.batch_rays, nx * ny * nz)
         self._tv_calls = getattr(self, "_tv_calls", 0) + 1
-        rng = mi.PCG32(size=n, initstate=mi.UInt64(self._tv_calls * 7919 + 3))
+        rng = mi.PCG32(size=n, initstate=dr.opaque(mi.UInt64, self._tv_calls * 7919 + 3))
         x = mi.UInt32(dr.minimum(rng.next_float32() * (nx - 1), nx - 2))
         y = mi.UInt32(dr.minimum(rng.next_float32() * (ny - 1), ny - 2))
         z = mi.UInt32(dr.minimum(rng.next_float32() * (nz - 1), nz - 2))
