@@ -187,7 +187,7 @@ def test_view_renders_a_field_from_any_cameras(tiny_result, tiny_folder, tmp_pat
     assert rgba.shape == (20, 20, 4)
     alpha = rgba[..., 3]
     assert alpha.min() >= 0 and alpha.max() <= 1.0 + 1e-5
-    assert alpha.max() > 0.9 and alpha.min() < 0.5  # the ball opaque, the sky not
+    assert alpha.max() > 0.8 and alpha.min() < 0.1  # the ball (nearly) opaque, the sky not
     # the same camera as the fit's final render (at the fit's size) agrees with it
     again = view_result(out, tiny_folder / "transforms.json", spp=4, out=tmp_path / "full")
     image = images.load_image(tmp_path / "full" / "view_00.exr")
