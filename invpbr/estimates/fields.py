@@ -647,6 +647,26 @@ class FieldEstimate(Estimate):
     def current_stage(self) -> Any:
         return self.stage
 
+    def state(self) -> dict[str, Any]:
+        out = {"stage": self.stage}
+        if self.occupancy is not None:
+            out |= {"occupancy_ema": self.occupancy.ema, "occupied": self.occupancy.occupied,
+                    "occupancy_updates": self.occupancy.updates}
+        return out
+
+    def load_state(self, store, params, state: dict[str, Any]) -> None:
+        """Come back to a checkpoint's stage (grid size) and occupancy grid."""
+        import mitsuba as mi
+
+        self.stage = int(state.get("stage", 0))
+        self.dims = grid_dims(self.lo, self.hi, self.config.resolution[self.stage])
+        if self.occupancy is not None and "occupied" in state:
+            occ = self.occupancy
+            occ.ema = np.asarray(state["occupancy_ema"], np.float32)
+            occ.occupied = np.asarray(state["occupied"], bool)
+            occ.updates = int(state.get("occupancy_updates", 0))
+            occ.mask = mi.Bool(occ.occupied.ravel()) if occ.updates else None
+
     def finish(self, store) -> bool:
         last = len(self.config.resolution) - 1
         if self.stage != last:
