@@ -757,7 +757,7 @@ class FieldEstimate(Estimate):
     @classmethod
     def summary(cls, key, value, result) -> str:
         nz, ny, nx = value["density"].shape
-        lo, hi = np.round(value["lo"], 3).tolist(), np.round(value["hi"], 3).tolist()
+        lo, hi = (np.round(np.asarray(value[k], np.float64), 3).tolist() for k in ("lo", "hi"))
         occ = (f", {100 * float(np.mean(value['occupied'])):.1f}% occupied"
                if "occupied" in value else "")
         return f"grid {nx}x{ny}x{nz} in {lo} - {hi}{occ}"
