@@ -7,6 +7,11 @@ Typical use::
     result = invpbr.optimize(problem)
     invpbr.save_result(result, "out/cornell")
 
+    # an object from photos, masks and cameras ([reconstruct] in invpbr.toml)
+    problem = invpbr.load_problem("scenes/object_capture")
+    rec = invpbr.reconstruct_object(problem)
+    invpbr.save_reconstruction(rec, "out/object_capture", [v.camera for v in problem.views])
+
 Importing invpbr first points Dr.Jit at a usable LLVM (see
 :mod:`invpbr.backend`); it imports neither Dr.Jit nor Mitsuba itself.
 
@@ -38,6 +43,8 @@ from .problem.scene import load_scene  # noqa: E402
 from .render.photos import render_photos, simulate_capture  # noqa: E402
 from .results.result import Result, save_result  # noqa: E402
 from .optimization.gradcheck import check_gradients  # noqa: E402
+from .reconstruct.pipeline import reconstruct as reconstruct_object  # noqa: E402
+from .reconstruct.output import save_reconstruction  # noqa: E402
 from . import notebook  # noqa: E402  (invpbr.notebook.live(problem): a Jupyter live figure)
 
 __version__ = "0.1.0"
@@ -45,5 +52,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "LLVMError", "Problem", "ProblemConfig", "Result", "StepInfo", "View",
     "check_folder", "check_gradients", "init_backend", "load_config", "load_problem",
-    "load_scene", "optimize", "render_photos", "save_result", "simulate_capture",
+    "load_scene", "optimize", "reconstruct_object", "render_photos", "save_reconstruction",
+    "save_result", "simulate_capture",
 ]

@@ -67,6 +67,9 @@ class EvaluateConfig:
     relight: list[Text] = field(default_factory=list)
     """Environment maps (files relative to the scene folder) that replace every
     envmap of the estimate and of truth.xml for relighting PSNRs."""
+    truth_mesh: SkipValidation[str] = ""
+    """``[reconstruct]``: the true mesh (a PLY/OBJ file relative to the scene
+    folder), for the Chamfer distance and normal angle of the reconstruction."""
 INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "prb_reparam",
                "path", "scene")
 
@@ -358,6 +361,54 @@ class FieldConfig:
     """Weight of Mip-NeRF 360's distortion loss on each ray's weights."""
     spp: PositiveInt = 4
     """Rays per pixel of the saved renders and held-out evaluation."""
+Background = Literal["envmap", "ignore"]
+
+
+@dataclass
+class ReconstructConfig:
+    """``[reconstruct]``: an object from photos, masks and cameras alone
+    (see :mod:`invpbr.reconstruct`); every key has a default."""
+
+    hull_resolution: PositiveInt = 128
+    """Voxels along the longest side of the visual hull's grid."""
+    faces: PositiveInt = 6000
+    """Triangles of the mesh (the hull's remeshing and every later remeshing)."""
+    iterations: NonNegativeInt = 240
+    """Steps of the joint optimization of shape, material and lighting (0: the hull
+    with its fitted material and lighting only)."""
+    material_iterations: NonNegativeInt = 60
+    """Steps fitting material and lighting alone on the hull, before the joint ones."""
+    views_per_step: PositiveInt = 4
+    """Photos rendered per joint step (a random subset)."""
+    spp: PositiveInt = 8
+    """Samples per pixel of each render in a step."""
+    max_depth: Annotated[int, Strict(), Field(ge=2)] = 2
+    """Longest light path (2: direct lighting from the environment map)."""
+    lambda_: NonNegative = 25.0
+    """Large-steps smoothness of the shape (``mi.ad.LargeSteps``; TOML: ``lambda``)."""
+    lr_shape: NonNegative = 0.002
+    """Adam step of the shape's latent, as a fraction of the object's bounding-box diagonal."""
+    lr_material: NonNegative = 0.03
+    """Adam step of the per-vertex base colour and roughness."""
+    lr_light: NonNegative = 0.05
+    """Adam step of the environment map's log radiance."""
+    remesh: NonNegativeInt = 2
+    """Isotropic remeshings during the joint optimization (evenly spaced)."""
+    envmap_height: PositiveInt = 64
+    """Rows of the estimated environment map (width: twice as many)."""
+    background: Background = "envmap"
+    """``envmap``: the photos' background is the environment seen from afar and is
+    fitted with it; ``ignore``: only the masked object is fitted."""
+    mask_weight: NonNegative = 1.0
+    """Weight of the silhouette loss (render coverage against the masks)."""
+    white_light: NonNegative = 0.02
+    """Weight of the prior pulling the environment map's mean colour to grey (the
+    albedo/light-colour ambiguity)."""
+    texture_resolution: PositiveInt = 512
+    """Side of the baked base-colour and roughness textures (UV atlas by xatlas)."""
+    loss_scale: Annotated[float, Strict(), Field(gt=0)] = 0.1
+    """Residual (in tone-mapped units) at which the robust photometric loss
+    weighs a pixel half (Cauchy)."""
 
 
 @dataclass
@@ -370,6 +421,8 @@ class ProblemConfig:
     cameras: CamerasConfig = field(default_factory=CamerasConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     field: FieldConfig = field(default_factory=FieldConfig)
+    reconstruct: ReconstructConfig | None = None
+    """``[reconstruct]``: present (even empty) to reconstruct an object; None otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -383,7 +436,8 @@ class ConfigError(ValueError):
 TABLES: dict[str, type] = {"render": RenderConfig, "estimate": EstimateConfig,
                            "optimize": OptimizeConfig, "photos": PhotosConfig,
                            "evaluate": EvaluateConfig, "cameras": CamerasConfig,
-                           "report": ReportConfig, "field": FieldConfig}
+                           "report": ReportConfig, "field": FieldConfig,
+                           "reconstruct": ReconstructConfig}
 
 for _cls in TABLES.values():
     _cls.__pydantic_config__ = STRICT
@@ -454,6 +508,8 @@ def _read_table(where: str, table: Any, cls: type, source: str, *, key_where: st
     close names suggested); errors name ``source`` and ``key_where``."""
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [{where}] must be a table, found {type(table).__name__}")
+    if cls is ReconstructConfig and "lambda" in table:
+        table = {("lambda_" if k == "lambda" else k): v for k, v in table.items()}
     for key in table:
         if key not in cls.__dataclass_fields__ or key == "options":
             toml_key = "lambda" if key == "lambda_" else key
@@ -599,7 +655,10 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
             raise ConfigError(f"{source}: unknown table [{name}]; expected "
                               f"{', '.join(sorted(TABLES))}{_close(name, list(TABLES))}")
     read = {name: _read_table(name, data.get(name, {}), cls, source)
-            for name, cls in TABLES.items() if name != "estimate"}
+            for name, cls in TABLES.items() if name not in ("estimate", "reconstruct")}
+    if "reconstruct" in data:
+        read["reconstruct"] = _read_table("reconstruct", data["reconstruct"], ReconstructConfig,
+                                          source)
     if "field" in data:
         if "enabled" in data["field"]:
             raise ConfigError(f"{source}: unknown key field.enabled; a [field] table enables "
@@ -631,6 +690,8 @@ def config_schema() -> dict[str, Any]:
     estimate = schema["$defs"]["EstimateConfig"]["properties"]
     estimate.pop("options", None)  # a registered kind's own keys
     estimate["lambda"] = estimate.pop("lambda_")
+    recon = schema["$defs"]["ReconstructConfig"]["properties"]
+    recon["lambda"] = recon.pop("lambda_")
     return schema
 
 

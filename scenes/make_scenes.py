@@ -954,6 +954,17 @@ def make_field_object(folder: Path) -> None:
     make_field_folder(folder, size=64, views=40, held_out=8, spp=1024, kind="object")
 
 
+def make_object_capture(folder: Path) -> None:
+    """A procedural non-convex, textured, somewhat glossy object under a procedural sky:
+    24 photos of 96x96 with masks and transforms.json (plus 4 held out), for
+    ``[reconstruct]``: mesh, material and light from the photos alone."""
+    from invpbr.backend import init_backend
+    from invpbr.testing.objects import write_object_capture
+
+    init_backend(None)
+    write_object_capture(folder, views=24, held_out=4, size=96, spp=256, subdivisions=4)
+
+
 SCENES = {
     "cornell": make_cornell,
     "principled_sphere": make_principled_sphere,
@@ -966,6 +977,7 @@ SCENES = {
     "light_position": make_light_position,
     "real_capture": make_real_capture,
     "field_object": make_field_object,
+    "object_capture": make_object_capture,
 }
 
 

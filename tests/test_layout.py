@@ -23,7 +23,7 @@ LAYERS = [
     {"problem"},
     {"render"},
     {"results"},
-    {"optimization"},
+    {"optimization", "reconstruct"},
     {"run", "notebook", "__init__", "__main__"},
 ]
 

@@ -11,8 +11,8 @@
 Each frame of the file becomes a perspective sensor of the scene (its id is the
 frame's photo's file stem), replacing the sensors written in scene.xml; the
 film filter and sampler of scene.xml's first sensor are kept when it has one.
-Photos are the frames' files; masks come from ``masks/<stem>.*`` and from the
-photos' alpha channels.
+Photos are the frames' files; masks come from ``masks/<stem>.*`` (in the scene
+folder, else beside the photos' folder) and from the photos' alpha channels.
 """
 
 from __future__ import annotations
@@ -228,6 +228,13 @@ def load_frames(folder: Path, cameras_file: str, *, resolution: list[int] | None
     if masks_dir.is_dir():
         masks = {p.stem: p for p in sorted(masks_dir.iterdir())
                  if p.suffix.lower() in io.PHOTO_SUFFIXES}
+    for cam in cameras:  # else masks/ beside the photos' folder (data kept elsewhere)
+        beside = Path(cam.file_path).parent.parent / "masks" if cam.file_path else None
+        if cam.id not in masks and beside is not None and beside.is_dir():
+            found = [p for p in sorted(beside.glob(cam.id + ".*"))
+                     if p.suffix.lower() in io.PHOTO_SUFFIXES]
+            if found:
+                masks[cam.id] = found[0]
     return [load_frame(cam, masks, resolution=resolution, undistort=undistort, source=source)
             for cam in cameras]
 

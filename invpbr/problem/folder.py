@@ -300,7 +300,8 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     else:
         views = [View(index=i, id=f.camera.id, photo_path=f.path, photo=f.photo, mask=f.mask,
                       camera=f.camera) for i, f in enumerate(frames)]
-    mask_saturated(views, config.photos.saturation)
+    if config.reconstruct is None:  # a reconstruction's masks are silhouettes: keep them whole
+        mask_saturated(views, config.photos.saturation)
     mark_held_out(views, config.evaluate.held_out, source=folder / "invpbr.toml")
     _check_gain_reference(config, views, folder / "invpbr.toml")
     truth, truth_scene, relight_maps = {}, None, {}
@@ -409,6 +410,11 @@ def check_folder(folder: str | Path, *, variant: str | None = None) -> list[str]
             attempt(lambda est=est, i=i: resolve_estimates(
                 params, [est], source=folder / "invpbr.toml", sensor_ids=sensor_ids(scene)))
     if frames is not None:
+        no_mask = [str(f.path.name) for f in frames if f.mask is None]
+        if config is not None and config.reconstruct is not None and no_mask:
+            problems.append(f"{folder / 'invpbr.toml'}: [reconstruct] needs a mask for every "
+                            f"photo (masks/<photo stem>.png, white = object, or the photo's "
+                            f"alpha); none for {', '.join(no_mask)}")
         return problems  # the photos were checked with their frames
     ids = sensor_ids(scene)
     if not ids:

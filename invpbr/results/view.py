@@ -136,11 +136,18 @@ def view_result(folder: str | Path, cameras_file: str | Path, *, spp: int = 64,
     depth = max_depth if max_depth is not None else \
         doc.get("settings", {}).get("render", {}).get("max_depth", -1)
     integrator = mi.load_dict({"type": "path", "max_depth": int(depth)})
+    # An environment seen in the background makes Mitsuba's alpha 1 everywhere; the
+    # coverage comes from a second render with the emitters hidden.
+    hidden = mi.load_dict({"type": "path", "max_depth": 1, "hide_emitters": True}) \
+        if scene.environment() is not None else None
     written = []
     with dr.suspend_grad():
         for i, cam in enumerate(cameras):
             image = np.array(mi.render(scene, sensor=i, integrator=integrator, spp=int(spp),
                                        seed=i), dtype=np.float32)
+            if hidden is not None:
+                image[..., 3] = np.array(mi.render(scene, sensor=i, integrator=hidden,
+                                                   spp=int(spp), seed=i))[..., 3]
             written.append(images.save_image(out / f"{cam.id}.exr", image))
             written.append(images.save_image(out / f"{cam.id}.png", image))
     return written

@@ -125,6 +125,10 @@ def main_run(args, say: Callable[[str], None] = print) -> int:
     from ..problem.folder import load_problem
 
     problem = load_problem(args.scene_dir, variant=args.variant)
+    if problem.config.reconstruct is not None:
+        from .reconstruct_run import run_reconstruct
+
+        return run_reconstruct(problem, args)
     if args.spp is not None:
         problem.config.render.spp = args.spp
     if args.iterations is not None:  # recorded in result.json's settings
