@@ -306,6 +306,61 @@ class ReportConfig:
     """Samples per pixel of the gradient images' renders."""
 
 
+FieldModel = Literal["grid", "hash"]
+#: ``[optimize] iterations`` of a problem with a ``[field]`` that does not set it
+#: (a step fits ``batch_rays`` pixels, not whole views); its ``loss`` is then ``l2``.
+FIELD_ITERATIONS = 600
+
+
+@dataclass
+class FieldConfig:
+    """``[field]``: fit a radiance field (density and view-dependent colour in
+    a box) to the photos; no scene.xml needed (see invpbr.estimates.fields)."""
+
+    enabled: Bool = False
+    """Set by the presence of a ``[field]`` table (not a key of it)."""
+    model: FieldModel = "grid"
+    """``grid``: a dense grid of density and spherical-harmonic colour, coarse to
+    fine; ``hash``: a multiresolution hash grid with a small MLP."""
+    resolution: SkipValidation[int | list[int]] = field(default_factory=lambda: [32, 64, 96])
+    """Grid cells along the box's longest side, one entry per coarse-to-fine
+    stage (the iterations split evenly)."""
+    sh_degree: Annotated[int, Strict(), Field(ge=0, le=2)] = 2
+    """Degree of the spherical harmonics of the colour (0: no view dependence)."""
+    bounds: SkipValidation[list[list[float]] | None] = None
+    """``[[xmin, ymin, zmin], [xmax, ymax, zmax]]``; default: from the cameras
+    (the region every fitted camera sees, and the masks where present)."""
+    background: SkipValidation[str | list[float]] = "envmap"
+    """``learned`` (one colour), ``envmap`` (a learned colour per direction),
+    ``white``, ``black`` or ``[r, g, b]`` (linear)."""
+    batch_rays: PositiveInt = 4096
+    """Random rays (pixels of all fitted photos) per step."""
+    samples: Annotated[float, Strict(), Field(gt=0)] = 1.0
+    """Samples per grid cell along a ray (of the current stage's cells)."""
+    lr: NonNegative = 0.1
+    """Adam learning rate of the field's latents."""
+    occupancy: Bool = True
+    """Skip empty space with an occupancy grid (NerfAcc), and stop rays whose
+    transmittance is negligible."""
+    occupancy_resolution: PositiveInt = 64
+    """Cells of the occupancy grid along the box's longest side."""
+    occupancy_threshold: NonNegative = 0.01
+    """A cell is occupied while the opacity of one sample step in it (from the
+    moving average of its density) is above this."""
+    occupancy_every: PositiveInt = 16
+    """Steps between occupancy-grid updates."""
+    occupancy_warmup: NonNegativeInt = 32
+    """Steps before the occupancy grid is first used (everything occupied)."""
+    occupancy_decay: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.95
+    """Decay of the moving average of each cell's density at an update."""
+    tv: NonNegative = 1e-4
+    """Weight of the total variation of density and colour (grid model)."""
+    sparsity: NonNegative = 1e-4
+    """Weight of a sparsity prior on the sampled opacities (against floaters)."""
+    distortion: NonNegative = 1e-3
+    """Weight of Mip-NeRF 360's distortion loss on each ray's weights."""
+    spp: PositiveInt = 4
+    """Rays per pixel of the saved renders and held-out evaluation."""
 Background = Literal["envmap", "ignore"]
 
 
@@ -365,6 +420,7 @@ class ProblemConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     cameras: CamerasConfig = field(default_factory=CamerasConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    field: FieldConfig = field(default_factory=FieldConfig)
     reconstruct: ReconstructConfig | None = None
     """``[reconstruct]``: present (even empty) to reconstruct an object; None otherwise."""
 
@@ -380,7 +436,8 @@ class ConfigError(ValueError):
 TABLES: dict[str, type] = {"render": RenderConfig, "estimate": EstimateConfig,
                            "optimize": OptimizeConfig, "photos": PhotosConfig,
                            "evaluate": EvaluateConfig, "cameras": CamerasConfig,
-                           "report": ReportConfig, "reconstruct": ReconstructConfig}
+                           "report": ReportConfig, "field": FieldConfig,
+                           "reconstruct": ReconstructConfig}
 
 for _cls in TABLES.values():
     _cls.__pydantic_config__ = STRICT
@@ -502,6 +559,36 @@ def _check_cameras(cameras: CamerasConfig, source: str) -> None:
                               "sensors set their own film size)")
 
 
+def _check_field(f: FieldConfig, source: str) -> None:
+    """The ``[field]`` keys pydantic does not check by type alone."""
+    res = [f.resolution] if isinstance(f.resolution, int) and not isinstance(f.resolution, bool) \
+        else f.resolution
+    if (not isinstance(res, list) or not res
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 512
+                       for v in res)):
+        raise ConfigError(f"{source}: field.resolution must be an integer in [2, 512] or a list "
+                          f"of them, found {f.resolution!r}")
+    f.resolution = res
+    b = f.bounds
+    if b is not None:
+        ok = (isinstance(b, list) and len(b) == 2 and all(
+            isinstance(c, list) and len(c) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in c) for c in b))
+        if not ok or not all(lo < hi for lo, hi in zip(*b)):
+            raise ConfigError(f"{source}: field.bounds must be [[xmin, ymin, zmin], [xmax, ymax, "
+                              f"zmax]] with min < max, found {b!r}")
+        f.bounds = [[float(v) for v in c] for c in b]
+    bg = f.background
+    if isinstance(bg, list):
+        if len(bg) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   and v >= 0 for v in bg):
+            raise ConfigError(f"{source}: field.background must be learned, envmap, white, "
+                              f"black or [r, g, b] (linear, >= 0), found {bg!r}")
+    elif bg not in ("learned", "envmap", "white", "black"):
+        raise ConfigError(f"{source}: field.background = {bg!r}; expected one of learned, "
+                          "envmap, white, black or [r, g, b]")
+
+
 def _estimate_table(i: int, t: Any, source: str) -> EstimateConfig:
     """One ``[[estimate]]`` table: its kind (and a registered kind's own
     options), key, bounds and resolution checked by hand, the rest by type."""
@@ -572,6 +659,16 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
     if "reconstruct" in data:
         read["reconstruct"] = _read_table("reconstruct", data["reconstruct"], ReconstructConfig,
                                           source)
+    if "field" in data:
+        if "enabled" in data["field"]:
+            raise ConfigError(f"{source}: unknown key field.enabled; a [field] table enables "
+                              "the radiance field")
+        read["field"].enabled = True
+        _check_field(read["field"], source)
+        if "iterations" not in (data.get("optimize") or {}):
+            read["optimize"].iterations = FIELD_ITERATIONS
+        if "loss" not in (data.get("optimize") or {}):
+            read["optimize"].loss = "l2"  # (the mean squared error: what PSNR measures)
     _check_spp(read["render"].spp, source)
     _check_cameras(read["cameras"], source)
     tables = data.get("estimate", [])

@@ -942,6 +942,18 @@ loss = "l2"
 """)
 
 
+def make_field_object(folder: Path) -> None:
+    """A radiance-field scene (``[field]``, no scene.xml): an object (textured
+    diffuse sphere, glossy gold sphere, red plastic cube on a grey base) under a
+    sky and an area light, rendered by Mitsuba from 40 views at 64x64 plus 8
+    held out, 8-bit photos and a transforms.json (invpbr.testing.fields)."""
+    from invpbr.backend import init_backend
+    from invpbr.testing.fields import make_field_folder
+
+    init_backend()
+    make_field_folder(folder, size=64, views=40, held_out=8, spp=1024, kind="object")
+
+
 def make_object_capture(folder: Path) -> None:
     """A procedural non-convex, textured, somewhat glossy object under a procedural sky:
     24 photos of 96x96 with masks and transforms.json (plus 4 held out), for
@@ -964,6 +976,7 @@ SCENES = {
     "shape_reconstruction": make_shape_reconstruction,
     "light_position": make_light_position,
     "real_capture": make_real_capture,
+    "field_object": make_field_object,
     "object_capture": make_object_capture,
 }
 

@@ -429,6 +429,7 @@ def finish_run(run: Run) -> Result:
         novel_view_psnr={v.id: evaluate.psnr(renders[v.id], v.photo) for v in held_out},
         novel_view_psnr_initial={v.id: evaluate.psnr(run.before["held_out"][v.id], v.photo)
                                  for v in held_out},
+        novel_view_srgb=evaluate.held_out_srgb(renders, held_out),
         relight_psnr=evaluate.relight_scores(problem, after),
         relight_psnr_initial=evaluate.relight_scores(problem, run.before),
         errors_scale_invariant=evaluate.albedo_scale_invariant_errors(estimates, problem.truth),

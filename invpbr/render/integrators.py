@@ -47,6 +47,8 @@ def choose_integrator_type(render: RenderConfig, parameters: list[Estimate]) -> 
     integrator (``direct_projective`` for ``max_depth`` <= 2, else
     ``prb_projective``) as soon as one parameter moves a visibility edge.
     """
+    if any(getattr(p, "renders_itself", False) for p in parameters):
+        return "volume"
     if render.integrator != "auto":
         return render.integrator
     if any(p.moves_edges for p in parameters):
@@ -64,6 +66,11 @@ def make_integrator(render: RenderConfig, parameters: list[Estimate], scene=None
     """
     import mitsuba as mi
 
+    field = next((p for p in parameters if getattr(p, "renders_itself", False)), None)
+    if field is not None:  # a radiance field: volume rendering of its own
+        from .volume import field_integrator
+
+        return field_integrator(field)
     kind = choose_integrator_type(render, parameters)
     if kind == "scene":
         if scene is None or scene.integrator() is None:

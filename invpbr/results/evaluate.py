@@ -28,6 +28,42 @@ def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
 
 
+def to_srgb(image: np.ndarray) -> np.ndarray:
+    """Linear values clipped to [0, 1] and sRGB-encoded (what an 8-bit photo stores)."""
+    x = np.clip(np.nan_to_num(np.asarray(image, dtype=np.float64)), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+
+
+def srgb_scores(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """``psnr`` and ``ssim`` of two linear RGB images compared as NeRF papers
+    do: sRGB-encoded, clipped to [0, 1] (SSIM: scikit-image's, 7x7 windows,
+    or the largest odd window the image allows)."""
+    from skimage.metrics import structural_similarity
+
+    a, b = to_srgb(image[..., :3]), to_srgb(reference[..., :3])
+    mse = float(np.mean((a - b) ** 2))
+    score = 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+    win = min(7, min(a.shape[:2]) - (1 - min(a.shape[:2]) % 2))
+    ssim = float(structural_similarity(a, b, channel_axis=-1, data_range=1.0,
+                                       win_size=max(win, 3)))
+    return {"psnr": score, "ssim": ssim}
+
+
+def held_out_srgb(renders: dict[str, np.ndarray], views) -> dict[str, dict[str, float]]:
+    """Held-out view id -> :func:`srgb_scores` of its render against its photo
+    (over the mask where it has one: pixels outside are set to the photo's),
+    and ``"mean"``: the mean PSNR and SSIM over the views."""
+    out = {}
+    for v in views:
+        render = np.asarray(renders[v.id], dtype=np.float32)[..., :3]
+        if v.mask is not None:
+            render = np.where(v.mask[..., None], render, v.photo)
+        out[v.id] = srgb_scores(render, v.photo)
+    if out:
+        out["mean"] = {k: float(np.mean([d[k] for d in out.values()])) for k in ("psnr", "ssim")}
+    return out
+
+
 def render_all(scene, integrator, n_views: int, *, spp: int, seed: int = 2**31 - 1) -> list[np.ndarray]:
     """Render every sensor of ``scene`` without gradients, linear RGB (H, W, 3) each."""
     import drjit as dr

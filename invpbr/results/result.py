@@ -72,6 +72,8 @@ class Result:
         held_out: ids of the views not fitted.
         novel_view_psnr: held-out view id -> PSNR of the estimate's render.
         novel_view_psnr_initial: the same for the starting guess.
+        novel_view_srgb: held-out view id -> ``psnr`` and ``ssim`` on sRGB values
+            clipped to [0, 1] (as NeRF papers report), and ``"mean"`` of each.
         relight_psnr: relighting envmap -> view id (and ``"mean"``) -> PSNR of
             the relit estimate against the relit truth.
         relight_psnr_initial: the same for the starting guess.
@@ -142,6 +144,7 @@ class Result:
     held_out: list[str] = field(default_factory=list)
     novel_view_psnr: dict[str, float] = field(default_factory=dict)
     novel_view_psnr_initial: dict[str, float] = field(default_factory=dict)
+    novel_view_srgb: dict[str, dict[str, float]] = field(default_factory=dict)
     relight_psnr: dict[str, dict[str, float]] = field(default_factory=dict)
     relight_psnr_initial: dict[str, dict[str, float]] = field(default_factory=dict)
     errors_scale_invariant: dict[str, float] = field(default_factory=dict)
@@ -234,6 +237,8 @@ def result_to_json(result: Result, files: dict[str, dict] | None = None) -> dict
         "held_out": result.held_out,
         "novel_view_psnr": {k: finite(v) for k, v in result.novel_view_psnr.items()},
         "novel_view_psnr_initial": {k: finite(v) for k, v in result.novel_view_psnr_initial.items()},
+        "novel_view_srgb": {k: {n: finite(v) for n, v in d.items()}
+                            for k, d in result.novel_view_srgb.items()},
         "relight_psnr": {m: {k: finite(v) for k, v in d.items()} for m, d in result.relight_psnr.items()},
         "relight_psnr_initial": {m: {k: finite(v) for k, v in d.items()}
                                  for m, d in result.relight_psnr_initial.items()},

@@ -1,0 +1,786 @@
+"""Radiance fields (``[field]``): density and view-dependent colour in a box,
+fitted to photos by differentiable volume rendering (:mod:`.volume`).
+
+A ``[field]`` table in invpbr.toml implies the estimate (as ``[photos]
+gain`` implies the gains); the folder needs only photos and a camera file::
+
+    [cameras]
+    file = "transforms.json"
+
+    [field]
+
+The model (``model = "grid"``) is a dense grid over the box of raw density
+(``sigma = softplus(raw) * DENSITY_SCALE / box size``) and of spherical-
+harmonic colour coefficients (``colour = sigmoid(sum_k c_k Y_k(d))``),
+trilinearly interpolated (``dr.Texture3f``), refined coarse to fine
+(``resolution = [32, 64, 96]``). Steps draw ``batch_rays`` random pixels of
+all fitted photos (:class:`RandomRays`), with an occupancy grid for
+empty-space skipping and early ray termination (NerfAcc), total variation,
+sparsity and distortion regularizers against floaters.
+
+The box is ``bounds`` or, by default, the region every fitted camera sees
+(:func:`auto_bounds`), cut down to the masks' visual hull where the photos
+have masks. The background is a learned colour (``learned``), a learned
+colour per direction (``envmap``), or fixed.
+
+Results: ``field.npz`` in the result folder (:func:`save_field` /
+:func:`load_field`), which ``invpbr view OUT --cameras FILE`` renders
+(:meth:`FieldEstimate.render_views`: RGBA EXR with alpha = opacity, sRGB
+PNG, depth EXR), and ``field.ply``, the marching-cubes mesh of the density.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..capture import images
+from .base import Estimate, register_kind
+from .volume import Occupancy, render_rays, sh_basis, softplus
+
+#: sigma (1 / world units) = softplus(raw) * DENSITY_SCALE / (the box's longest side).
+DENSITY_SCALE = 300.0
+#: Raw density at the start: nearly transparent (optical depth ~0.45 across the box).
+RAW_START = -6.5
+#: Level of the marching-cubes surface: the density whose opacity over MESH_CELLS
+#: cells of the grid is MESH_OPACITY.
+MESH_OPACITY = 0.5
+MESH_CELLS = 4
+FIELD_FILE = "field.npz"
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def grid_dims(lo, hi, resolution: int) -> tuple[int, int, int]:
+    """Cells along x, y, z: ``resolution`` along the box's longest side."""
+    ext = np.asarray(hi, float) - np.asarray(lo, float)
+    return tuple(max(2, int(round(resolution * e / ext.max()))) for e in ext)
+
+
+@dataclass
+class GridField:
+    """A dense grid's values as Dr.Jit arrays (latents or detached) and how
+    to evaluate them (see the module)."""
+
+    raw: Any          # Float, (z, y, x) raw density
+    sh: Any           # Float, (z, y, x, 3 K) colour coefficients
+    dims: tuple[int, int, int]
+    degree: int
+    scale: float      # DENSITY_SCALE / box size
+
+    @property
+    def k(self) -> int:
+        return (self.degree + 1) ** 2
+
+    def _texture(self, values, channels):
+        import mitsuba as mi
+
+        nx, ny, nz = self.dims
+        return mi.Texture3f(mi.TensorXf(values, shape=(nz, ny, nx, channels)), use_accel=False,
+                            migrate=False)
+
+    def density(self, u):
+        raw = self._texture(self.raw, 1).eval(u)[0]
+        return softplus(raw) * self.scale
+
+    def colour(self, u, d):
+        import drjit as dr
+        import mitsuba as mi
+
+        coeffs = self._texture(self.sh, 3 * self.k).eval(u)
+        basis = sh_basis(d, self.degree)
+        rgb = []
+        for c in range(3):
+            x = coeffs[c * self.k] * basis[0]
+            for j in range(1, self.k):
+                x = x + coeffs[c * self.k + j] * basis[j]
+            rgb.append(dr.rcp(1.0 + dr.exp(-x)))
+        return mi.Color3f(*rgb)
+
+
+def resample_grid(values: np.ndarray, dims: tuple[int, int, int]) -> np.ndarray:
+    """A (z, y, x, C) grid trilinearly resampled to ``dims`` (x, y, z) cells,
+    cell centres kept in place (coarse to fine)."""
+    from scipy.ndimage import map_coordinates
+
+    nz, ny, nx, c = values.shape
+    tx, ty, tz = dims
+    coords = np.meshgrid((np.arange(tz) + 0.5) * nz / tz - 0.5, (np.arange(ty) + 0.5) * ny / ty - 0.5,
+                         (np.arange(tx) + 0.5) * nx / tx - 0.5, indexing="ij")
+    return np.stack([map_coordinates(values[..., i], coords, order=1, mode="nearest")
+                     for i in range(c)], -1).astype(np.float32)
+
+
+# -- background --------------------------------------------------------------------------------
+
+#: Height of the learned lat-long background (``background = "envmap"``); width twice that.
+ENVMAP_HEIGHT = 16
+
+
+def background_values(spec) -> np.ndarray | None:
+    """The fixed background colour of ``[field] background`` (None: learned)."""
+    if isinstance(spec, list):
+        return np.asarray(spec, np.float32)
+    return {"white": np.ones(3, np.float32), "black": np.zeros(3, np.float32)}.get(spec)
+
+
+def make_background(kind: str, values, fixed: np.ndarray | None):
+    """``background(d)`` -> Color3f for ``kind`` (``learned``: ``values`` is 3
+    logits; ``envmap``: ENVMAP_HEIGHT x 2 ENVMAP_HEIGHT x 3 logits; else fixed)."""
+    import drjit as dr
+    import mitsuba as mi
+
+    if fixed is not None:
+        colour = mi.Color3f(*[float(v) for v in fixed])
+        return lambda d: colour
+    if kind == "learned":
+        def learned(d):
+            logits = [dr.gather(mi.Float, values, i) for i in range(3)]
+            return mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in logits])
+        return learned
+    tex = mi.Texture2f(mi.TensorXf(values, shape=(ENVMAP_HEIGHT, 2 * ENVMAP_HEIGHT, 3)),
+                       use_accel=False, migrate=False, wrap_mode=dr.WrapMode.Clamp)
+
+    def envmap(d):
+        u = dr.atan2(d.x, -d.z) * (0.5 / math.pi) + 0.5
+        v = dr.safe_acos(d.y) * (1.0 / math.pi)
+        logits = tex.eval(mi.Point2f(u, v))
+        return mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in logits])
+    return envmap
+
+
+# -- cameras, bounds and rays ------------------------------------------------------------------
+
+
+def view_cameras(problem, views) -> list:
+    """The pinhole camera of each of ``views`` (from the camera file, or from
+    its Mitsuba sensor)."""
+    from ..capture.cameras import camera_from_sensor
+
+    out = []
+    for v in views:
+        cam = v.camera
+        if cam is None:
+            cam = camera_from_sensor(problem.scene.sensors()[v.index], v.id)
+        out.append(cam)
+    return out
+
+
+def camera_rays_numpy(cam, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World rays through image points (xs, ys) (pixels, from the top-left
+    corner) of an OpenCV pinhole camera: origins and unit directions (N, 3)."""
+    d = np.stack([(xs - cam.cx) / cam.fx, (ys - cam.cy) / cam.fy, np.ones_like(xs)], -1)
+    d = d @ cam.c2w[:3, :3].T
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    return np.broadcast_to(cam.c2w[:3, 3], d.shape).copy(), d
+
+
+def visible(cam, points: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Which ``points`` (N, 3) lie in front of ``cam`` and inside its image
+    (and its mask, where given)."""
+    w2c = np.linalg.inv(cam.c2w)
+    p = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = p[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = cam.fx * p[:, 0] / z + cam.cx
+        y = cam.fy * p[:, 1] / z + cam.cy
+    inside = (z > 1e-6) & (x >= 0) & (x < cam.width) & (y >= 0) & (y < cam.height)
+    if mask is not None:
+        xi = np.clip(np.nan_to_num(x).astype(int), 0, cam.width - 1)
+        yi = np.clip(np.nan_to_num(y).astype(int), 0, cam.height - 1)
+        inside &= mask[yi, xi]
+    return inside
+
+
+def auto_bounds(cameras: list, masks: list | None = None, *, source: str = "invpbr.toml"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The box of a field from its cameras: the bounding box of the points
+    that every camera sees (inside its image and, where it has one, its
+    mask), searched around the point nearest to all optical axes.
+
+    Raises:
+        ValueError: the cameras see no common region (names the setting to give).
+    """
+    centres = np.array([c.c2w[:3, 3] for c in cameras])
+    axes = np.array([c.c2w[:3, 2] / np.linalg.norm(c.c2w[:3, 2]) for c in cameras])
+    # the point nearest to all optical axes (least squares)
+    a = sum(np.eye(3) - np.outer(v, v) for v in axes)
+    b = sum((np.eye(3) - np.outer(v, v)) @ p for v, p in zip(axes, centres))
+    centre = np.linalg.lstsq(a, b, rcond=None)[0] if len(cameras) > 1 else centres[0] + axes[0]
+    radius = float(np.median(np.linalg.norm(centres - centre, axis=1)))
+    n = 48
+    g = (np.arange(n) + 0.5) / n * 2 - 1
+    pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) * radius + centre
+    seen = np.ones(len(pts), bool)
+    masks = masks or [None] * len(cameras)
+    for cam, mask in zip(cameras, masks):
+        seen &= visible(cam, pts, mask)
+    if not seen.any():
+        raise ValueError(f"{source}: the cameras see no common region (no point near the centre of "
+                         "their optical axes is inside every photo{}); give the box as "
+                         "field.bounds = [[xmin, ymin, zmin], [xmax, ymax, zmax]]".format(
+                             " and its mask" if any(m is not None for m in masks) else ""))
+    lo, hi = pts[seen].min(0), pts[seen].max(0)
+    pad = (hi - lo) * 0.05 + radius / n
+    return lo - pad, hi + pad
+
+
+def check_cameras_see_box(cameras: list, lo, hi, *, source: str) -> None:
+    """Every camera sees some of the box.
+
+    Raises:
+        ValueError: naming the frames that see nothing of it.
+    """
+    g = np.linspace(0, 1, 9)
+    pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    pts = np.asarray(lo) + pts * (np.asarray(hi) - np.asarray(lo))
+    blind = [c.id for c in cameras if not visible(c, pts).any()]
+    if blind:
+        raise ValueError(f"{source}: field.bounds: camera(s) {', '.join(map(repr, blind[:8]))}"
+                         f"{' ...' if len(blind) > 8 else ''} see nothing of the box "
+                         f"{np.round(lo, 4).tolist()} - {np.round(hi, 4).tolist()}; move the "
+                         "box or leave field.bounds out (then it follows the cameras)")
+
+
+class RayTable:
+    """The fitted photos' pixels and cameras as Dr.Jit arrays, from which a
+    step draws random rays: all photos of one size (``W x H``), masked
+    pixels left out."""
+
+    def __init__(self, cameras: list, photos: list[np.ndarray], masks: list, *, source: str):
+        import mitsuba as mi
+
+        sizes = {(c.width, c.height) for c in cameras}
+        if len(sizes) > 1:
+            listing = ", ".join(f"{c.id} {c.width}x{c.height}" for c in cameras[:6])
+            raise ValueError(f"{source}: a field needs photos of one size; found "
+                             f"{len(sizes)} sizes ({listing}...); set cameras.resolution = "
+                             "[width, height]")
+        self.width, self.height = sizes.pop()
+        self.cameras = cameras
+        hw = self.width * self.height
+        self.photos = mi.Float(np.concatenate([p.reshape(-1, 3) for p in photos]).ravel())
+        valid = np.concatenate([np.ones(hw, bool) if m is None else m.ravel() for m in masks])
+        self.valid = mi.UInt32(np.flatnonzero(valid).astype(np.uint32))
+        self.count = int(valid.sum())
+        self.rot = mi.Float(np.concatenate([c.c2w[:3, :3].ravel() for c in cameras]))
+        self.pos = mi.Float(np.concatenate([c.c2w[:3, 3] for c in cameras]))
+        self.intr = mi.Float(np.concatenate([[c.fx, c.fy, c.cx, c.cy] for c in cameras]))
+
+    def draw(self, n: int, seed):
+        """``n`` random rays (origins, directions, target colours, per-ray
+        jitter along the ray) for the seed (an ``mi.UInt32``)."""
+        import drjit as dr
+        import mitsuba as mi
+
+        # (an opaque seed: a literal one would be compiled into the kernels, one set per step)
+        state = dr.opaque(mi.UInt64, int(np.asarray(seed).ravel()[0]) if not isinstance(seed, int)
+                          else seed)
+        rng = mi.PCG32(size=n, initstate=state * 0x9E3779B9 + 17,
+                       initseq=dr.arange(mi.UInt64, n))
+        k = mi.UInt32(dr.minimum(rng.next_float32() * self.count, self.count - 1))
+        pix = dr.gather(mi.UInt32, self.valid, k)
+        hw = self.width * self.height
+        view = pix // hw
+        p = pix - view * hw
+        y = p // self.width
+        x = p - y * self.width
+        px = mi.Float(x) + rng.next_float32()
+        py = mi.Float(y) + rng.next_float32()
+        intr = [dr.gather(mi.Float, self.intr, view * 4 + i) for i in range(4)]
+        local = mi.Vector3f((px - intr[2]) / intr[0], (py - intr[3]) / intr[1], 1.0)
+        rot = [dr.gather(mi.Float, self.rot, view * 9 + i) for i in range(9)]
+        d = dr.normalize(mi.Vector3f(rot[0] * local.x + rot[1] * local.y + rot[2] * local.z,
+                                     rot[3] * local.x + rot[4] * local.y + rot[5] * local.z,
+                                     rot[6] * local.x + rot[7] * local.y + rot[8] * local.z))
+        o = mi.Point3f(*[dr.gather(mi.Float, self.pos, view * 3 + i) for i in range(3)])
+        target = mi.Color3f(*[dr.gather(mi.Float, self.photos, pix * 3 + i) for i in range(3)])
+        return o, d, target, rng.next_float32()
+
+
+def render_camera(model, cam, *, lo, hi, dt, background, occupancy=None, spp: int = 1,
+                  chunk: int = 1 << 14) -> dict[str, np.ndarray]:
+    """Render a camera's whole image without gradients: ``rgb`` (H, W, 3),
+    ``alpha`` (opacity) and ``depth`` (H, W; distance along the ray, 0 where
+    empty), ``spp`` jittered rays per pixel (the first at the centre)."""
+    import drjit as dr
+    import mitsuba as mi
+
+    h, w = cam.height, cam.width
+    ys, xs = np.mgrid[0:h, 0:w]
+    xs, ys = xs.ravel().astype(np.float64), ys.ravel().astype(np.float64)
+    rng = np.random.default_rng(7)
+    rgb = np.zeros((h * w, 3)); alpha = np.zeros(h * w); depth = np.zeros(h * w)
+    for s in range(spp):
+        jx, jy = (0.5, 0.5) if s == 0 else rng.random(2)
+        o_np, d_np = camera_rays_numpy(cam, xs + jx, ys + jy)
+        for start in range(0, h * w, chunk):
+            sl = slice(start, start + chunk)
+            with dr.suspend_grad():
+                o = mi.Point3f(*(mi.Float(o_np[sl, a].astype(np.float32)) for a in range(3)))
+                d = mi.Vector3f(*(mi.Float(d_np[sl, a].astype(np.float32)) for a in range(3)))
+                out = render_rays(model, o, d, lo=lo, hi=hi, dt=dt, occupancy=occupancy,
+                                  background=background)
+                rgb[sl] += np.array(out.rgb, np.float64).T  # (3, N) -> (N, 3)
+                alpha[sl] += np.array(out.opacity, np.float64)
+                depth[sl] += np.array(out.depth, np.float64)
+    opacity = alpha / spp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = np.where(alpha > 1e-6, depth / np.maximum(alpha, 1e-12), 0.0)
+    return {"rgb": (rgb / spp).reshape(h, w, 3).astype(np.float32),
+            "alpha": opacity.reshape(h, w).astype(np.float32),
+            "depth": dist.reshape(h, w).astype(np.float32)}
+
+
+# -- the saved field ---------------------------------------------------------------------------
+
+
+def save_field(path: Path, data: dict[str, Any]) -> Path:
+    """Write a field's values (``density`` raw (z, y, x), ``sh`` (z, y, x, 3K),
+    ``lo``, ``hi``, ``degree``, ``background`` kind and values, ``dt``,
+    ``occupied``) to an .npz file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.asarray(v) for k, v in data.items() if v is not None}
+    images.atomic_write(path, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
+    return path
+
+
+def load_field(path: Path) -> dict[str, Any]:
+    """Read :func:`save_field`'s file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a field file, or non-finite values (naming the array).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (a field result folder holds {FIELD_FILE})")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a field file ({e})") from None
+    missing = [k for k in ("density", "sh", "lo", "hi", "degree", "background_kind") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: not a field file (lacks {', '.join(missing)})")
+    for k in ("density", "sh", "background"):
+        if k in data and not np.all(np.isfinite(data[k])):
+            raise ValueError(f"{path}: the field's {k} has NaN or infinite values")
+    return data
+
+
+def model_from_data(data: dict[str, Any]):
+    """(model, lo, hi, dt, background function, occupancy) of a loaded field."""
+    import mitsuba as mi
+
+    lo, hi = data["lo"].astype(float), data["hi"].astype(float)
+    dens = data["density"].astype(np.float32)
+    nz, ny, nx = dens.shape
+    model = GridField(raw=mi.Float(dens.ravel()), sh=mi.Float(data["sh"].astype(np.float32).ravel()),
+                      dims=(nx, ny, nz), degree=int(data["degree"]),
+                      scale=DENSITY_SCALE / float((hi - lo).max()))
+    kind = str(data["background_kind"])
+    values = data.get("background")
+    fixed = values.astype(np.float32) if kind == "fixed" else None
+    background = make_background(kind, None if fixed is not None else mi.Float(values.ravel()), fixed)
+    occ = None
+    if "occupied" in data:
+        occupied = data["occupied"].astype(bool)
+        occ = Occupancy(dims=(occupied.shape[2], occupied.shape[1], occupied.shape[0]),
+                        occupied=occupied)
+        occ.mask = mi.Bool(occupied.ravel())
+    return model, lo, hi, float(data["dt"]), background, occ
+
+
+def field_mesh(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The marching-cubes surface of a field's density at the level whose
+    opacity over MESH_CELLS cells is MESH_OPACITY, in world units (None: no surface)."""
+    from skimage.measure import marching_cubes
+
+    lo, hi = data["lo"].astype(float), data["hi"].astype(float)
+    raw = data["density"].astype(np.float64)
+    nz, ny, nx = raw.shape
+    cell = (hi - lo) / np.array([nx, ny, nz])
+    sigma = np.logaddexp(0.0, raw) * DENSITY_SCALE / float((hi - lo).max())
+    level = -math.log(1.0 - MESH_OPACITY) / (MESH_CELLS * float(cell.min()))
+    if not (sigma.min() < level < sigma.max()):
+        return None
+    verts, faces, _, _ = marching_cubes(np.pad(sigma, 1), level)
+    verts = verts - 1.0  # the padding
+    xyz = lo + (verts[:, ::-1] + 0.5) * cell
+    return xyz.astype(np.float32), faces[:, ::-1].astype(np.int32)
+
+
+def write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray) -> Path:
+    """A binary little-endian PLY of a triangle mesh."""
+    path = Path(path)
+    header = ("ply\nformat binary_little_endian 1.0\n"
+              f"element vertex {len(vertices)}\nproperty float x\nproperty float y\n"
+              f"property float z\nelement face {len(faces)}\n"
+              "property list uchar int vertex_indices\nend_header\n").encode()
+    face_rows = np.zeros(len(faces), dtype=[("n", "u1"), ("v", "<i4", 3)])
+    face_rows["n"], face_rows["v"] = 3, faces
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(np.ascontiguousarray(vertices, "<f4").tobytes())
+            f.write(face_rows.tobytes())
+    images.atomic_write(path, write)
+    return path
+
+
+# -- the estimate ------------------------------------------------------------------------------
+
+
+class RandomRays:
+    """The step strategy of a field: ``batch_rays`` random pixels of all fitted
+    photos, rendered and back-propagated together (see
+    :mod:`invpbr.optimization.strategies`; chosen through
+    :meth:`FieldEstimate.make_strategy`)."""
+
+    freezable = False
+    batched = False
+    fixed_views = True
+
+    def __init__(self, context, estimate: "FieldEstimate"):
+        problem = context.problem
+        views = [problem.views[v] for v in context.fit]
+        self.context = context
+        self.estimate = estimate
+        self.table = RayTable(estimate.cameras_of(views), [v.photo for v in views],
+                              [v.mask for v in views], source=str(problem.source))
+
+    def inputs(self, chosen):
+        return chosen
+
+    def __call__(self, seed, which, spp):
+        import drjit as dr
+        import mitsuba as mi
+
+        c, e = self.context, self.estimate
+        n = e.config.batch_rays
+        o, d, target, jitter = self.table.draw(n, seed)
+        out = e.render(c.latents, o, d, jitter=jitter, regularize=True)
+        shape = (n, 1, 3)
+        loss = c.loss_fn(mi.TensorXf(dr.ravel(out.rgb), shape),
+                         mi.TensorXf(dr.ravel(target), shape), None)
+        if e.config.distortion > 0:
+            loss = loss + e.config.distortion * out.distortion
+        if e.config.sparsity > 0:
+            loss = loss + e.config.sparsity * out.sparsity
+        e.samples.append(out.samples)
+        c.latents.backward(loss)
+        return dr.detach(loss)
+
+    def after_backward(self, chosen, base_seed, spp) -> None:
+        pass
+
+    def frozen_inputs(self):
+        return {}
+
+
+class FieldEstimate(Estimate):
+    """A radiance field (``[field]``), see the module."""
+
+    kind = "field"
+    freezable = False
+    renders_itself = True
+    KEY = "field"
+
+    def __init__(self, config):
+        self.key = self.KEY
+        self.config = config
+        self.initial = None
+        self.problem = None
+        self.lo = self.hi = None
+        self.stage = 0
+        self.dims = None
+        self.occupancy: Occupancy | None = None
+        self.samples: list[int] = []
+        self.fixed_background = background_values(config.background)
+        self.background_kind = ("fixed" if self.fixed_background is not None
+                                else str(config.background))
+        self._cameras: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, config, context) -> list["FieldEstimate"]:
+        if not config.field.enabled:
+            return []
+        if config.field.model == "hash":
+            raise ValueError(f"{context.source}: field.model = \"hash\" is not available yet "
+                             "in this version; use model = \"grid\"")
+        return [cls(config.field)]
+
+    @property
+    def scene_keys(self) -> list[str]:
+        return []
+
+    def cameras_of(self, views) -> list:
+        missing = [v for v in views if v.id not in self._cameras]
+        for v, cam in zip(missing, view_cameras(self.problem, missing)):
+            self._cameras[v.id] = cam
+        return [self._cameras[v.id] for v in views]
+
+    def setup(self, problem) -> None:
+        self.problem = problem
+        source = str(problem.source)
+        if problem.parameters:
+            kinds = sorted({e.kind for e in problem.parameters})
+            raise ValueError(f"{source}: [field] with [[estimate]] tables ({', '.join(kinds)}) is "
+                             "not supported yet: a field is fitted alone (camera refinement "
+                             "with a field is not implemented)")
+        if problem.config.photos.gain != "none":
+            raise ValueError(f"{source}: photos.gain = {problem.config.photos.gain!r} does not "
+                             "apply to a [field] yet; leave it at \"none\"")
+        fitted = [v for v in problem.views if not v.held_out]
+        cams = self.cameras_of(fitted)
+        if self.config.bounds is not None:
+            self.lo, self.hi = (np.asarray(b, float) for b in self.config.bounds)
+        else:
+            masks = [v.mask for v in fitted]
+            self.lo, self.hi = auto_bounds(cams, masks if any(m is not None for m in masks)
+                                           else None, source=source)
+        check_cameras_see_box(self.cameras_of(problem.views), self.lo, self.hi, source=source)
+        self.dims = grid_dims(self.lo, self.hi, self.config.resolution[0])
+        if self.config.occupancy:
+            self.occupancy = Occupancy(dims=grid_dims(self.lo, self.hi,
+                                                      self.config.occupancy_resolution))
+        self.stage = 0
+        self.store = self.initial_latents()  # (until a run's latents exist)
+
+    # -- latents -------------------------------------------------------------------------------
+
+    def latent_names(self) -> list[str]:
+        names = ["field.density", "field.sh"]
+        return names + (["field.background"] if self.fixed_background is None else [])
+
+    def initial_latents(self) -> dict[str, Any]:
+        """The latents at the start: a nearly transparent grey field, a grey background."""
+        import mitsuba as mi
+
+        nx, ny, nz = self.dims
+        k = (self.config.sh_degree + 1) ** 2
+        out = {"field.density": mi.Float(np.full(nx * ny * nz, RAW_START, np.float32)),
+               "field.sh": mi.Float(np.zeros(nx * ny * nz * 3 * k, np.float32))}
+        if self.fixed_background is None:
+            size = 3 if self.background_kind == "learned" else ENVMAP_HEIGHT * 2 * ENVMAP_HEIGHT * 3
+            out["field.background"] = mi.Float(np.zeros(size, np.float32))
+        return out
+
+    def start(self, store) -> None:
+        for name, value in self.initial_latents().items():
+            store.add(name, value, lr=self.config.lr)
+        self.store = store
+
+    def model(self, store) -> GridField:
+        return GridField(raw=store["field.density"], sh=store["field.sh"], dims=self.dims,
+                         degree=self.config.sh_degree,
+                         scale=DENSITY_SCALE / float((self.hi - self.lo).max()))
+
+    def background(self, store):
+        values = None if self.fixed_background is not None else store["field.background"]
+        return make_background(self.background_kind, values, self.fixed_background)
+
+    @property
+    def dt(self) -> float:
+        cell = (self.hi - self.lo) / np.asarray(self.dims, float)
+        return float(cell.min()) / self.config.samples
+
+    def render(self, store, o, d, *, jitter=None, regularize: bool = False, occupancy=True):
+        """Volume-render rays (o, d) through the current field (see :func:`render_rays`)."""
+        return render_rays(self.model(store), o, d, lo=self.lo, hi=self.hi, dt=self.dt,
+                           jitter=jitter, occupancy=self.occupancy if occupancy else None,
+                           background=self.background(store), regularize=regularize)
+
+    def render_sensor(self, sensor, spp: int) -> np.ndarray:
+        """A Mitsuba sensor's image of the current field (H, W, 3), without
+        gradients (what the loop's renders of views show)."""
+        from ..capture.cameras import camera_from_sensor
+
+        store = self.store
+        cam = camera_from_sensor(sensor, sensor.id())
+        spp = max(1, min(int(spp), self.config.spp))
+        return render_camera(self.model(store), cam, lo=self.lo, hi=self.hi, dt=self.dt,
+                             background=self.background(store), occupancy=self.occupancy,
+                             spp=spp)["rgb"]
+
+    def advance(self, store, params, iteration: int, iterations: int) -> bool:
+        stages = self.config.resolution
+        stage = min(len(stages) - 1, iteration * len(stages) // max(iterations, 1))
+        if stage != self.stage:
+            self.upsample(store, stage)
+        cfg = self.config
+        if (self.occupancy is not None and iteration >= cfg.occupancy_warmup
+                and (iteration - cfg.occupancy_warmup) % cfg.occupancy_every == 0):
+            model = self.model(store)
+            if not self.occupancy.update(model.density, self.dt, threshold=cfg.occupancy_threshold,
+                                         decay=cfg.occupancy_decay, seed=iteration):
+                warnings.warn(
+                    f"{self.problem.source if self.problem else 'field'}: the occupancy grid "
+                    f"came out empty at step {iteration} (no density above "
+                    f"field.occupancy_threshold = {cfg.occupancy_threshold:g}): every cell is "
+                    "marched until the next update; check field.bounds and the photos",
+                    stacklevel=2)
+        return False
+
+    def upsample(self, store, stage: int) -> None:
+        """Move the grid to the resolution of ``stage`` (new latents, Adam reset)."""
+        import mitsuba as mi
+
+        k3 = 3 * (self.config.sh_degree + 1) ** 2
+        nx, ny, nz = self.dims
+        dens = np.array(store["field.density"], np.float32).reshape(nz, ny, nx, 1)
+        sh = np.array(store["field.sh"], np.float32).reshape(nz, ny, nx, k3)
+        self.stage = stage
+        self.dims = grid_dims(self.lo, self.hi, self.config.resolution[stage])
+        store.add("field.density", mi.Float(resample_grid(dens, self.dims).ravel()))
+        store.add("field.sh", mi.Float(resample_grid(sh, self.dims).ravel()))
+
+    def current_stage(self) -> Any:
+        return self.stage
+
+    def state(self) -> dict[str, Any]:
+        out = {"stage": self.stage}
+        if self.occupancy is not None:
+            out |= {"occupancy_ema": self.occupancy.ema, "occupied": self.occupancy.occupied,
+                    "occupancy_updates": self.occupancy.updates}
+        return out
+
+    def load_state(self, store, params, state: dict[str, Any]) -> None:
+        """Come back to a checkpoint's stage (grid size) and occupancy grid."""
+        import mitsuba as mi
+
+        self.stage = int(state.get("stage", 0))
+        self.dims = grid_dims(self.lo, self.hi, self.config.resolution[self.stage])
+        if self.occupancy is not None and "occupied" in state:
+            occ = self.occupancy
+            occ.ema = np.asarray(state["occupancy_ema"], np.float32)
+            occ.occupied = np.asarray(state["occupied"], bool)
+            occ.updates = int(state.get("occupancy_updates", 0))
+            occ.mask = mi.Bool(occ.occupied.ravel()) if occ.updates else None
+
+    def finish(self, store) -> bool:
+        last = len(self.config.resolution) - 1
+        if self.stage != last:
+            self.upsample(store, last)
+            return True
+        return False
+
+    def regularizer(self, store):
+        """Total variation of density and colour between random cells and
+        their +x, +y, +z neighbours (``tv``; squared differences, Plenoxels)."""
+        import drjit as dr
+        import mitsuba as mi
+
+        if self.config.tv <= 0:
+            return None
+        nx, ny, nz = self.dims
+        n = min(self.config.batch_rays, nx * ny * nz)
+        self._tv_calls = getattr(self, "_tv_calls", 0) + 1
+        rng = mi.PCG32(size=n, initstate=dr.opaque(mi.UInt64, self._tv_calls * 7919 + 3))
+        x = mi.UInt32(dr.minimum(rng.next_float32() * (nx - 1), nx - 2))
+        y = mi.UInt32(dr.minimum(rng.next_float32() * (ny - 1), ny - 2))
+        z = mi.UInt32(dr.minimum(rng.next_float32() * (nz - 1), nz - 2))
+        cell = (z * ny + y) * nx + x
+        k3 = 3 * (self.config.sh_degree + 1) ** 2
+        total = mi.Float(0.0)
+        for step in (1, nx, nx * ny):
+            total += dr.mean(dr.square(dr.gather(mi.Float, store["field.density"], cell + step)
+                                       - dr.gather(mi.Float, store["field.density"], cell)))
+            for ch in range(0, k3, max(1, k3 // 3)):  # the constant term of each channel
+                a = dr.gather(mi.Float, store["field.sh"], (cell + step) * k3 + ch)
+                b = dr.gather(mi.Float, store["field.sh"], cell * k3 + ch)
+                total += dr.mean(dr.square(a - b))
+        return self.config.tv * total
+
+    # -- results -------------------------------------------------------------------------------
+
+    def value(self, store, params) -> dict[str, Any]:
+        nx, ny, nz = self.dims
+        k3 = 3 * (self.config.sh_degree + 1) ** 2
+        density = np.array(store["field.density"], np.float32).reshape(nz, ny, nx)
+        sh = np.array(store["field.sh"], np.float32).reshape(nz, ny, nx, k3)
+        bg = (self.fixed_background if self.fixed_background is not None
+              else np.array(store["field.background"], np.float32))
+        out = {"density": density, "sh": sh, "lo": np.asarray(self.lo, np.float32),
+               "hi": np.asarray(self.hi, np.float32), "degree": np.int32(self.config.sh_degree),
+               "background_kind": np.str_(self.background_kind), "background": bg,
+               "dt": np.float32(self.dt)}
+        if self.occupancy is not None and self.occupancy.updates:
+            out["occupied"] = self.occupancy.occupied
+        return out
+
+    def gradcheck_applies(self, view_index: int) -> bool:
+        return False  # (not a scene parameter: tests/test_fields.py checks its gradients)
+
+    def result_fields(self, store, problem, estimates) -> dict[str, Any]:
+        notes = []
+        value = estimates.get(self.key)
+        if value is not None and not (np.all(np.isfinite(value["density"]))
+                                      and np.all(np.isfinite(value["sh"]))):
+            notes.append("field: NaN or infinite values in the fitted field")
+        if self.occupancy is not None and self.occupancy.emptied:
+            notes.append(f"field: the occupancy grid came out empty {self.occupancy.emptied} "
+                         "time(s) (see the warnings)")
+        return {"notes": notes} if notes else {}
+
+    def make_strategy(self, context) -> RandomRays:
+        return RandomRays(context, self)
+
+    @classmethod
+    def to_json(cls, key, value, result, files) -> Any:
+        density = value["density"]
+        doc = {"model": "grid", "resolution": list(density.shape[::-1]),
+               "bounds": [np.asarray(value["lo"]).tolist(), np.asarray(value["hi"]).tolist()],
+               "sh_degree": int(value["degree"]), "background": str(value["background_kind"]),
+               "files": dict(files)}
+        if "occupied" in value:
+            doc["occupied_fraction"] = float(np.mean(value["occupied"]))
+        return doc
+
+    @classmethod
+    def write_files(cls, key, value, result, folder: Path) -> dict[str, str]:
+        files = {"field": save_field(folder / FIELD_FILE, value).name}
+        mesh = field_mesh(value) if np.all(np.isfinite(value["density"])) else None
+        if mesh is not None:
+            files["mesh"] = write_ply(folder / "field.ply", *mesh).name
+        return files
+
+    @classmethod
+    def summary(cls, key, value, result) -> str:
+        nz, ny, nx = value["density"].shape
+        lo, hi = (np.round(np.asarray(value[k], np.float64), 3).tolist() for k in ("lo", "hi"))
+        occ = (f", {100 * float(np.mean(value['occupied'])):.1f}% occupied"
+               if "occupied" in value else "")
+        return f"grid {nx}x{ny}x{nz} in {lo} - {hi}{occ}"
+
+    @classmethod
+    def render_views(cls, folder, cameras, *, spp, envmap=None, out) -> list[Path]:
+        """``invpbr view`` of a field result: per camera ``<id>.exr`` (linear
+        RGBA, alpha = opacity), ``<id>.png`` (sRGB) and ``<id>_depth.exr``."""
+        data = load_field(Path(folder) / FIELD_FILE)
+        if envmap is not None:
+            warnings.warn("invpbr view: --envmap does not apply to a radiance field (its light "
+                          "is baked into its colours); ignored", stacklevel=2)
+        model, lo, hi, dt, background, occ = model_from_data(data)
+        out = Path(out)
+        written = []
+        for cam in cameras:
+            img = render_camera(model, cam, lo=lo, hi=hi, dt=dt, background=background,
+                                occupancy=occ, spp=max(1, min(int(spp), 16)))
+            rgba = np.concatenate([img["rgb"], img["alpha"][..., None]], -1)
+            written.append(images.save_image(out / f"{cam.id}.exr", rgba))
+            written.append(images.save_image(out / f"{cam.id}.png", img["rgb"]))
+            written.append(images.save_image(out / f"{cam.id}_depth.exr", img["depth"]))
+        return written
+
+
+register_kind(FieldEstimate)

@@ -1,0 +1,308 @@
+"""Radiance fields (``[field]``): the volume renderer's gradients against
+finite differences, the occupancy grid, a tiny fit end to end (load_problem
+-> optimize -> save_result -> invpbr view), and the messages for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import invpbr  # noqa: F401  (sets up LLVM for Dr.Jit)
+from invpbr.backend import init_backend
+
+#: The figures README's "Radiance fields" table states (tests/test_readme.py).
+STATED = {"gradient_percent": 3, "fit_above_constant_db": 8, "held_out_above_start_db": 5}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def backend():
+    init_backend()
+
+
+def small_field(seed=0, dims=(4, 4, 4), degree=1):
+    import mitsuba as mi
+
+    from invpbr.estimates.fields import GridField
+
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = dims
+    k3 = 3 * (degree + 1) ** 2
+    raw = rng.normal(-0.5, 1.0, nx * ny * nz).astype(np.float32)
+    sh = rng.normal(0.0, 0.7, nx * ny * nz * k3).astype(np.float32)
+    return raw, sh, (lambda r, s: GridField(raw=r, sh=s, dims=dims, degree=degree, scale=4.0))
+
+
+def rays(n=64, seed=1):
+    import drjit as dr
+    import mitsuba as mi
+
+    rng = np.random.default_rng(seed)
+    o = rng.normal(0, 0.2, (n, 3)) + np.array([0.0, 0.0, -2.0])
+    target = rng.uniform(-0.4, 0.4, (n, 3))
+    d = target - o
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    to = lambda a, T: T(*(mi.Float(a[:, i].astype(np.float32)) for i in range(3)))  # noqa: E731
+    return to(o, mi.Point3f), to(d, mi.Vector3f)
+
+
+def test_volume_gradient_matches_finite_differences():
+    """dLoss/d(raw density) and dLoss/d(colour coefficient) of a few cells, by
+    AD through the renderer (compaction, scatters, block prefix sums) and by
+    central differences of the same (deterministic) renders."""
+    import drjit as dr
+    import mitsuba as mi
+
+    from invpbr.estimates.volume import render_rays
+
+    raw_np, sh_np, make = small_field()
+    o, d = rays()
+    weights = np.random.default_rng(3).uniform(0.5, 1.5, (64, 3)).astype(np.float32)
+    wt = mi.Color3f(*(mi.Float(weights[:, i]) for i in range(3)))
+    bg = mi.Color3f(0.2, 0.5, 0.8)
+
+    def loss(raw, sh):
+        out = render_rays(make(raw, sh), o, d, lo=(-0.5,) * 3, hi=(0.5,) * 3, dt=0.05,
+                          background=lambda _: bg)
+        return dr.sum(dr.sum(out.rgb * wt))
+
+    raw, sh = mi.Float(raw_np), mi.Float(sh_np)
+    dr.enable_grad(raw, sh)
+    dr.backward(loss(raw, sh))
+    g_raw, g_sh = np.array(dr.grad(raw)), np.array(dr.grad(sh))
+
+    def fd(which, i, eps=1e-2):
+        vals = []
+        for s in (eps, -eps):
+            r, c = raw_np.copy(), sh_np.copy()
+            (r if which == "raw" else c)[i] += s
+            with dr.suspend_grad():
+                vals.append(float(np.array(loss(mi.Float(r), mi.Float(c))).ravel()[0]))
+        return (vals[0] - vals[1]) / (2 * eps)
+
+    # cells the rays cross (largest gradients), checked against differences
+    for which, g in (("raw", g_raw), ("sh", g_sh)):
+        for i in np.argsort(-np.abs(g))[:3]:
+            num = fd(which, int(i))
+            assert abs(num) > 1e-3
+            assert g[i] == pytest.approx(num, rel=STATED["gradient_percent"] / 100, abs=1e-3), \
+                (which, i)
+
+
+def test_occupancy_skips_empty_cells_without_changing_the_image():
+    import drjit as dr
+    import mitsuba as mi
+
+    from invpbr.estimates.fields import GridField
+    from invpbr.estimates.volume import Occupancy, render_rays
+
+    n = 16
+    z, y, x = np.mgrid[0:n, 0:n, 0:n]
+    centre = (np.stack([x, y, z], -1) + 0.5) / n - 0.5
+    raw = np.where(np.linalg.norm(centre, axis=-1) < 0.2, 3.0, -30.0).astype(np.float32)
+    model = GridField(raw=mi.Float(raw.ravel()), sh=mi.Float(np.zeros(n ** 3 * 3, np.float32)),
+                      dims=(n, n, n), degree=0, scale=40.0)
+    occ = Occupancy(dims=(n, n, n))
+    assert occ.update(model.density, 1.0 / n, threshold=0.01, decay=0.95, seed=0)
+    assert 0.02 < occ.fraction < 0.3
+    o, d = rays(256)
+    kw = dict(lo=(-0.5,) * 3, hi=(0.5,) * 3, dt=0.5 / n, background=lambda _: mi.Color3f(1.0))
+    with dr.suspend_grad():
+        full = render_rays(model, o, d, **kw)
+        skip = render_rays(model, o, d, occupancy=occ, **kw)
+    assert skip.samples < 0.5 * full.samples
+    assert np.abs(np.array(skip.rgb) - np.array(full.rgb)).max() < 2e-3
+    assert np.array(full.opacity).max() > 0.9  # (some rays hit the ball)
+
+
+def test_an_empty_occupancy_grid_keeps_every_cell():
+    import mitsuba as mi
+
+    from invpbr.estimates.volume import Occupancy
+
+    occ = Occupancy(dims=(8, 8, 8))
+    assert not occ.update(lambda u: mi.Float(0.0) * u.x, 0.1, threshold=0.01, decay=0.9, seed=0)
+    assert occ.fraction == 1.0 and occ.mask is None and occ.emptied == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from invpbr.testing.fields import make_field_folder
+
+    folder = tmp_path_factory.mktemp("field") / "ball"
+    return make_field_folder(folder, size=16, views=16, held_out=2, spp=16, kind="simple",
+                             distance=2.2, toml_extra="resolution = [12, 16]\nbatch_rays = 1024\n"
+                             "occupancy_warmup = 20\noccupancy_every = 8\nsh_degree = 1\n"
+                             "\n[optimize]\niterations = 100\nloss = \"l2\"\n"
+                             "\n[report]\ngradients = false\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tiny_folder, tmp_path_factory):
+    from invpbr import load_problem, optimize, save_result
+
+    problem = load_problem(tiny_folder)
+    result = optimize(problem, progress=False)
+    out = save_result(result, tmp_path_factory.mktemp("out") / "ball")
+    return problem, result, out
+
+
+def test_a_tiny_fit_beats_a_constant_image(tiny_result):
+    from invpbr.results.evaluate import psnr
+
+    problem, result, out = tiny_result
+    assert result.status == "completed"
+    fitted = [v for v in problem.views if not v.held_out]
+    mean_colour = np.mean([v.photo for v in fitted], axis=(0, 1, 2))
+    constant = np.mean([psnr(np.broadcast_to(mean_colour, v.photo.shape), v.photo) for v in fitted])
+    got = np.mean([result.psnr()[v.id] for v in fitted])
+    assert got > constant + STATED["fit_above_constant_db"], (got, constant)
+    held = result.novel_view_srgb
+    assert set(held) == {v.id for v in problem.views if v.held_out} | {"mean"}
+    start = np.mean(list(result.novel_view_psnr_initial.values()))
+    end = np.mean(list(result.novel_view_psnr.values()))
+    assert end > start + STATED["held_out_above_start_db"]
+    assert held["mean"]["psnr"] > 15
+    assert 0.0 < held["mean"]["ssim"] <= 1.0
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["kinds"] == {"field": "field"}
+    assert doc["parameters"]["field"]["files"]["field"] == "field.npz"
+    assert doc["novel_view_srgb"]["mean"]["psnr"] == pytest.approx(held["mean"]["psnr"])
+    assert (out / "field.npz").is_file() and (out / "field.ply").is_file()
+
+
+def test_view_renders_a_field_from_any_cameras(tiny_result, tiny_folder, tmp_path):
+    from invpbr.capture import images
+    from invpbr.results.view import view_result
+
+    problem, result, out = tiny_result
+    written = view_result(out, tiny_folder / "transforms.json", spp=2, width=20, out=tmp_path)
+    names = {p.name for p in written}
+    assert "view_00.exr" in names and "view_00.png" in names and "view_00_depth.exr" in names
+    import mitsuba as mi
+
+    rgba = np.array(mi.Bitmap(str(tmp_path / "view_00.exr")), np.float32)
+    assert rgba.shape == (20, 20, 4)
+    alpha = rgba[..., 3]
+    assert alpha.min() >= 0 and alpha.max() <= 1.0 + 1e-5
+    assert alpha.max() > 0.8 and alpha.min() < 0.1  # the ball (nearly) opaque, the sky not
+    # the same camera as the fit's final render (at the fit's size) agrees with it
+    again = view_result(out, tiny_folder / "transforms.json", spp=4, out=tmp_path / "full")
+    image = images.load_image(tmp_path / "full" / "view_00.exr")
+    assert np.abs(image - result.renders["view_00"][..., :3]).mean() < 0.02
+
+
+def test_mesh_export_finds_the_ball(tiny_result):
+    import trimesh
+
+    problem, result, out = tiny_result
+    mesh = trimesh.load(out / "field.ply")
+    biggest = max(mesh.split(only_watertight=False), key=lambda m: len(m.faces))
+    assert len(biggest.faces) > 50
+    # (the ball of invpbr.testing.fields: centre (-0.35, 0, 0.1), radius 0.4)
+    off = np.abs(np.linalg.norm(np.asarray(biggest.vertices) - [-0.35, 0.0, 0.1], axis=1) - 0.4)
+    assert np.median(off) < 0.1
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def write_folder(tmp_path, cams, sizes, toml="[field]\n", photos=True):
+    from invpbr.capture import images
+    from invpbr.capture.cameras import write_transforms
+
+    folder = tmp_path / "f"
+    (folder / "photos").mkdir(parents=True)
+    from dataclasses import replace
+
+    cams = [replace(c, width=s, height=s, fx=c.fx * s / c.width, fy=c.fy * s / c.width,
+                    cx=s / 2, cy=s / 2, file_path=folder / "photos" / f"{c.id}.png")
+            for c, s in zip(cams, sizes)]
+    for c in cams:
+        if photos:
+            images.save_image(folder / "photos" / f"{c.id}.png", np.full((c.height, c.width, 3),
+                                                                           0.5, np.float32))
+    write_transforms(folder / "transforms.json", cams)
+    (folder / "invpbr.toml").write_text('[cameras]\nfile = "transforms.json"\n\n' + toml)
+    return folder
+
+
+def ring(n=6, size=8):
+    from invpbr.testing.fields import look_at_camera, sphere_views
+
+    return [look_at_camera(f"c{i}", p, [0, 0, 0], size=size, fov_deg=40)
+            for i, p in enumerate(sphere_views(n, distance=3.0))]
+
+
+def test_photos_of_mixed_sizes_are_refused_with_the_setting_to_use(tmp_path):
+    from invpbr import load_problem, optimize
+
+    folder = write_folder(tmp_path, ring(), [8, 8, 8, 12, 8, 8])
+    problem = load_problem(folder)
+    with pytest.raises(ValueError, match=r"one size.*c3 12x12.*cameras.resolution"):
+        optimize(problem, progress=False)
+
+
+def test_bounds_no_camera_sees_are_refused_naming_the_cameras(tmp_path):
+    from invpbr import load_problem, optimize
+
+    folder = write_folder(tmp_path, ring(), [8] * 6,
+                          toml="[field]\nbounds = [[20, 20, 20], [21, 21, 21]]\n")
+    with pytest.raises(ValueError, match=r"field.bounds: camera\(s\) 'c0'.*see nothing of the box"):
+        optimize(load_problem(folder), progress=False)
+
+
+def test_cameras_without_a_common_view_are_refused(tmp_path):
+    from invpbr.capture.cameras import Camera
+    from invpbr.estimates.fields import auto_bounds
+
+    def cam(i, x):
+        c2w = np.eye(4)
+        c2w[:3, 3] = [x, 0, 0]
+        return Camera(id=f"c{i}", width=8, height=8, fx=8, fy=8, cx=4, cy=4, c2w=c2w)
+
+    # two cameras side by side looking the same way, far apart: nothing is seen by both
+    with pytest.raises(ValueError, match="see no common region.*field.bounds"):
+        auto_bounds([cam(0, 0.0), cam(1, 100.0)], source="x/invpbr.toml")
+
+
+def test_frames_without_photos_name_the_frame(tmp_path):
+    from invpbr import load_problem
+
+    folder = write_folder(tmp_path, ring(), [8] * 6, photos=False)
+    with pytest.raises(FileNotFoundError, match="c0"):
+        load_problem(folder)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[field]\nresolution = [1]\n", r"field.resolution must be an integer in \[2, 512\]"),
+    ("[field]\nbounds = [[0, 0, 0], [1, 1]]\n", r"field.bounds must be"),
+    ("[field]\nbackground = \"sky\"\n", r"field.background = 'sky'; expected one of"),
+    ("[field]\nbatch_rays = 0\n", r"field.batch_rays must be >= 1"),
+    ("[field]\nenabled = true\n", r"unknown key field.enabled"),
+    ("[field]\nocupancy = false\n", r"unknown key field.ocupancy.*did you mean occupancy"),
+])
+def test_bad_field_settings_name_the_key(tmp_path, toml, message):
+    from invpbr.config import ConfigError, parse_config
+    import sys
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(tomllib.loads(toml), source="x/invpbr.toml")
+
+
+def test_a_field_file_with_nan_is_refused(tmp_path):
+    from invpbr.estimates.fields import load_field, save_field
+
+    save_field(tmp_path / "field.npz", {"density": np.array([[[np.nan]]], np.float32),
+                                        "sh": np.zeros((1, 1, 1, 3), np.float32),
+                                        "lo": np.zeros(3), "hi": np.ones(3), "degree": 0,
+                                        "background_kind": "fixed", "background": np.ones(3),
+                                        "dt": 0.1})
+    with pytest.raises(ValueError, match=r"field.npz: the field's density has NaN"):
+        load_field(tmp_path / "field.npz")
