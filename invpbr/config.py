@@ -189,11 +189,12 @@ class OptimizeConfig:
     """Optimization steps."""
     lr: NonNegative = 0.02
     """Adam learning rate of every parameter without its own ``lr``."""
-    lr_decay: Annotated[float, Strict(), Field(gt=0, le=1)] = 1.0
+    lr_decay: Annotated[float, Strict(), Field(gt=0, le=1)] | None = None
     """Learning rates at the last step, as a fraction of their start: constant
     for the first half of the run, then shrinking geometrically (1: constant
     throughout). Below 1, an estimate that wanders with Monte Carlo noise
-    around the answer settles."""
+    around the answer settles. Not set: 0.1 when cameras or poses are
+    estimated, else 1."""
     loss: Loss = "l1"
     """Image loss: ``l1``, ``l2``, ``relative_l2`` or ``cauchy`` (robust:
     ``log(1 + (r / loss_scale)^2)``, pixels far off the render, such as

@@ -28,6 +28,7 @@ from .gradient_images import run_gradient_images
 from .latents import Latents
 from .losses import image_loss
 from .strategies import StepContext, Strategy, can_freeze, choose_strategy
+from .watch import Watch, default_lr_decay
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Run:
     gradient_images: list = field(default_factory=list)
     trajectory: records.Trajectory | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    watch: Watch | None = None  # smoothed losses and best states (see :mod:`.watch`)
 
 
 def start_run(problem, iterations: int | None = None) -> Run:
@@ -204,8 +206,9 @@ def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[
     run.strategy.after_backward(chosen, base_seed, spp)
     if not np.isfinite(total):
         return None
-    if cfg.optimize.lr_decay != 1.0:
-        latents.decay(decay_factor(cfg.optimize.lr_decay, it, run.iterations))
+    lr_decay = default_lr_decay(cfg.optimize.lr_decay, run.estimates)
+    if lr_decay != 1.0:
+        latents.decay(decay_factor(lr_decay, it, run.iterations))
     latents.step()
     return total, chosen
 
@@ -214,6 +217,7 @@ def run_steps(run: Run, callback: Callable | None, progress: bool) -> None:
     """Take the run's steps; Ctrl-C, a callback or a non-finite loss end them early."""
     rng = np.random.default_rng(run.problem.config.optimize.seed)
     last_good = run.latents.snapshot()
+    run.watch = Watch.start(run)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -231,6 +235,8 @@ def run_steps(run: Run, callback: Callable | None, progress: bool) -> None:
             total, chosen = taken
             last_good = run.latents.snapshot()
             run.history.append(total)
+            run.watch.record(run, total, {v: float(np.asarray(loss).ravel()[0]) for v, loss in
+                                          getattr(run.strategy, "view_losses", {}).items()})
             run.trajectory.record(run.latents)
             run.step_seconds.append(time.perf_counter() - step_start)
             if bar is not None:
@@ -314,6 +320,8 @@ def finish_run(run: Run) -> Result:
 
     problem, latents, cfg = run.problem, run.latents, run.problem.config
     after_start = time.perf_counter()
+    if run.watch is not None and run.status == "completed":
+        run.watch.finish(run)  # the best state seen where the end is clearly worse
     latents.finish()
     estimates = latents.values()
     latents.release()
