@@ -13,7 +13,8 @@ scene's ``invpbr.toml``), then scored against its truth:
 Usage::
 
     python benchmarks/robustness.py --kind camera --n 20 --seed 0 [--size 48]
-        [--iterations 100] [--spp 8] [--repeat] [--json out.json] [--keep DIR]
+        [--iterations 100] [--spp 8] [--max-cameras 12] [--repeat] [--json out.json]
+        [--keep DIR]
 
 ``--repeat`` runs every scene twice (different run seeds) and reports the ratio of the
 two final errors (goal: within 2x). Prints one line per scene, then the summary.
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--spp", type=int, default=8)
     parser.add_argument("--max-depth", type=int, default=2)
+    parser.add_argument("--max-cameras", type=int, default=12,
+                        help="at most this many cameras per scene (the draw is 3 to this)")
     parser.add_argument("--repeat", action="store_true", help="run every scene twice")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--keep", help="keep scenes and results in this folder")
@@ -115,7 +118,9 @@ def main(argv=None) -> int:
         seed = args.seed + i
         folder = work / f"{args.kind}_{seed}"
         info = make_random_scene(folder, args.kind, seed, size=args.size, spp=args.spp,
-                                 iterations=args.iterations, max_depth=args.max_depth)
+                                 iterations=args.iterations, max_depth=args.max_depth,
+                                 n_cameras=(3, args.max_cameras if args.kind == "camera"
+                                            else min(6, args.max_cameras)))
         diagonal = info["diagonal"]
         finals = []
         for r in range(2 if args.repeat else 1):

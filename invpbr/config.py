@@ -67,8 +67,16 @@ class EvaluateConfig:
     relight: list[Text] = field(default_factory=list)
     """Environment maps (files relative to the scene folder) that replace every
     envmap of the estimate and of truth.xml for relighting PSNRs."""
-INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "prb_reparam",
-               "path", "scene")
+INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "path", "scene")
+
+#: Integrators that are no longer offered -> why, and what to use instead.
+RETIRED_INTEGRATORS = {
+    "prb_reparam": "invpbr's prb_reparam was retired: its derivatives were wrong against finite "
+                   "differences on 7 of 8 visibility cases at its defaults, and even on continuous "
+                   "parameters (the image-sum derivative of a diffuse albedo under a constant sky "
+                   "83 % off, a GGX roughness 167 % off, where prb and prb_projective are within "
+                   "1 %; docs/reparam.md). Use integrator = \"auto\" (prb_projective or "
+                   "direct_projective where edges move, prb otherwise)"}
 
 Loss = Literal["l1", "l2", "relative_l2", "cauchy"]
 Gradient = Literal["auto", "ad", "fd"]
@@ -78,7 +86,7 @@ Guiding = Literal["none", "grid", "octree"]
 Space = Literal["auto", "linear", "log"]
 EnvmapModel = Literal["texels", "sh", "sun_sky"]
 Integrator = Literal["auto", "prb", "prb_basic", "direct_projective", "prb_projective",
-                     "prb_reparam", "path", "scene"]
+                     "path", "scene"]
 
 
 @dataclass
@@ -492,6 +500,11 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
         if name not in TABLES:
             raise ConfigError(f"{source}: unknown table [{name}]; expected "
                               f"{', '.join(sorted(TABLES))}{_close(name, list(TABLES))}")
+    retired = (data.get("render") or {}).get("integrator") if isinstance(data.get("render"),
+                                                                         dict) else None
+    if isinstance(retired, str) and retired in RETIRED_INTEGRATORS:
+        raise ConfigError(f"{source}: [render] integrator = {retired!r}: "
+                          f"{RETIRED_INTEGRATORS[retired]}")
     read = {name: _read_table(name, data.get(name, {}), cls, source)
             for name, cls in TABLES.items() if name != "estimate"}
     _check_spp(read["render"].spp, source)

@@ -14,7 +14,9 @@ At the end (:meth:`Watch.finish`):
   than the noise of the smoothed loss, and more than 2 %) is put back to its best
   state, with a warning naming the cameras;
 - a run whose smoothed loss ends clearly above its minimum is put back to its best
-  state whole, and its status becomes ``"diverged"`` (``invpbr run`` exits 1).
+  state whole, with a warning ("best state kept"); when that minimum is not clearly
+  below the starting loss either (the run never got better than its start), its
+  status becomes ``"diverged"`` (``invpbr run`` exits 1).
 
 The state that goes with a loss is the one before the step that measured it, so the
 watch keeps a reference to each step's starting latents (free: the optimizer never
@@ -126,11 +128,19 @@ class Watch:
         latents = run.latents
         if self.total.clearly_above_best() and self.best is not None:
             latents.restore(self.best)
-            run.status = "diverged"
-            warnings.warn(
-                f"optimize(): {run.problem.name}: diverged: the loss ended at "
-                f"{self.total.value:.4g} (smoothed), clearly above its minimum "
-                f"{self.total.best:.4g}; the best state seen is returned", stacklevel=2)
+            margin = max(3.0 * self.total.noise(), RISE * abs(self.total.first))
+            if self.total.best < self.total.first - margin:
+                warnings.warn(
+                    f"optimize(): {run.problem.name}: best state kept: the loss ended at "
+                    f"{self.total.value:.4g} (smoothed), clearly above its minimum "
+                    f"{self.total.best:.4g}; the best state seen is returned", stacklevel=2)
+            else:  # it never clearly got better than where it started
+                run.status = "diverged"
+                warnings.warn(
+                    f"optimize(): {run.problem.name}: diverged: the loss ended at "
+                    f"{self.total.value:.4g} (smoothed), clearly above its minimum "
+                    f"{self.total.best:.4g}, which is not clearly below the start "
+                    f"({self.total.first:.4g}); the best state seen is returned", stacklevel=2)
             return
         parts = per_view_parts(run)
         if parts is None:
