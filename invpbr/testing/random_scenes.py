@@ -196,6 +196,30 @@ def _lighting(rng: np.random.Generator, folder: Path, extent: float) -> tuple[st
             f'<emitter type="constant" id="sky"><rgb name="radiance" value="0.2"/></emitter>'), kind
 
 
+def _floor(rng: np.random.Generator, folder: Path, extent: float) -> tuple[str, str]:
+    """A square floor at y = 0 (an analytic rectangle or a mesh); its XML and a description."""
+    floor_bsdf, floor_what = _bsdf(rng, folder, "floor", textured=rng.uniform() < 0.7)
+    if rng.uniform() < 0.5:
+        m = _affine(extent * _rotation((1, 0, 0), -90), (0, 0, 0))
+        floor = f'<shape type="rectangle" id="floor">{_matrix_xml(m)}{floor_bsdf}</shape>'
+        return floor, f"rectangle, {floor_what}"
+    else:
+        n = 5
+        u, v = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
+        verts = np.stack([(u - 0.5) * 2 * extent, np.zeros_like(u), (v - 0.5) * 2 * extent],
+                         -1).reshape(-1, 3)
+        faces = [(r * n + c, (r + 1) * n + c, r * n + c + 1) for r in range(n - 1)
+                 for c in range(n - 1)] + [
+            (r * n + c + 1, (r + 1) * n + c, (r + 1) * n + c + 1) for r in range(n - 1)
+            for c in range(n - 1)]
+        procedural.write_ply(folder / "meshes" / "floor.ply", verts.astype(np.float32),
+                             np.array(faces, np.int32),
+                             uvs=np.stack([u, v], -1).reshape(-1, 2).astype(np.float32))
+        floor = (f'<shape type="ply" id="floor"><string name="filename" value="meshes/floor.ply"/>'
+                 f'{floor_bsdf}</shape>')
+        return floor, f"mesh, {floor_what}"
+
+
 def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth: int = 2,
                       spp: int = 8, iterations: int = 100, photo_spp: int = 128,
                       n_cameras: tuple[int, int] | None = None) -> dict:
@@ -223,27 +247,7 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
     extent = rng.uniform(1.5, 2.5)                      # half-size of the floor
     info: dict = {"kind": kind, "seed": int(seed), "objects": []}
 
-    # floor
-    floor_bsdf, floor_what = _bsdf(rng, folder, "floor", textured=rng.uniform() < 0.7)
-    if rng.uniform() < 0.5:
-        m = _affine(extent * _rotation((1, 0, 0), -90), (0, 0, 0))
-        floor = f'<shape type="rectangle" id="floor">{_matrix_xml(m)}{floor_bsdf}</shape>'
-        info["floor"] = f"rectangle, {floor_what}"
-    else:
-        n = 5
-        u, v = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n))
-        verts = np.stack([(u - 0.5) * 2 * extent, np.zeros_like(u), (v - 0.5) * 2 * extent],
-                         -1).reshape(-1, 3)
-        faces = [(r * n + c, (r + 1) * n + c, r * n + c + 1) for r in range(n - 1)
-                 for c in range(n - 1)] + [
-            (r * n + c + 1, (r + 1) * n + c, (r + 1) * n + c + 1) for r in range(n - 1)
-            for c in range(n - 1)]
-        procedural.write_ply(folder / "meshes" / "floor.ply", verts.astype(np.float32),
-                             np.array(faces, np.int32),
-                             uvs=np.stack([u, v], -1).reshape(-1, 2).astype(np.float32))
-        floor = (f'<shape type="ply" id="floor"><string name="filename" value="meshes/floor.ply"/>'
-                 f'{floor_bsdf}</shape>')
-        info["floor"] = f"mesh, {floor_what}"
+    floor, info["floor"] = _floor(rng, folder, extent)
 
     # objects
     n_objects = int(rng.integers(1, 4))
