@@ -28,6 +28,8 @@ from .gradient_images import run_gradient_images
 from .latents import Latents
 from .losses import image_loss
 from .strategies import StepContext, Strategy, can_freeze, choose_strategy
+from .coarse import CoarseToFine, blur_radius
+from .coarse import applies as coarse_applies
 from .watch import Watch, default_lr_decay
 
 
@@ -131,6 +133,8 @@ def start_run(problem, iterations: int | None = None) -> Run:
                           integrator_type=integrator_type,
                           loss_fn=image_loss(cfg.optimize.loss, scale=cfg.optimize.loss_scale),
                           fit=fit, per_step=min(cfg.optimize.views_per_step or len(fit), len(fit)))
+    if coarse_applies(estimates):  # rigid motions: blurred images first (see .coarse)
+        context.loss_fn = CoarseToFine(context.loss_fn)
     strategy, fixed_views = choose_strategy(context, estimates)
     frozen = can_freeze(problem, integrator_type, fixed_views, estimates, strategy)
     run = Run(problem=problem, estimates=estimates, iterations=iterations, integrator=integrator,
@@ -195,6 +199,9 @@ def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[
     chosen = (fit if context.per_step == len(fit)
               else sorted(int(i) for i in rng.choice(fit, size=context.per_step, replace=False)))
     spp = spp_at(cfg.render, it, run.iterations)
+    if isinstance(context.loss_fn, CoarseToFine):
+        context.loss_fn.radius = blur_radius(it, run.iterations,
+                                             run.problem.views[fit[0]].photo.shape[1])
     n_views = len(run.problem.views)
     base_seed = (cfg.optimize.seed * 1_000_003 + it * n_views) % (2**32 - n_views)
     total = render_and_backward(run, base_seed, chosen, spp)
