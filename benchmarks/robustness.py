@@ -108,7 +108,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", action="store_true", help="run every scene twice")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--keep", help="keep scenes and results in this folder")
+    parser.add_argument("--summarize", metavar="JSON",
+                        help="only print the summary of the scenes a (partial) --json file holds")
     args = parser.parse_args(argv)
+    if args.summarize:
+        saved = json.loads(Path(args.summarize).read_text())
+        summarize(args.kind, saved["args"], saved["scenes"], saved["ratios"], saved["seconds"])
+        return 0
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="robustness_"))
     rot_goal, pos_goal = GOALS[args.kind]
@@ -155,15 +161,31 @@ def main(argv=None) -> int:
                   f"{info['cameras']} cameras", flush=True)
         if len(finals) == 2:
             ratios.append(max(finals) / max(min(finals), 1e-9))
-    seconds = time.perf_counter() - total
+        if args.json:  # after every scene: a partial run can still be summarized
+            Path(args.json).write_text(json.dumps(
+                {"args": vars(args), "scenes": scenes, "ratios": ratios,
+                 "seconds": time.perf_counter() - total}, indent=1))
+    summarize(args.kind, vars(args), scenes, ratios, time.perf_counter() - total)
+    return 0
+
+
+def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
+              seconds: float) -> None:
+    """Print the success rate, error distributions, statuses and time of ``scenes``."""
+    rot_goal, pos_goal = GOALS[kind]
+    units = [row for s in scenes if s["run"] == 0 for row in s["rows"]]
+    n_scenes = len({s["seed"] for s in scenes})
     n_units = len(units)
     ok = sum(u["ok"] for u in units)
-    what = "cameras" if args.kind == "camera" else "runs"
-    print(f"\n{args.kind}: {args.n} scenes (seed {args.seed}..{args.seed + args.n - 1}), "
-          f"{args.size}x{args.size}, spp {args.spp}, max_depth {args.max_depth}, "
-          f"{args.iterations} iterations")
+    what = "cameras" if kind == "camera" else "runs"
+    print(f"\n{kind}: {n_scenes} scenes (seed {args['seed']}..{args['seed'] + n_scenes - 1}), "
+          f"{args['size']}x{args['size']}, spp {args['spp']}, max_depth {args['max_depth']}, "
+          f"{args['iterations']} iterations")
     print(f"success: {ok}/{n_units} {what} ({100.0 * ok / max(n_units, 1):.1f} %) within "
           f"{rot_goal} deg and {100 * pos_goal:g} % of the diagonal")
+    improved = sum(u["rotation_deg"] < u["start_rotation_deg"]
+                   and u["position"] < u["start_position"] for u in units)
+    print(f"better than start in both rotation and position: {improved}/{n_units}")
     print(f"worse than start: {sum(u['worse'] for u in units)}/{n_units}")
     print(f"rotation error (deg): {distribution([u['rotation_deg'] for u in units])}")
     print(f"position error (diag): {distribution([u['position'] for u in units])}")
@@ -177,10 +199,6 @@ def main(argv=None) -> int:
         print(f"repeat ratio of final errors: {distribution(ratios)}; within 2x: "
               f"{sum(r <= 2 for r in ratios)}/{len(ratios)}")
     print(f"time: {seconds:.0f} s ({seconds / max(len(scenes), 1):.0f} s per run)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "scenes": scenes,
-                                               "ratios": ratios, "seconds": seconds}, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
