@@ -20,7 +20,9 @@ At the end (:meth:`Watch.finish`):
 
 The state that goes with a loss is the one before the step that measured it, so the
 watch keeps a reference to each step's starting latents (free: the optimizer never
-changes a Dr.Jit array in place).
+changes a Dr.Jit array in place). Only runs that move visibility edges (cameras, poses,
+shapes, lights) are put back: material and texture runs, whose losses can step up at a
+coarse-to-fine stage, keep their last state as before.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ class Watch:
         import mitsuba as mi
 
         latents = run.latents
+        if not any(getattr(e, "moves_edges", False) for e in run.estimates):
+            return  # measured on moving geometry and cameras only (issue 13)
         if self.total.clearly_above_best() and self.best is not None:
             latents.restore(self.best)
             margin = max(3.0 * self.total.noise(), RISE * abs(self.total.first))
