@@ -67,10 +67,18 @@ class CoarseToFine:
     def __init__(self, loss_fn: Callable):
         self.loss_fn = loss_fn
         self.radius = 0
+        self.plain: list = []
+        """The unblurred losses (detached) of the calls since the loop last emptied
+        it, in call order: what best-state keeping compares (blurred losses of
+        different radii are not comparable)."""
 
     def __call__(self, image, photo, weight):
+        import drjit as dr
+
+        plain = self.loss_fn(image, photo, weight)
+        self.plain.append(dr.detach(plain))
         if self.radius <= 0:
-            return self.loss_fn(image, photo, weight)
+            return plain
         if weight is not None:
             image, photo = image * weight, photo * weight
         return self.loss_fn(box_blur(image, self.radius), box_blur(photo, self.radius), None)

@@ -30,7 +30,7 @@ from .losses import image_loss
 from .strategies import StepContext, Strategy, can_freeze, choose_strategy
 from .coarse import CoarseToFine, blur_radius
 from .coarse import applies as coarse_applies
-from .watch import Watch, default_lr_decay
+from .watch import Watch, default_lr_decay, watched_losses
 
 
 @dataclass
@@ -202,6 +202,7 @@ def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[
     if isinstance(context.loss_fn, CoarseToFine):
         context.loss_fn.radius = blur_radius(it, run.iterations,
                                              run.problem.views[fit[0]].photo.shape[1])
+        context.loss_fn.plain = []
     n_views = len(run.problem.views)
     base_seed = (cfg.optimize.seed * 1_000_003 + it * n_views) % (2**32 - n_views)
     total = render_and_backward(run, base_seed, chosen, spp)
@@ -242,8 +243,7 @@ def run_steps(run: Run, callback: Callable | None, progress: bool) -> None:
             total, chosen = taken
             last_good = run.latents.snapshot()
             run.history.append(total)
-            run.watch.record(run, total, {v: float(np.asarray(loss).ravel()[0]) for v, loss in
-                                          getattr(run.strategy, "view_losses", {}).items()})
+            run.watch.record(run, *watched_losses(run, total, chosen))
             run.trajectory.record(run.latents)
             run.step_seconds.append(time.perf_counter() - step_start)
             if bar is not None:

@@ -178,6 +178,20 @@ def per_view_parts(run):
     return None
 
 
+def watched_losses(run, total: float, chosen: list[int]) -> tuple[float, dict[int, float]]:
+    """The step's loss and its views' losses as the watch compares them: unblurred
+    where the loss is coarse to fine (:class:`~invpbr.optimization.coarse.CoarseToFine`
+    keeps them), else the step's own."""
+    import numpy as np
+
+    plain = getattr(run.context.loss_fn, "plain", None)
+    if plain and len(plain) == len(chosen):
+        values = [float(np.asarray(x).ravel()[0]) for x in plain]
+        return float(np.mean(values)), dict(zip(chosen, values))
+    per_view = getattr(run.strategy, "view_losses", {})
+    return total, {v: float(np.asarray(x).ravel()[0]) for v, x in per_view.items()}
+
+
 def default_lr_decay(configured: float | None, estimates) -> float:
     """``[optimize] lr_decay``, or where it is not set: 0.1 when an estimate is
     a rigid motion (cameras, poses), whose Adam steps otherwise keep wandering
