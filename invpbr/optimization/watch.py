@@ -1,126 +1,153 @@
 """Best-state keeping: a run returns the best state it saw, not merely the last.
 
-A Monte Carlo loss is noisy, so "best" is judged on a smoothed loss: an exponential
-moving average (EMA) over about a tenth of the run (at least 5 steps). The watch keeps
+A Monte Carlo loss is noisy, so "best" is judged on smoothed losses: the loss of the
+state before step ``t`` is estimated by the mean of the losses of steps ``t - h`` to
+``t + h`` (a centred window, ``h`` about a twentieth of the run, at least 2, cut at the
+ends; centred so that it does not lag: the starting state is a candidate like any
+other). The noise of one loss is estimated from successive differences (which a trend
+does not inflate). The watch keeps
 
-- the whole run's state at its lowest smoothed loss (:attr:`Watch.best`);
+- the whole run's state at its lowest smoothed loss;
 - for estimates that hold one part per view (cameras: each camera's latent changes
   only its own view's render), each view's smoothed loss and that part's state at
   its lowest.
 
-At the end (:meth:`Watch.finish`):
+At the end (:meth:`Watch.finish`), a smoothed loss is "clearly above" its minimum when
+it exceeds it by more than 2.5 standard errors of the difference and by more than 2 %:
 
-- a camera whose own view's smoothed loss ends clearly above its minimum (by more
-  than the noise of the smoothed loss, and more than 2 %) is put back to its best
+- a camera whose own view's loss ends clearly above its minimum is put back to its best
   state, with a warning naming the cameras;
-- a run whose smoothed loss ends clearly above its minimum is put back to its best
-  state whole, with a warning ("best state kept"); when that minimum is not clearly
-  below the starting loss either (the run never got better than its start), its
-  status becomes ``"diverged"`` (``invpbr run`` exits 1).
+- a run whose loss ends clearly above its minimum is put back to its best state whole,
+  with a warning ("best state kept"); when that minimum is not clearly below the
+  starting loss either (the run never got better than its start), its status becomes
+  ``"diverged"`` (``invpbr run`` exits 1).
 
-The state that goes with a loss is the one before the step that measured it, so the
-watch keeps a reference to each step's starting latents (free: the optimizer never
-changes a Dr.Jit array in place). Only runs that move visibility edges (cameras, poses,
-shapes, lights) are put back: material and texture runs, whose losses can step up at a
-coarse-to-fine stage, keep their last state as before.
+The state that goes with a loss is the one before the step that measured it; the watch
+keeps references to the last ``h + 1`` steps' starting latents (free: the optimizer
+never changes a Dr.Jit array in place). Only runs that move visibility edges (cameras,
+poses, shapes, lights) are put back: material and texture runs, whose losses can step
+up at a coarse-to-fine stage, keep their last state as before.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-#: A smoothed loss this much above its minimum (relative) is "clearly above",
-#: when also above the smoothed loss's noise.
+#: A smoothed loss this much above its minimum (relative) may be "clearly above",
+#: when also above the noise.
 RISE = 0.02
+#: Standard errors of the difference that make a rise "clear".
+SIGMAS = 2.5
 
 
 @dataclass
-class Smoothed:
-    """An EMA of a noisy series with its noise (EMA of squared deviations) and minimum."""
+class Series:
+    """One noisy loss series: its samples, the lowest centred-window mean seen so far
+    and the step it belongs to."""
 
-    alpha: float
-    value: float = math.nan
-    variance: float = 0.0
+    half: int
+    samples: list[float] = field(default_factory=list)
     best: float = math.inf
-    count: int = 0
-    first: float = math.nan
+    best_step: int = -1
+    best_count: int = 1
 
-    def add(self, x: float) -> bool:
-        """Add a sample; whether the smoothed value reached a new minimum (only
-        once it has seen a few samples, so one lucky draw is not "best")."""
-        self.count += 1
-        if self.count == 1:
-            self.value, self.first = x, x
-        else:
-            d = x - self.value
-            self.value += self.alpha * d
-            self.variance = (1 - self.alpha) * (self.variance + self.alpha * d * d)
-        if self.value < self.best and (self.count >= min(3, 1 / self.alpha)):
-            self.best = self.value
-            return True
-        return False
+    def add(self, x: float) -> int | None:
+        """Add the loss of the newest step; the step whose centred window just
+        completed if its mean is a new minimum, else None."""
+        self.samples.append(float(x))
+        n = len(self.samples)
+        t = n - 1 - self.half  # the step whose window [t - h, t + h] is now complete
+        found = None
+        # the first steps' windows are cut at the start: they complete together at t = 0
+        for step in ([0] if t == 0 else []) + ([t] if t > 0 else []):
+            window = self.samples[max(0, step - self.half): step + self.half + 1]
+            m = float(np.mean(window))
+            if m < self.best:
+                self.best, self.best_step, self.best_count = m, step, len(window)
+                found = step
+        return found
 
     def noise(self) -> float:
-        """Standard deviation of the smoothed value (of a sample times sqrt(alpha / (2 - alpha)))."""
-        return math.sqrt(max(self.variance, 0.0) * self.alpha / (2 - self.alpha))
+        """Standard deviation of one sample, from successive differences (robust)."""
+        if len(self.samples) < 3:
+            return 0.0
+        d = np.abs(np.diff(self.samples))
+        return float(1.4826 * np.median(d) / math.sqrt(2.0))
+
+    def final(self) -> tuple[float, int]:
+        """Mean of the last ``half + 1`` samples and how many."""
+        tail = self.samples[-(self.half + 1):]
+        return float(np.mean(tail)), len(tail)
 
     def clearly_above_best(self) -> bool:
-        if not math.isfinite(self.best) or self.count < 2:
+        if self.best_step < 0 or len(self.samples) < 2 * self.half + 2:
             return False
-        margin = max(3.0 * self.noise(), RISE * abs(self.best))
-        return self.value > self.best + margin
+        value, count = self.final()
+        sigma = self.noise() * math.sqrt(1.0 / count + 1.0 / self.best_count)
+        return value > self.best + max(SIGMAS * sigma, RISE * abs(self.best))
+
+    def clearly_below_start(self) -> bool:
+        """Whether the minimum is clearly below the starting state's loss."""
+        if self.best_step <= 0:
+            return False
+        start = self.samples[: self.half + 1]
+        sigma = self.noise() * math.sqrt(1.0 / len(start) + 1.0 / self.best_count)
+        return self.best < float(np.mean(start)) - max(SIGMAS * sigma, RISE * abs(self.best))
 
 
 @dataclass
 class Watch:
     """Smoothed losses and best states of one run (see the module)."""
 
-    alpha: float
-    total: Smoothed
+    half: int
+    total: Series
+    recent: deque = field(default_factory=deque)   # (step, state before it)
     best: dict | None = None
-    before_step: dict | None = None
-    views: dict[int, Smoothed] = field(default_factory=dict)
+    views: dict[int, Series] = field(default_factory=dict)
     view_best: dict[int, np.ndarray] = field(default_factory=dict)
+    step: int = 0
 
     @classmethod
     def start(cls, run) -> "Watch":
-        window = max(5, run.iterations // 10)
-        alpha = 2.0 / (window + 1)
-        watch = cls(alpha=alpha, total=Smoothed(alpha))
-        watch.before_step = run.latents.snapshot()
-        watch.best = watch.before_step
+        half = max(2, run.iterations // 20)
+        watch = cls(half=half, total=Series(half))
+        watch.best = run.latents.snapshot()
+        watch.recent = deque([(0, watch.best)], maxlen=half + 2)
         return watch
+
+    def _state(self, step: int) -> dict | None:
+        for t, state in self.recent:
+            if t == step:
+                return state
+        return None
 
     def record(self, run, total: float, view_losses: dict[int, float]) -> None:
         """After a step whose loss was ``total`` (and ``view_losses``: view number ->
         that view's loss, where the strategy reports them)."""
-        state = self.before_step
-        if self.total.add(total):
-            self.best = state
+        found = self.total.add(total)
+        if found is not None and self._state(found) is not None:
+            self.best = self._state(found)
         parts = per_view_parts(run)
         if parts is not None and view_losses:
             estimate, slot_of_view = parts
-            rows = None
             for v, loss in view_losses.items():
                 slot = slot_of_view.get(v)
                 if slot is None:
                     continue
-                smoothed = self.views.setdefault(v, Smoothed(self.alpha))
-                if smoothed.add(loss):
-                    if rows is None:
-                        rows = np.array(state[estimate.key], dtype=np.float64).reshape(
-                            len(estimate.targets), -1)
+                found = self.views.setdefault(v, Series(self.half)).add(loss)
+                state = self._state(found) if found is not None else None
+                if state is not None:
+                    rows = np.array(state[estimate.key], dtype=np.float64).reshape(
+                        len(estimate.targets), -1)
                     self.view_best[v] = rows[slot].copy()
-                elif v not in self.view_best and smoothed.count == 1:
-                    if rows is None:
-                        rows = np.array(state[estimate.key], dtype=np.float64).reshape(
-                            len(estimate.targets), -1)
-                    self.view_best[v] = rows[slot].copy()
-        self.before_step = run.latents.snapshot()
+        self.step += 1
+        self.recent.append((self.step, run.latents.snapshot()))
 
     def finish(self, run) -> None:
         """Put back the best state where the end is clearly worse (see the module);
@@ -132,19 +159,20 @@ class Watch:
             return  # measured on moving geometry and cameras only (issue 13)
         if self.total.clearly_above_best() and self.best is not None:
             latents.restore(self.best)
-            margin = max(3.0 * self.total.noise(), RISE * abs(self.total.first))
-            if self.total.best < self.total.first - margin:
+            value = self.total.final()[0]
+            if self.total.clearly_below_start():
                 warnings.warn(
                     f"optimize(): {run.problem.name}: best state kept: the loss ended at "
-                    f"{self.total.value:.4g} (smoothed), clearly above its minimum "
-                    f"{self.total.best:.4g}; the best state seen is returned", stacklevel=2)
+                    f"{value:.4g} (smoothed), clearly above its minimum {self.total.best:.4g} "
+                    f"(step {self.total.best_step}); the best state seen is returned",
+                    stacklevel=2)
             else:  # it never clearly got better than where it started
                 run.status = "diverged"
                 warnings.warn(
-                    f"optimize(): {run.problem.name}: diverged: the loss ended at "
-                    f"{self.total.value:.4g} (smoothed), clearly above its minimum "
-                    f"{self.total.best:.4g}, which is not clearly below the start "
-                    f"({self.total.first:.4g}); the best state seen is returned", stacklevel=2)
+                    f"optimize(): {run.problem.name}: diverged: the loss ended at {value:.4g} "
+                    f"(smoothed), clearly above its minimum {self.total.best:.4g} (step "
+                    f"{self.total.best_step}), which is not clearly below the start; the best "
+                    "state seen is returned", stacklevel=2)
             return
         parts = per_view_parts(run)
         if parts is None:
@@ -162,7 +190,7 @@ class Watch:
         warnings.warn(
             f"optimize(): {run.problem.name}: best state kept for {len(names)} "
             f"{estimate.kind}(s) whose own view's loss rose clearly above its minimum: "
-            + ", ".join(f"{n} ({self.views[v].value:.4g} > {self.views[v].best:.4g})"
+            + ", ".join(f"{n} ({self.views[v].final()[0]:.4g} > {self.views[v].best:.4g})"
                         for n, v in zip(names, back)), stacklevel=2)
 
 
