@@ -13,7 +13,8 @@ does not inflate). The watch keeps
   its lowest.
 
 At the end (:meth:`Watch.finish`), a smoothed loss is "clearly above" its minimum when
-it exceeds it by more than 2.5 standard errors of the difference and by more than 2 %:
+it exceeds it by more than 2.5 standard errors of the difference and by more than 2 %,
+or by more than 50 % whatever the noise:
 
 - a camera whose own view's loss ends clearly above its minimum is put back to its best
   state, with a warning naming the cameras;
@@ -90,7 +91,7 @@ class Series:
             return False
         value, count = self.final()
         sigma = self.noise() * math.sqrt(1.0 / count + 1.0 / self.best_count)
-        return value > self.best + max(SIGMAS * sigma, RISE * abs(self.best))
+        return value > self.best + _margin(SIGMAS * sigma, abs(self.best))
 
     def clearly_below_start(self) -> bool:
         """Whether the minimum is clearly below the starting state's loss."""
@@ -98,7 +99,14 @@ class Series:
             return False
         start = self.samples[: self.half + 1]
         sigma = self.noise() * math.sqrt(1.0 / len(start) + 1.0 / self.best_count)
-        return self.best < float(np.mean(start)) - max(SIGMAS * sigma, RISE * abs(self.best))
+        return self.best < float(np.mean(start)) - _margin(SIGMAS * sigma, abs(self.best))
+
+
+def _margin(noise: float, best: float) -> float:
+    """How far above ``best`` is "clearly": more than the noise and 2 % of it, but never
+    more than half of it (a run that swings wildly inflates the noise estimate, which is
+    taken from successive differences; 1.5x the best is clear whatever the noise)."""
+    return min(max(noise, RISE * best), 0.5 * best)
 
 
 @dataclass
