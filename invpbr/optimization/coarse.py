@@ -67,21 +67,31 @@ class CoarseToFine:
     def __init__(self, loss_fn: Callable):
         self.loss_fn = loss_fn
         self.radius = 0
+        self.watch_radius = 1
         self.plain: list = []
-        """The unblurred losses (detached) of the calls since the loop last emptied
-        it, in call order: what best-state keeping compares (blurred losses of
-        different radii are not comparable)."""
+        """The losses at :attr:`watch_radius` (detached) of the calls since the loop
+        last emptied it, in call order: what best-state keeping compares. Losses of
+        different radii are not comparable, and an unblurred L1 loss of a noisy render
+        prefers states that see less (a camera turned to an empty sky scored lower than
+        its start), so one fixed blur is watched."""
 
     def __call__(self, image, photo, weight):
         import drjit as dr
 
-        plain = self.loss_fn(image, photo, weight)
-        self.plain.append(dr.detach(plain))
-        if self.radius <= 0:
-            return plain
         if weight is not None:
-            image, photo = image * weight, photo * weight
-        return self.loss_fn(box_blur(image, self.radius), box_blur(photo, self.radius), None)
+            masked, reference = image * weight, photo * weight
+        else:
+            masked, reference = image, photo
+
+        def blurred(radius):
+            if radius <= 0:
+                return self.loss_fn(image, photo, weight)
+            return self.loss_fn(box_blur(masked, radius), box_blur(reference, radius), None)
+
+        loss = blurred(self.radius)
+        watched = loss if self.watch_radius == self.radius else blurred(self.watch_radius)
+        self.plain.append(dr.detach(watched))
+        return loss
 
 
 def applies(estimates) -> bool:

@@ -200,8 +200,9 @@ def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[
               else sorted(int(i) for i in rng.choice(fit, size=context.per_step, replace=False)))
     spp = spp_at(cfg.render, it, run.iterations)
     if isinstance(context.loss_fn, CoarseToFine):
-        context.loss_fn.radius = blur_radius(it, run.iterations,
-                                             run.problem.views[fit[0]].photo.shape[1])
+        width = run.problem.views[fit[0]].photo.shape[1]
+        context.loss_fn.radius = blur_radius(it, run.iterations, width)
+        context.loss_fn.watch_radius = blur_radius(0, run.iterations, width)
         context.loss_fn.plain = []
     n_views = len(run.problem.views)
     base_seed = (cfg.optimize.seed * 1_000_003 + it * n_views) % (2**32 - n_views)

@@ -215,8 +215,8 @@ def per_view_parts(run):
 
 
 def watched_losses(run, total: float, chosen: list[int]) -> tuple[float, dict[int, float]]:
-    """The step's loss and its views' losses as the watch compares them: unblurred
-    where the loss is coarse to fine (:class:`~invpbr.optimization.coarse.CoarseToFine`
+    """The step's loss and its views' losses as the watch compares them: at one fixed
+    blur where the loss is coarse to fine (:class:`~invpbr.optimization.coarse.CoarseToFine`
     keeps them), else the step's own."""
     import numpy as np
 
