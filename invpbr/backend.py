@@ -180,7 +180,9 @@ def init_backend(variant: str | None = None, *, threads: int | None = None) -> s
         variant: a Mitsuba variant name, or None for automatic:
             ``cuda_ad_rgb`` where a CUDA device works, else ``llvm_ad_rgb``.
             Also read from the environment variable ``INVPBR_VARIANT``.
-        threads: Dr.Jit's CPU thread count (None: all cores).
+        threads: Dr.Jit's CPU thread count (None: the environment variable
+            ``INVPBR_THREADS`` where set, which ``invpbr batch`` sets for its
+            jobs, else all cores).
 
     Raises:
         ValueError: the variant is unknown or unavailable in this Mitsuba build.
@@ -210,6 +212,16 @@ def init_backend(variant: str | None = None, *, threads: int | None = None) -> s
                          "driver, and Dr.Jit found none; use llvm_ad_rgb (--backend cpu)")
     if mi.variant() != variant:
         mi.set_variant(variant)
+    if threads is None and os.environ.get("INVPBR_THREADS", "").strip():
+        try:
+            threads = int(os.environ["INVPBR_THREADS"])
+        except ValueError:
+            raise ValueError(f"INVPBR_THREADS={os.environ['INVPBR_THREADS']!r}: expected a "
+                             "whole number of threads") from None
     if threads is not None:
-        dr.set_thread_count(int(threads))
+        # At least 2: with one thread in Dr.Jit's pool, Mitsuba 3.9.1's EXR reading
+        # and writing (mi.Bitmap) waits forever (measured; cf. mitsuba3 issue #21).
+        threads = max(2, int(threads))
+        if dr.thread_count() != threads:
+            dr.set_thread_count(threads)
     return variant

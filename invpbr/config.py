@@ -236,6 +236,18 @@ class OptimizeConfig:
     projective integrators, finite-difference gradients, per-photo gains,
     camera refinement, half precision, and view subsets of other sensors. A
     replay that Dr.Jit refuses falls back to tracing with a warning."""
+    max_skipped_steps: PositiveInt = 10
+    """A step whose loss or gradient is not finite is skipped (estimates and
+    Adam's state unchanged, counted in result.json's ``skipped_steps``); this
+    many skipped in a row end the run as ``diverged`` with the last finite
+    estimates."""
+    checkpoint_every: NonNegativeInt = 0
+    """Write a checkpoint (``OUT/checkpoint/``, for ``invpbr run --resume``)
+    every this many steps (0: only by ``checkpoint_seconds``)."""
+    checkpoint_seconds: NonNegative = 60.0
+    """Write a checkpoint when this many seconds passed since the last one
+    (0: only by ``checkpoint_every``); checkpoints are also written when a run
+    is interrupted (SIGINT, SIGTERM) or fails."""
 
 
 @dataclass

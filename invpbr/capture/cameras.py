@@ -19,6 +19,7 @@ Conventions converted here (c2w columns are the camera axes in world space):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -143,6 +144,51 @@ _INTRINSIC_KEYS = ("camera_angle_x", "camera_angle_y", "fl_x", "fl_y", "cx", "cy
                    "k1", "k2", "p1", "p2")
 
 
+def _transforms_camera(frame, shared: dict, path: Path, where: str, *, skip_missing: bool,
+                       need_images: bool) -> Camera | None:
+    """One frame of a transforms.json (None: skipped, its image missing)."""
+    if "file_path" not in frame or "transform_matrix" not in frame:
+        raise ValueError(f'read_transforms(): {where} needs "file_path" and "transform_matrix"')
+    image = _resolve_image(path.parent, frame["file_path"])
+    sized = all(key in frame or key in shared for key in ("w", "h"))
+    if image is None and not (sized and not need_images):
+        if skip_missing:
+            return None
+        raise FileNotFoundError(
+            f"read_transforms(): {where}: image {frame['file_path']!r} not found "
+            f"(tried extensions {', '.join(IMAGE_EXTENSIONS)}); pass skip_missing=True")
+    k = {**shared, **{key: frame[key] for key in _INTRINSIC_KEYS if key in frame}}
+    if "w" in k and "h" in k:
+        w, h = int(round(float(k["w"]))), int(round(float(k["h"])))
+    else:
+        w, h = _image_size(image)
+    if "fl_x" in k:
+        fx = float(k["fl_x"])
+    elif "camera_angle_x" in k:
+        fx = 0.5 * w / math.tan(0.5 * float(k["camera_angle_x"]))
+    else:
+        raise ValueError(f'read_transforms(): {where}: needs "fl_x" or "camera_angle_x"')
+    if "fl_y" in k:
+        fy = float(k["fl_y"])
+    elif "camera_angle_y" in k:
+        fy = 0.5 * h / math.tan(0.5 * float(k["camera_angle_y"]))
+    else:
+        fy = fx
+    c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
+    if c2w.shape == (3, 4):
+        c2w = np.vstack([c2w, [0.0, 0.0, 0.0, 1.0]])
+    if c2w.shape != (4, 4):
+        raise ValueError(f"read_transforms(): {where}: transform_matrix has shape "
+                         f"{c2w.shape}, expected (4, 4)")
+    dist = None
+    if any(key in k for key in ("k1", "k2", "p1", "p2")):
+        dist = tuple(float(k.get(key, 0.0)) for key in ("k1", "k2", "p1", "p2"))
+    return Camera(
+        id=photo_stem(frame["file_path"]), width=w, height=h, fx=fx, fy=fy,
+        cx=float(k.get("cx", 0.5 * w)), cy=float(k.get("cy", 0.5 * h)),
+        c2w=c2w @ _OPENGL_TO_OPENCV, file_path=image, distortion=dist, source=str(path))
+
+
 def read_transforms(path: str | Path, *, skip_missing: bool = False,
                     need_images: bool = True) -> list[Camera]:
     """Cameras of a NeRF / instant-ngp ``transforms.json``.
@@ -177,46 +223,15 @@ def read_transforms(path: str | Path, *, skip_missing: bool = False,
     cameras = []
     for i, frame in enumerate(meta["frames"]):
         where = f'{path}, frames[{i}]'
-        if "file_path" not in frame or "transform_matrix" not in frame:
-            raise ValueError(f'read_transforms(): {where} needs "file_path" and "transform_matrix"')
-        image = _resolve_image(path.parent, frame["file_path"])
-        sized = all(key in frame or key in shared for key in ("w", "h"))
-        if image is None and not (sized and not need_images):
-            if skip_missing:
-                continue
-            raise FileNotFoundError(
-                f"read_transforms(): {where}: image {frame['file_path']!r} not found "
-                f"(tried extensions {', '.join(IMAGE_EXTENSIONS)}); pass skip_missing=True")
-        k = {**shared, **{key: frame[key] for key in _INTRINSIC_KEYS if key in frame}}
-        if "w" in k and "h" in k:
-            w, h = int(round(float(k["w"]))), int(round(float(k["h"])))
-        else:
-            w, h = _image_size(image)
-        if "fl_x" in k:
-            fx = float(k["fl_x"])
-        elif "camera_angle_x" in k:
-            fx = 0.5 * w / math.tan(0.5 * float(k["camera_angle_x"]))
-        else:
-            raise ValueError(f'read_transforms(): {where}: needs "fl_x" or "camera_angle_x"')
-        if "fl_y" in k:
-            fy = float(k["fl_y"])
-        elif "camera_angle_y" in k:
-            fy = 0.5 * h / math.tan(0.5 * float(k["camera_angle_y"]))
-        else:
-            fy = fx
-        c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
-        if c2w.shape == (3, 4):
-            c2w = np.vstack([c2w, [0.0, 0.0, 0.0, 1.0]])
-        if c2w.shape != (4, 4):
-            raise ValueError(f"read_transforms(): {where}: transform_matrix has shape "
-                             f"{c2w.shape}, expected (4, 4)")
-        dist = None
-        if any(key in k for key in ("k1", "k2", "p1", "p2")):
-            dist = tuple(float(k.get(key, 0.0)) for key in ("k1", "k2", "p1", "p2"))
-        cameras.append(Camera(
-            id=photo_stem(frame["file_path"]), width=w, height=h, fx=fx, fy=fy,
-            cx=float(k.get("cx", 0.5 * w)), cy=float(k.get("cy", 0.5 * h)),
-            c2w=c2w @ _OPENGL_TO_OPENCV, file_path=image, distortion=dist, source=str(path)))
+        try:
+            cam = _transforms_camera(frame, shared, path, where, skip_missing=skip_missing,
+                                     need_images=need_images)
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError) as e:
+            if str(path) in str(e):
+                raise
+            raise ValueError(f"read_transforms(): {where}: {type(e).__name__}: {e}") from None
+        if cam is not None:
+            cameras.append(cam)
     return cameras
 
 
@@ -259,9 +274,29 @@ class ColmapIntrinsics:
                          f"supported models are {', '.join(_SUPPORTED)}")
 
 
+@contextlib.contextmanager
+def _parsing(path: Path, where: str):
+    """Errors of a truncated or garbled file, as a ValueError naming it."""
+    try:
+        yield
+    except (IndexError, KeyError, struct.error, UnicodeDecodeError, OverflowError,
+            MemoryError, TypeError) as e:
+        raise ValueError(f"{where}: {path}: truncated or not a COLMAP file "
+                         f"({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"{where}: {path}: {e}") from None
+
+
 def read_colmap_cameras(path: str | Path) -> dict[int, ColmapIntrinsics]:
     """COLMAP ``cameras.bin`` or ``cameras.txt`` (by extension) as {camera_id: intrinsics}."""
     path = _require_file(Path(path), "read_colmap_cameras()")
+    with _parsing(path, "read_colmap_cameras()"):
+        return _read_colmap_cameras(path)
+
+
+def _read_colmap_cameras(path: Path) -> dict[int, ColmapIntrinsics]:
     cams = {}
     if path.suffix == ".bin":
         data = path.read_bytes()
@@ -297,6 +332,16 @@ def read_colmap_cameras(path: str | Path) -> dict[int, ColmapIntrinsics]:
 def read_colmap_images(path: str | Path) -> list[tuple[str, int, np.ndarray]]:
     """COLMAP ``images.bin`` / ``images.txt`` as [(name, camera_id, w2c (4, 4) OpenCV)]."""
     path = _require_file(Path(path), "read_colmap_images()")
+    with _parsing(path, "read_colmap_images()"):
+        out = _read_colmap_images(path)
+    for name, _, m in out:
+        if not np.isfinite(m).all():
+            raise ValueError(f"read_colmap_images(): {path}: image {name!r} has a "
+                             "non-finite pose")
+    return out
+
+
+def _read_colmap_images(path: Path) -> list[tuple[str, int, np.ndarray]]:
     out = []
 
     def w2c(q, t):
@@ -367,6 +412,11 @@ def read_colmap(folder: str | Path) -> list[Camera]:
 def read_colmap_points(path: str | Path) -> np.ndarray:
     """xyz of COLMAP ``points3D.bin`` / ``points3D.txt`` (by extension), (N, 3) float64."""
     path = _require_file(Path(path), "read_colmap_points()")
+    with _parsing(path, "read_colmap_points()"):
+        return _read_colmap_points(path)
+
+
+def _read_colmap_points(path: Path) -> np.ndarray:
     if path.suffix != ".bin":
         rows = [ln.split()[1:4] for ln in path.read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")]
@@ -405,9 +455,16 @@ def read_llff(folder: str | Path, *,
     """
     folder = Path(folder)
     path = _require_file(folder / "poses_bounds.npy", "read_llff()")
-    arr = np.load(path)
-    if arr.ndim != 2 or arr.shape[1] != 17:
-        raise ValueError(f"read_llff(): {path} has shape {arr.shape}, expected (N, 17)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"read_llff(): {path}: not a readable .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != 17 \
+            or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"read_llff(): {path} has shape {getattr(arr, 'shape', None)} "
+                         f"({getattr(arr, 'dtype', None)}), expected (N, 17) numbers")
+    if not np.isfinite(arr[:, :15]).all():
+        raise ValueError(f"read_llff(): {path}: non-finite poses (NaN or inf)")
     if image_names is None:
         found = sorted(p.name for p in (folder / "images").glob("*")
                        if p.suffix in IMAGE_EXTENSIONS)

@@ -50,6 +50,30 @@ class Frame:
     path: Path
 
 
+def check_camera(cam: Camera, path: Path) -> None:
+    """Refuse a camera no renderer can use: a pose that is not a rotation and a
+    translation (finite, orthonormal, right-handed), or a non-positive or
+    non-finite size or focal length.
+
+    Raises:
+        ValueError: naming the file and the frame.
+    """
+    where = f"{path}: frame {cam.id!r}"
+    c2w = np.asarray(cam.c2w, dtype=np.float64)
+    if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
+        raise ValueError(f"{where}: the camera pose is not a finite 4x4 matrix")
+    r = c2w[:3, :3]
+    if np.abs(r.T @ r - np.eye(3)).max() > 1e-3 or np.linalg.det(r) <= 0:
+        raise ValueError(f"{where}: the camera pose's rotation is not a rotation (its columns "
+                         "are not orthonormal and right-handed: a scaled or sheared pose)")
+    numbers = {"fx": cam.fx, "fy": cam.fy, "cx": cam.cx, "cy": cam.cy}
+    bad = [k for k, v in numbers.items() if not np.isfinite(v)] + \
+        [k for k in ("fx", "fy") if np.isfinite(numbers[k]) and numbers[k] <= 0]
+    if bad or cam.width <= 0 or cam.height <= 0:
+        raise ValueError(f"{where}: bad intrinsics ({', '.join(bad) or 'size'}: fx {cam.fx}, "
+                         f"fy {cam.fy}, cx {cam.cx}, cy {cam.cy}, {cam.width}x{cam.height})")
+
+
 def read_camera_file(path: str | Path, *, skip_missing: bool = False,
                      need_images: bool = True) -> list[Camera]:
     """The cameras of a transforms.json, a COLMAP model folder or an LLFF
@@ -75,6 +99,7 @@ def read_camera_file(path: str | Path, *, skip_missing: bool = False,
                          "transforms.json, a COLMAP model folder or poses_bounds.npy")
     seen: dict[str, Camera] = {}
     for cam in cameras:
+        check_camera(cam, path)
         if cam.id in seen:
             raise ValueError(f"{path}: two frames have the photo name {cam.id!r} "
                              f"({seen[cam.id].file_path} and {cam.file_path}); sensor ids "

@@ -213,6 +213,10 @@ class SceneValue(Estimate):
     def state(self) -> dict[str, Any]:
         return {"stage": self._stage}
 
+    def load_state(self, store, params, state: dict[str, Any]) -> None:
+        # (the latent of that stage, with its size, comes back from the checkpoint)
+        self._stage = int(state.get("stage", 0))
+
 
 class Value(SceneValue):
     """A scalar, colour or small array of the scene (``kind = "auto"`` on a key

@@ -148,6 +148,84 @@ class Latents:
         for name in self.names():
             dr.clear_grad(self[name])
 
+    # -- the NaN guard and checkpoints -------------------------------------------------------
+
+    def gradients_finite(self) -> bool:
+        """Whether every latent's gradient is finite (one read-back). In half
+        precision the GradScaler already skips such steps (and lowers its scale),
+        so this is True there."""
+        import drjit as dr
+        import mitsuba as mi
+
+        if self.scaler is not None:
+            return True
+        ok = None
+        for name in self.names():
+            grad = dr.grad(self[name])
+            flat = grad.array if dr.is_tensor_v(grad) else grad
+            good = dr.all(dr.isfinite(flat), axis=None)
+            ok = good if ok is None else ok & good
+        return True if ok is None else bool(mi.Bool(ok)[0])
+
+    def skip_step(self) -> None:
+        """Drop the gradients of a step that is not taken and write the scene
+        again (its AD graph was used up by the backward pass)."""
+        self.clear_gradients()
+        self.write_scene()
+
+    def optimizer_state(self) -> dict[str, dict[str, Any]]:
+        """name -> each latent and its Adam state (numpy arrays and floats),
+        for a checkpoint: ``value``, ``t`` (step count), ``m``, ``v`` (moments),
+        ``lr`` (its own learning rate, or None) and ``uniform``."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.names():
+            opt = self.where[name]
+            value, promoted, lr, (t, m, v, _) = opt.state[name]
+            out[name] = {"value": np.array(value), "shape": list(value.shape),
+                         "t": int(np.array(t).ravel()[0]), "m": np.array(m), "v": np.array(v),
+                         "lr": None if lr is None else float(np.array(lr).ravel()[0]),
+                         "promoted": bool(promoted), "uniform": opt is self.uniform_opt}
+        return out
+
+    def load_optimizer_state(self, state: dict[str, dict[str, Any]]) -> None:
+        """Put back an :meth:`optimizer_state` (every latent already registered
+        by its estimate, at the checkpoint's stage) and write the scene."""
+        import drjit as dr
+
+        for name, s in state.items():
+            opt = self.where.get(name)
+            if opt is None:
+                raise ValueError(f"checkpoint: latent {name!r} is not one of this run's "
+                                 f"({', '.join(self.names())}); was invpbr.toml changed?")
+            old = opt.state[name]
+            value_type, flat_type = type(old[0]), type(old[3][1])
+            value = np.asarray(s["value"])
+            if list(old[0].shape) != list(s["shape"]):
+                value = value_type(value.reshape(s["shape"]))
+            else:
+                value = value_type(value.reshape(old[0].shape))
+            dr.make_opaque(value)
+            dr.enable_grad(value)
+            t = type(old[3][0])(s["t"])
+            m, v = flat_type(np.asarray(s["m"]).ravel()), flat_type(np.asarray(s["v"]).ravel())
+            dr.make_opaque(t, m, v)
+            opt.state[name] = (value, bool(s["promoted"]), s["lr"], (t, m, v, old[3][3]))
+        self.write_scene()
+
+    def scaler_state(self) -> dict[str, float] | None:
+        """The GradScaler's scale and count of good steps (half precision), or None."""
+        if self.scaler is None:
+            return None
+        return {"scale": float(np.array(self.scaler.scale_factor).ravel()[0]),
+                "it": int(np.array(self.scaler.it).ravel()[0])}
+
+    def load_scaler_state(self, state: dict[str, float] | None) -> None:
+        import mitsuba as mi
+
+        if self.scaler is not None and state is not None:
+            self.scaler.scale_factor = mi.Float(state["scale"])
+            self.scaler.it = mi.UInt32(state["it"])
+
     # -- stages ------------------------------------------------------------------------------
 
     def advance(self, iteration: int) -> bool:

@@ -108,6 +108,19 @@ class Run:
     trajectory: records.Trajectory | None = None
     timings: dict[str, float] = field(default_factory=dict)
     watch: Watch | None = None  # smoothed losses and best states (see :mod:`.watch`)
+    # surviving (see :mod:`.checkpoint`): where the steps go on, what was skipped
+    next_step: int = 0
+    skipped: list[int] = field(default_factory=list)
+    rng_state: dict | None = None
+    resumed_from: int | None = None
+    error: str = ""
+    checkpoints: Any = None
+    started: float | None = None
+    updating: bool = False  # inside the optimizer's update (Adam's state may be half-changed)
+
+    def elapsed_now(self) -> float:
+        """Seconds of steps so far (before a resume included)."""
+        return self.elapsed if self.started is None else time.perf_counter() - self.started
 
 
 def start_run(problem, iterations: int | None = None) -> Run:
@@ -189,8 +202,8 @@ def render_and_backward(run: Run, base_seed: int, chosen: list[int], spp: int):
 
 
 def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[int]] | None:
-    """Step ``it``: its loss and views, or None when the loss is not finite
-    (the latents are then left as they were)."""
+    """Step ``it``: its loss and views, or None when the loss or a gradient is
+    not finite (the step is skipped: latents and Adam's state are left as they were)."""
     import drjit as dr
 
     cfg, latents, context = run.problem.config, run.latents, run.context
@@ -213,60 +226,106 @@ def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[
         total = total + dr.detach(reg)
     total = float(np.asarray(dr.detach(total)).ravel()[0])  # the step's one read-back
     run.strategy.after_backward(chosen, base_seed, spp)
-    if not np.isfinite(total):
+    if not (np.isfinite(total) and latents.gradients_finite()):
+        latents.skip_step()
         return None
+    run.updating = True
     lr_decay = default_lr_decay(cfg.optimize.lr_decay, run.estimates)
     if lr_decay != 1.0:
         latents.decay(decay_factor(lr_decay, it, run.iterations))
     latents.step()
+    run.updating = False
     return total, chosen
 
 
-def run_steps(run: Run, callback: Callable | None, progress: bool) -> None:
-    """Take the run's steps; Ctrl-C, a callback or a non-finite loss end them early."""
-    rng = np.random.default_rng(run.problem.config.optimize.seed)
+def run_steps(run: Run, callback: Callable | None, progress: bool, *,
+              stop: Callable[[], bool] | None = None) -> None:
+    """Take the run's steps (from ``run.next_step``, after a resume). A step
+    whose loss or gradient is not finite is skipped (``run.skipped``);
+    ``max_skipped_steps`` in a row end the run (``"diverged"``). Ctrl-C, a
+    callback returning True, ``stop()`` returning True (a signal) or a Mitsuba
+    or Dr.Jit error (``"failed"``, kept in ``run.error``) end it early. Writes
+    checkpoints (``run.checkpoints``, see :mod:`.checkpoint`) when due and at the end."""
+    cfg = run.problem.config.optimize
+    rng = np.random.default_rng(cfg.seed)
+    if run.rng_state is not None:
+        rng.bit_generator.state = run.rng_state
     last_good = run.latents.snapshot()
     run.watch = Watch.start(run)
+    in_a_row = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=run.iterations, desc=run.problem.name, unit="it", leave=True)
-    start = time.perf_counter()
+        bar = tqdm(total=run.iterations, initial=run.next_step, desc=run.problem.name, unit="it",
+                   leave=True)
+    run.started = time.perf_counter() - run.elapsed
+    consistent = True  # the latents and Adam's state belong to run.next_step
     try:
-        for it in range(run.iterations):
-            step_start = time.perf_counter()
-            taken = take_step(run, it, rng)
-            if taken is None:
-                run.status = "diverged"
-                run.latents.restore(last_good)
+        while run.next_step < run.iterations:
+            if stop is not None and stop():
+                run.status = "interrupted"
                 break
-            total, chosen = taken
-            last_good = run.latents.snapshot()
-            run.history.append(total)
-            run.watch.record(run, *watched_losses(run, total, chosen))
-            run.trajectory.record(run.latents)
-            run.step_seconds.append(time.perf_counter() - step_start)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{total:.4g}")
-            if callback is not None:
-                info = StepInfo(iteration=it, loss=total,
-                                views=[run.problem.views[v].id for v in chosen],
-                                estimates=run.latents.values(),
-                                render=lambda view_id: render_current(run, view_id),
-                                errors=lambda: errors_against_truth(
-                                    run.problem, run.estimates, run.latents.values())[0])
-                if callback(info):
-                    run.status = "stopped"
+            it = run.next_step
+            step_start = time.perf_counter()
+            consistent, rng_before = False, rng.bit_generator.state
+            try:
+                taken = take_step(run, it, rng)
+            except RuntimeError as e:  # Mitsuba's and Dr.Jit's errors
+                run.status = "failed"
+                text = str(e).strip()
+                run.error = f"step {it}: {text.splitlines()[0] if text else type(e).__name__}"
+                run.latents.restore(last_good)
+                # before Adam's update, the state is that of step ``it`` not taken
+                consistent, rng.bit_generator.state = not run.updating, rng_before
+                break
+            run.next_step = it + 1
+            consistent = True
+            if taken is None:
+                run.skipped.append(it)
+                in_a_row += 1
+                if in_a_row >= cfg.max_skipped_steps:
+                    run.status = "diverged"
                     break
+            else:
+                in_a_row = 0
+                total, chosen = taken
+                last_good = run.latents.snapshot()
+                run.history.append(total)
+                run.watch.record(run, *watched_losses(run, total, chosen))
+                run.trajectory.record(run.latents)
+                run.step_seconds.append(time.perf_counter() - step_start)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total:.4g}")
+                if callback is not None:
+                    info = StepInfo(iteration=it, loss=total,
+                                    views=[run.problem.views[v].id for v in chosen],
+                                    estimates=run.latents.values(),
+                                    render=lambda view_id: render_current(run, view_id),
+                                    errors=lambda: errors_against_truth(
+                                        run.problem, run.estimates, run.latents.values())[0])
+                    if callback(info):
+                        run.status = "stopped"
+                        break
+            if run.checkpoints is not None and run.next_step < run.iterations \
+                    and run.checkpoints.due(run.next_step):
+                run.checkpoints.save(run, rng)
     except KeyboardInterrupt:
         run.status = "interrupted"
         run.latents.restore(last_good)
+        if not consistent and not run.updating:
+            consistent, rng.bit_generator.state = True, rng_before
     finally:
         if bar is not None:
             bar.close()
-    run.elapsed = time.perf_counter() - start
+        run.elapsed = run.elapsed_now()
+        run.started = None
+    if run.skipped and not run.history and run.status == "completed":
+        run.status = "diverged"  # not one step could be taken
+    if run.checkpoints is not None and consistent:
+        # (the last one: a run killed in its final renders resumes there)
+        run.checkpoints.save(run, rng)
 
 
 def render_current(run: Run, view_id: str) -> np.ndarray:
@@ -324,6 +383,7 @@ def final_renders(run: Run) -> dict[str, np.ndarray]:
 
 def finish_run(run: Run) -> Result:
     """The :class:`Result` of a run whose steps are done."""
+    import drjit as dr
     import mitsuba as mi
 
     problem, latents, cfg = run.problem, run.latents, run.problem.config
@@ -359,6 +419,7 @@ def finish_run(run: Run) -> Result:
         photos={v.id: v.photo for v in problem.views}, integrator=run.integrator_type,
         variant=mi.variant(),
         settings=cfg.to_dict() | {"iterations_run": len(run.history), "frozen": run.frozen,
+                                  "threads": dr.thread_count(),
                                   "recordings": run.step_fn.n_recordings if run.frozen else 0,
                                   "batched": batched},
         held_out=[v.id for v in held_out],
@@ -376,12 +437,47 @@ def finish_run(run: Run) -> Result:
         trajectory=run.trajectory.steps, truth=run.trajectory.truth(),
         previews=records.point_previews(problem, run.estimates, run.initial, estimates),
         gradient_images=run.gradient_images, timings=dict(run.timings),
+        skipped_steps=list(run.skipped), error=run.error, resumed_from=run.resumed_from,
+        checkpoints=({} if run.checkpoints is None else
+                     {"written": run.checkpoints.written, "seconds": run.checkpoints.write_seconds}),
         **fields)
+
+
+def resume_run(run: Run, out, *, resume: bool = True) -> bool:
+    """Write ``run``'s checkpoints into result folder ``out`` and (``resume``)
+    continue from the one there, if any (see :mod:`.checkpoint`); whether it resumed."""
+    from .checkpoint import Checkpoints, restore_run
+
+    run.checkpoints = Checkpoints.for_run(out, run.problem.config)
+    if not resume:  # a fresh run: an earlier run's checkpoint there is not this one's
+        run.checkpoints.path.unlink(missing_ok=True)
+        return False
+    state = run.checkpoints.load()
+    if state is None:
+        return False
+    restore_run(run, state, run.checkpoints.path)
+    return True
+
+
+def bare_result(run: Run) -> Result:
+    """The result of ``run`` without final renders or evaluation (what is
+    saved when a second signal stops the final renders)."""
+    import mitsuba as mi
+
+    estimates = run.latents.values()
+    return Result(
+        name=run.problem.name, status=run.status, estimates=estimates, initial=run.initial,
+        kinds={e.key: e.kind for e in run.estimates if e.reported}, loss=run.history,
+        iterations=len(run.history), seconds_per_iteration=run.elapsed / max(len(run.history), 1),
+        step_seconds=run.step_seconds, variant=mi.variant(), integrator=run.integrator_type,
+        settings=run.problem.config.to_dict() | {"iterations_run": len(run.history)},
+        photos={v.id: v.photo for v in run.problem.views},
+        skipped_steps=list(run.skipped), error=run.error, resumed_from=run.resumed_from)
 
 
 def optimize(problem, *, iterations: int | None = None,
              callback: Callable[[StepInfo], bool | None] | None = None,
-             progress: bool = True) -> Result:
+             progress: bool = True, out=None, resume: bool = False) -> Result:
     """Estimate the problem's unknowns from its photos.
 
     Args:
@@ -391,6 +487,9 @@ def optimize(problem, *, iterations: int | None = None,
         callback: called after every step with a :class:`StepInfo`; return
             True to stop early.
         progress: show a tqdm progress bar.
+        out: write checkpoints into ``out/checkpoint/`` (``[optimize]
+            checkpoint_every``, ``checkpoint_seconds``).
+        resume: continue from the checkpoint in ``out`` when there is one.
 
     Returns:
         A :class:`~invpbr.results.result.Result`. Ctrl-C stops the loop and
@@ -399,6 +498,8 @@ def optimize(problem, *, iterations: int | None = None,
     """
     with records.record_warnings() as caught:
         run = start_run(problem, iterations)
+        if out is not None:
+            resume_run(run, out, resume=resume)
         run_steps(run, callback, progress)
         result = finish_run(run)
     result.warnings = caught + result.warnings

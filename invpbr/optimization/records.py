@@ -94,6 +94,8 @@ class Trajectory:
         self.start = {e.key: np.asarray(e.initial, dtype=np.float64).ravel().tolist()
                       for e in self.estimates}
         self.records: dict[str, list[tuple[dict, dict]]] = {e.key: [] for e in self.estimates}
+        #: key -> values of steps already computed (:meth:`settle`, a checkpoint's)
+        self.done: dict[str, list[list[float]]] = {e.key: [] for e in self.estimates}
         self.half = False
 
     def record(self, store) -> None:
@@ -113,13 +115,21 @@ class Trajectory:
         out = {}
         for e in self.estimates:
             try:
-                out[e.key] = [self.start[e.key]] + [
+                out[e.key] = [self.start[e.key]] + self.done.get(e.key, []) + [
                     np.asarray(e.value(Recorded(latents, self.half), Recorded(scene)),
                                dtype=np.float64).ravel().tolist()
                     for latents, scene in self.records[e.key]]
             except (KeyError, TypeError, AttributeError, ValueError):
                 continue
         return out
+
+    def settle(self) -> dict[str, list[list[float]]]:
+        """Compute the values of the records so far and keep only those (for a
+        checkpoint); key -> every step's value."""
+        steps = self.steps
+        self.done = {key: values[1:] for key, values in steps.items()}
+        self.records = {e.key: [] for e in self.estimates}
+        return self.done
 
     def truth(self) -> dict[str, list[float]]:
         """key -> the true value of each recorded estimate, where known."""

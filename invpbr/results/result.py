@@ -49,7 +49,9 @@ class Result:
     Attributes:
         name: the problem's name (scene folder name).
         status: ``completed``, ``stopped`` (by a callback), ``interrupted``
-            (Ctrl-C) or ``diverged`` (non-finite loss; estimates are the last finite ones).
+            (Ctrl-C, SIGTERM), ``diverged`` (``max_skipped_steps`` steps in a
+            row with a non-finite loss or gradient; estimates are the last
+            finite ones) or ``failed`` (a Mitsuba or Dr.Jit error, in ``error``).
         estimates: key -> estimated value (numpy; textures (H, W, C) linear).
         initial: key -> starting value.
         kinds: key -> the estimate's kind (``"value"``, ``"texture"``, ``"envmap"``,
@@ -115,6 +117,10 @@ class Result:
         scene_xml: the model scene's XML as loaded (the result folder's
             scene.xml writes the estimates into it).
         scene_folder: the folder its relative file names resolve against.
+        skipped_steps: indices of the steps skipped (non-finite loss or gradient).
+        error: what ended a ``failed`` run (or an ``interrupted`` one early).
+        resumed_from: the step a resumed run went on from (None: not resumed).
+        checkpoints: ``written`` (count) and ``seconds`` (spent writing them).
     """
 
     name: str
@@ -163,6 +169,10 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     scene_xml: str = ""
     scene_folder: str | None = None
+    skipped_steps: list[int] = field(default_factory=list)
+    error: str = ""
+    resumed_from: int | None = None
+    checkpoints: dict[str, float] = field(default_factory=dict)
 
     def psnr(self) -> dict[str, float]:
         """view id -> PSNR (dB) of the final render against the photo, both
@@ -264,7 +274,28 @@ def result_to_json(result: Result, files: dict[str, dict] | None = None) -> dict
                          for state, poses in result.camera_poses.items()},
         "warnings": list(result.warnings),
         "timings": {k: float(v) for k, v in result.timings.items()},
+        "skipped_steps": len(result.skipped_steps),
+        "skipped_at": [int(i) for i in result.skipped_steps],
+        "error": result.error,
+        "resumed_from": result.resumed_from,
+        "checkpoints": dict(result.checkpoints),
     }
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (and numpy scalar) replaced by None
+    or a plain number, so that ``json.dumps(..., allow_nan=False)`` accepts it."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _save_view_files(result: Result, folder: Path) -> None:
@@ -284,6 +315,21 @@ def _save_view_files(result: Result, folder: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(pictures.png_bytes(np.where(np.asarray(mask, bool)[..., None],
                                                          255, 0).astype(np.uint8).repeat(3, -1)))
+
+
+def _keep_checkpoint(result: Result, out_dir: Path, tmp: Path) -> None:
+    """Carry ``out_dir/checkpoint`` into the new folder (hard links: a kill
+    leaves it in the old folder or the new), unless the run completed."""
+    old = out_dir / "checkpoint"
+    if result.status in ("completed", "stopped") or not old.is_dir():
+        return
+    (tmp / "checkpoint").mkdir(exist_ok=True)
+    for f in old.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            try:
+                os.link(f, tmp / "checkpoint" / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / "checkpoint" / f.name)
 
 
 def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
@@ -318,10 +364,11 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
             doc["scene_file"] = "scene.xml"
             doc["scene_file_lacks"] = missing
         with open(tmp / "result.json", "w") as f:
-            json.dump(doc, f, indent=2)
+            json.dump(strict_json(doc), f, indent=2, allow_nan=False)
         from .report import write_report
 
         write_report(tmp)
+        _keep_checkpoint(result, out_dir, tmp)
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
             os.replace(out_dir, old / "x")

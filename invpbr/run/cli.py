@@ -5,73 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 
 def _cmd_run(args) -> int:
-    from ..optimization.loop import optimize
-    from ..problem.folder import load_problem
-    from ..results.result import save_result
+    from .guarded import main_run
 
-    problem = load_problem(args.scene_dir, variant=args.variant)
-    if args.spp is not None:
-        problem.config.render.spp = args.spp
-    if args.iterations is not None:  # recorded in result.json's settings
-        problem.config.optimize.iterations = args.iterations
-    out = Path(args.out) if args.out else Path("out") / Path(args.scene_dir).resolve().name
-    live = server = None
-    if args.watch:
-        from ..results.live import LiveServer, LiveState
-
-        live = LiveState(problem)
-        server = LiveServer(live, port=args.port).start()
-        print(f"live view: {server.url}", flush=True)
-    try:
-        result = optimize(problem, iterations=args.iterations, progress=not args.no_progress,
-                          callback=live)
-        save_result(result, out)
-        if live is not None:
-            live.finish(result.status, out, result=result)
-        _print_run(result, out)
-        if server is not None and sys.stdin.isatty():
-            print(f"live view: {server.url} (the run is over; Ctrl-C stops serving)", flush=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-    finally:
-        if server is not None:
-            server.stop()
-    return 0 if result.status in ("completed", "stopped") else 1
-
-
-def _print_run(result, out: Path) -> None:
-    from ..estimates import kind_class
-
-    print(f"{result.name}: {result.status} after {result.iterations} iterations, "
-          f"{result.seconds_per_iteration:.3f} s/iteration ({result.integrator}, {result.variant})")
-    for key, value in result.estimates.items():
-        shown = kind_class(result.kinds[key]).summary(key, value, result)
-        err = f"   error {result.errors[key]:.4f}" if key in result.errors else ""
-        more = "".join(f", {name} {v:.4g}" for name, v in result.geometry_errors.get(key, {}).items())
-        print(f"  {key} = {shown}{err}{more}")
-    for name, errors in (("camera", result.camera_errors), ("start", result.camera_errors_initial)):
-        if errors:
-            pos = [e["position"] for e in errors.values()]
-            rot = [e["rotation_deg"] for e in errors.values()]
-            print(f"  {name} errors: rotation mean {sum(rot) / len(rot):.3f} deg (max {max(rot):.3f}), "
-                  f"position mean {sum(pos) / len(pos):.4f} (max {max(pos):.4f})")
-    if result.gains:
-        worst = f", error max {max(result.gain_errors.values()):.3f}" if result.gain_errors else ""
-        print(f"  gains of {len(result.gains)} photos: "
-              f"{min(g.min() for g in result.gains.values()):.3f} .. "
-              f"{max(g.max() for g in result.gains.values()):.3f}{worst}")
-    for w in result.warnings:  # what best-state keeping put back (see optimization/watch.py)
-        if "diverged:" in w or "best state kept" in w:
-            print(f"  warning: {w.split(': ', 1)[-1] if w.startswith('UserWarning') else w}")
-    print(f"wrote {out / 'result.json'} and {out / 'report.html'}")
+    return main_run(args)
 
 
 def _cmd_render(args) -> int:
@@ -126,7 +66,9 @@ def _cmd_batch(args) -> int:
               flush=True)
 
     rows = run_batch(args.scenes_dir, out, iterations=args.iterations, spp=args.spp, jobs=args.jobs,
-                     timeout=args.timeout, on_row=show)
+                     timeout=args.timeout, on_row=show, engine=args.engine, address=args.address,
+                     resume=args.resume, variant=args.variant, backend=args.backend,
+                     threads=args.threads, gpus=args.gpus, retries=args.retries)
     print(f"wrote {out / 'summary.csv'} and {out / 'summary.json'}")
     return 0 if all(r["status"] == "completed" for r in rows) else 1
 
@@ -248,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--iterations", type=int, help="override [optimize] iterations")
     run.add_argument("--spp", type=int, help="override [render] spp")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the checkpoint in OUT/checkpoint (a run killed, "
+                     "interrupted or failed); without one, start from the beginning")
     run.add_argument("--watch", action="store_true",
                      help="serve a live view of the run (loss, renders, errors) on this machine")
     run.add_argument("--port", type=int, default=8765,
@@ -330,12 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_cmd_schema)
 
     batch = sub.add_parser("batch", help="run every scene folder in a folder")
-    batch.add_argument("scenes_dir")
-    batch.add_argument("--out", help="results folder (default: out)")
-    batch.add_argument("--iterations", type=int)
-    batch.add_argument("--spp", type=int)
-    batch.add_argument("--jobs", type=int, default=1, help="scenes run at once")
-    batch.add_argument("--timeout", type=float, help="seconds per scene")
+    from .batch import add_batch_arguments
+
+    add_batch_arguments(batch)
     batch.set_defaults(func=_cmd_batch)
     return parser
 
