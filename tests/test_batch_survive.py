@@ -167,6 +167,36 @@ def test_every_job_gets_the_variant_backend_and_resume():
     assert cmd[cmd.index("--iterations") + 1] == "3" and cmd[cmd.index("--spp") + 1] == "2"
 
 
+def test_sigterm_to_the_batch_stops_its_jobs_with_partial_results(master, tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "scenes"
+    for name in ("a", "b", "c"):
+        shutil.copytree(master, root / name)
+        (root / name / "invpbr.toml").write_text(TOML.replace("iterations = 8", "iterations = 500"))
+    out = tmp_path / "out"
+    env = os.environ | {"INVPBR_CHECKPOINT_SLEEP": "0.05", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "invpbr", "batch", str(root), "--out", str(out),
+                             "--jobs", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 240
+    while not all((out / n / "checkpoint" / "state.npz").is_file() for n in ("a", "b")):
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 143, stderr
+    rows = {r["scene"]: r for r in json.loads((out / "summary.json").read_text())}
+    for name in ("a", "b"):  # stopped at a step: checkpoint and partial result
+        assert rows[name]["status"] == "interrupted" and 0 < rows[name]["iterations"] < 500
+        assert json.loads((out / name / "result.json").read_text())["status"] == "interrupted"
+        assert (out / name / "checkpoint" / "state.npz").is_file()
+    assert rows["c"]["status"] == "interrupted"
+    assert rows["c"]["message"] == "not started: the batch was stopped"
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install invpbr[ray])")

@@ -238,6 +238,15 @@ def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[
     return total, chosen
 
 
+def _one_thread() -> int:
+    """Set Dr.Jit's pool to one thread (``[optimize] deterministic``); the count before."""
+    import drjit as dr
+
+    before = dr.thread_count()
+    dr.set_thread_count(1)
+    return before
+
+
 def run_steps(run: Run, callback: Callable | None, progress: bool, *,
               stop: Callable[[], bool] | None = None) -> None:
     """Take the run's steps (from ``run.next_step``, after a resume). A step
@@ -252,7 +261,9 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
         rng.bit_generator.state = run.rng_state
     last_good = run.latents.snapshot()
     run.watch = Watch.start(run)
-    in_a_row = 0
+    in_a_row = 0  # skipped steps in a row just before run.next_step (after a resume too)
+    while run.next_step - 1 - in_a_row in run.skipped:
+        in_a_row += 1
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -261,6 +272,7 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
                    leave=True)
     run.started = time.perf_counter() - run.elapsed
     consistent = True  # the latents and Adam's state belong to run.next_step
+    threads = _one_thread() if cfg.deterministic else None
     try:
         while run.next_step < run.iterations:
             if stop is not None and stop():
@@ -317,6 +329,10 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
         if not consistent and not run.updating:
             consistent, rng.bit_generator.state = True, rng_before
     finally:
+        if threads is not None:
+            import drjit as dr
+
+            dr.set_thread_count(threads)
         if bar is not None:
             bar.close()
         run.elapsed = run.elapsed_now()

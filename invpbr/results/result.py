@@ -317,6 +317,25 @@ def _save_view_files(result: Result, folder: Path) -> None:
                                                          255, 0).astype(np.uint8).repeat(3, -1)))
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False
+    where that is not available (other systems, some file systems)."""
+    import sys
+
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _keep_checkpoint(result: Result, out_dir: Path, tmp: Path) -> None:
     """Carry ``out_dir/checkpoint`` into the new folder (hard links: a kill
     leaves it in the old folder or the new), unless the run completed."""
@@ -370,10 +389,13 @@ def save_result(result: Result, out_dir: str | os.PathLike) -> Path:
         write_report(tmp)
         _keep_checkpoint(result, out_dir, tmp)
         if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            if _exchange(tmp, out_dir):  # one atomic swap: never a moment without out_dir
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
+                os.replace(out_dir, old / "x")
+                os.replace(tmp, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
     finally:

@@ -9,7 +9,7 @@ table { border-collapse: collapse; margin: 0.4em 0; } td, th { padding: 3px 8px;
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .status { display: inline-block; padding: 1px 8px; border-radius: 4px; color: #fff; }
 .completed { background: #2a8a3a; } .stopped { background: #3a6ab0; }
-.interrupted, .diverged, .failed, .worse { background: #b03a2e; }
+.interrupted, .diverged, .failed, .timeout, .worse { background: #b03a2e; }
 .warn { background: #fff4e0; border-left: 4px solid #e08a00; padding: 4px 10px; margin: 4px 0; }
 .note { background: #eef4ff; border-left: 4px solid #3a6ab0; padding: 4px 10px; margin: 4px 0; }
 figure { display: inline-block; margin: 4px 8px 8px 0; vertical-align: top; white-space: normal; }

@@ -123,11 +123,51 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+class BatchStop:
+    """SIGINT / SIGTERM of a local batch (inside a ``with`` block): jobs not yet
+    started are not started, running ones get SIGTERM (each writes its
+    checkpoint and partial result)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.children: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.previous: dict[int, Any] = {}
+
+    def handle(self, signum, frame) -> None:
+        self.signum = self.signum or signum
+        with self.lock:
+            for proc in self.children:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+
+    def started(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.children.add(proc)
+            if self.signum is not None:
+                proc.send_signal(signal.SIGTERM)
+
+    def ended(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.children.discard(proc)
+
+    def __enter__(self) -> "BatchStop":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 def run_scene_process(folder: Path, out_dir: Path, settings: JobSettings | None = None,
-                      **overrides) -> dict[str, Any]:
+                      stop: BatchStop | None = None, **overrides) -> dict[str, Any]:
     """Run ``invpbr run`` on one folder in a child process; one summary row:
     scene, status, errors, seconds, seconds_per_iteration, iterations,
-    skipped_steps, resumed_from, attempts, message."""
+    skipped_steps, resumed_from, attempts, message. ``stop``: a stopped batch's
+    jobs are not started (status ``interrupted``) or get SIGTERM."""
     settings = settings or JobSettings(**overrides)
     folder, out_dir = Path(folder), Path(out_dir)
     row: dict[str, Any] = {"scene": folder.name, "status": "failed", "errors": {},
@@ -139,6 +179,9 @@ def run_scene_process(folder: Path, out_dir: Path, settings: JobSettings | None 
         env["INVPBR_THREADS"] = str(settings.threads)
     start = time.perf_counter()
     resume = settings.resume
+    if stop is not None and stop.signum is not None:
+        row.update(status="interrupted", message="not started: the batch was stopped")
+        return row
     while True:
         row["attempts"] += 1
         _, before = _result_doc(out_dir)
@@ -150,15 +193,19 @@ def run_scene_process(folder: Path, out_dir: Path, settings: JobSettings | None 
             reader = threading.Thread(target=lambda: err_box.append(proc.stderr.read()),
                                       daemon=True)
             reader.start()
+            if stop is not None:
+                stop.started(proc)
             try:
                 proc.wait(timeout=settings.timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _stop(proc)
             reader.join()
+            if stop is not None:
+                stop.ended(proc)
         stderr = err_box[0] if err_box else ""
         killed = proc.returncode < 0 and not timed_out
-        if killed and row["attempts"] <= settings.retries:
+        if killed and row["attempts"] <= settings.retries and (stop is None or stop.signum is None):
             continue  # killed from outside (out of memory, a lost node): resume it
         break
     row["seconds"] = time.perf_counter() - start
@@ -213,7 +260,8 @@ def run_batch(root: str | Path, out: str | Path, *, iterations: int | None = Non
               on_row=None, engine: str = "local", address: str | None = None,
               resume: bool = False, variant: str | None = None, backend: str | None = None,
               threads: int | None = None, gpus: float = 0.0, retries: int = 1,
-              ray_init: dict | None = None) -> list[dict[str, Any]]:
+              ray_init: dict | None = None, stop: BatchStop | None = None
+              ) -> list[dict[str, Any]]:
     """Run every scene folder in ``root``; write ``out/summary.csv`` and ``.json``
     (after every scene) and ``out/index.html`` (one row per scene, linking to
     each report).
@@ -233,6 +281,8 @@ def run_batch(root: str | Path, out: str | Path, *, iterations: int | None = Non
         gpus: GPUs per Ray task.
         retries: resumes of a job killed from outside.
         ray_init: further arguments of ``ray.init``.
+        stop: SIGINT / SIGTERM handling of the local engine (its ``signum``
+            says which signal stopped the batch); default: a new one.
 
     Returns:
         One row per scene (see :func:`run_scene_process`).
@@ -257,9 +307,9 @@ def run_batch(root: str | Path, out: str | Path, *, iterations: int | None = Non
         run_on_ray(todo, out, settings, summary, jobs=jobs, address=address, gpus=gpus,
                    init=ray_init)
     else:
-        with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-            list(pool.map(lambda f: summary.add(run_scene_process(f, out / f.name, settings)),
-                          todo))
+        with stop or BatchStop() as stop, ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
+            list(pool.map(lambda f: summary.add(run_scene_process(f, out / f.name, settings,
+                                                                  stop)), todo))
     from ..results.report import write_index
 
     write_index(out, summary.rows())

@@ -56,7 +56,7 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from .batch import run_batch
+    from .batch import BatchStop, run_batch
 
     out = Path(args.out) if args.out else Path("out")
 
@@ -65,11 +65,15 @@ def _cmd_batch(args) -> int:
         print(f"{row['scene']}: {row['status']} ({row['seconds']:.1f} s) {errs} {row['message']}",
               flush=True)
 
+    stop = BatchStop()  # SIGINT / SIGTERM: running jobs stop at a step, write partial results
     rows = run_batch(args.scenes_dir, out, iterations=args.iterations, spp=args.spp, jobs=args.jobs,
                      timeout=args.timeout, on_row=show, engine=args.engine, address=args.address,
                      resume=args.resume, variant=args.variant, backend=args.backend,
-                     threads=args.threads, gpus=args.gpus, retries=args.retries)
+                     threads=args.threads, gpus=args.gpus, retries=args.retries,
+                     stop=stop)
     print(f"wrote {out / 'summary.csv'} and {out / 'summary.json'}")
+    if stop.signum is not None:
+        return 128 + int(stop.signum)
     return 0 if all(r["status"] == "completed" for r in rows) else 1
 
 
