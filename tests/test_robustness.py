@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STATED = {
     "back-facing lamp: image-sum derivative error with the fix": 0.25,
     "back-facing lamp: image-sum derivative error without it": 0.5,
-    "small benchmark: median rotation, fraction of start": 1.0,
-    "small benchmark: worst rotation, times its start": 3.0,
+    "small benchmark: median rotation, fraction of start": 0.8,   # measured 0.68
+    "small benchmark: worst rotation, times its start": 1.5,      # measured 1.17
 }
 
 
@@ -177,7 +177,8 @@ SMALL = {"seeds": (100, 101, 102), "size": 24, "iterations": 30}
 def test_small_camera_benchmark(tmp_path, mi):
     """Cameras on random scenes end closer to the truth than they started (before the
     fixes of issue 13, seed 100's cameras ended 5-13 degrees off from 1.4), and no
-    camera ends more than the stated factor worse than its start."""
+    camera ends more than the stated factor worse than its start. Measured: median 0.96
+    deg from 1.42; seed 102 never beat its start and returned it ("diverged", exit 1)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from robustness import camera_rows, run_scene
 
