@@ -1,7 +1,7 @@
 """Discontinuity cases x gradient integrators: bias, noise, variance and time per render.
 
 For every case of :mod:`invpbr.discontinuities` and every gradient integrator available
-(prb, direct_projective, prb_projective, and invpbr's prb_reparam when registered), the
+(prb, direct_projective, prb_projective; invpbr's prb_reparam was retired), the
 forward-mode derivative of a 16x16 render is compared with finite differences of ``path``
 (:func:`invpbr.testing.discontinuities.compare`). Plain ``prb`` is the plain-Mitsuba baseline.
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from invpbr.testing import discontinuities as disc
 
     integrators = disc.registered_integrators()
-    missing = [] if "prb_reparam" in integrators else ["prb_reparam (invpbr.reparam)"]
+    missing: list[str] = []
     cases = args.cases or list(disc.CASES)
     start = time.perf_counter()
     print(HEADER)

@@ -70,8 +70,18 @@ class EvaluateConfig:
     truth_mesh: SkipValidation[str] = ""
     """``[reconstruct]``: the true mesh (a PLY/OBJ file relative to the scene
     folder), for the Chamfer distance and normal angle of the reconstruction."""
-INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "prb_reparam",
-               "path", "scene")
+
+
+INTEGRATORS = ("auto", "prb", "prb_basic", "direct_projective", "prb_projective", "path", "scene")
+
+#: Integrators that are no longer offered -> why, and what to use instead.
+RETIRED_INTEGRATORS = {
+    "prb_reparam": "invpbr's prb_reparam was retired: its derivatives were wrong against finite "
+                   "differences on 7 of 8 visibility cases at its defaults, and even on continuous "
+                   "parameters (the image-sum derivative of a diffuse albedo under a constant sky "
+                   "83 % off, a GGX roughness 167 % off, where prb and prb_projective are within "
+                   "1 %; docs/reparam.md). Use integrator = \"auto\" (prb_projective or "
+                   "direct_projective where edges move, prb otherwise)"}
 
 Loss = Literal["l1", "l2", "relative_l2", "cauchy"]
 Gradient = Literal["auto", "ad", "fd"]
@@ -81,7 +91,7 @@ Guiding = Literal["none", "grid", "octree"]
 Space = Literal["auto", "linear", "log"]
 EnvmapModel = Literal["texels", "sh", "sun_sky"]
 Integrator = Literal["auto", "prb", "prb_basic", "direct_projective", "prb_projective",
-                     "prb_reparam", "path", "scene"]
+                     "path", "scene"]
 
 
 @dataclass
@@ -192,11 +202,12 @@ class OptimizeConfig:
     """Optimization steps."""
     lr: NonNegative = 0.02
     """Adam learning rate of every parameter without its own ``lr``."""
-    lr_decay: Annotated[float, Strict(), Field(gt=0, le=1)] = 1.0
+    lr_decay: Annotated[float, Strict(), Field(gt=0, le=1)] | None = None
     """Learning rates at the last step, as a fraction of their start: constant
     for the first half of the run, then shrinking geometrically (1: constant
     throughout). Below 1, an estimate that wanders with Monte Carlo noise
-    around the answer settles."""
+    around the answer settles. Not set: 0.1 when cameras or poses are
+    estimated, else 1."""
     loss: Loss = "l1"
     """Image loss: ``l1``, ``l2``, ``relative_l2`` or ``cauchy`` (robust:
     ``log(1 + (r / loss_scale)^2)``, pixels far off the render, such as
@@ -654,6 +665,11 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
         if name not in TABLES:
             raise ConfigError(f"{source}: unknown table [{name}]; expected "
                               f"{', '.join(sorted(TABLES))}{_close(name, list(TABLES))}")
+    retired = (data.get("render") or {}).get("integrator") if isinstance(data.get("render"),
+                                                                         dict) else None
+    if isinstance(retired, str) and retired in RETIRED_INTEGRATORS:
+        raise ConfigError(f"{source}: [render] integrator = {retired!r}: "
+                          f"{RETIRED_INTEGRATORS[retired]}")
     read = {name: _read_table(name, data.get(name, {}), cls, source)
             for name, cls in TABLES.items() if name not in ("estimate", "reconstruct")}
     if "reconstruct" in data:

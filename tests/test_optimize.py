@@ -372,6 +372,6 @@ def test_lr_decay_shrinks_the_steps(tiny_scene):
 def test_lr_decay_is_validated():
     from invpbr.config import ConfigError, parse_config
 
-    with pytest.raises(ConfigError, match="optimize.lr_decay must be in"):
+    with pytest.raises(ConfigError, match="optimize.lr_decay must be"):
         parse_config({"optimize": {"lr_decay": 0}}, source="x.toml")
     assert parse_config({"optimize": {"lr_decay": 0.1}}).optimize.lr_decay == 0.1

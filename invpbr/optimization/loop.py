@@ -28,6 +28,9 @@ from .gradient_images import run_gradient_images
 from .latents import Latents
 from .losses import image_loss
 from .strategies import StepContext, Strategy, can_freeze, choose_strategy
+from .coarse import CoarseToFine, blur_radius
+from .coarse import applies as coarse_applies
+from .watch import Watch, default_lr_decay, watched_losses
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Run:
     gradient_images: list = field(default_factory=list)
     trajectory: records.Trajectory | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    watch: Watch | None = None  # smoothed losses and best states (see :mod:`.watch`)
     # surviving (see :mod:`.checkpoint`): where the steps go on, what was skipped
     next_step: int = 0
     skipped: list[int] = field(default_factory=list)
@@ -142,6 +146,8 @@ def start_run(problem, iterations: int | None = None) -> Run:
                           integrator_type=integrator_type,
                           loss_fn=image_loss(cfg.optimize.loss, scale=cfg.optimize.loss_scale),
                           fit=fit, per_step=min(cfg.optimize.views_per_step or len(fit), len(fit)))
+    if coarse_applies(estimates):  # rigid motions: blurred images first (see .coarse)
+        context.loss_fn = CoarseToFine(context.loss_fn)
     strategy, fixed_views = choose_strategy(context, estimates)
     frozen = can_freeze(problem, integrator_type, fixed_views, estimates, strategy)
     run = Run(problem=problem, estimates=estimates, iterations=iterations, integrator=integrator,
@@ -206,6 +212,11 @@ def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[
     chosen = (fit if context.per_step == len(fit)
               else sorted(int(i) for i in rng.choice(fit, size=context.per_step, replace=False)))
     spp = spp_at(cfg.render, it, run.iterations)
+    if isinstance(context.loss_fn, CoarseToFine):
+        width = run.problem.views[fit[0]].photo.shape[1]
+        context.loss_fn.radius = blur_radius(it, run.iterations, width)
+        context.loss_fn.watch_radius = blur_radius(0, run.iterations, width)
+        context.loss_fn.plain = []
     n_views = len(run.problem.views)
     base_seed = (cfg.optimize.seed * 1_000_003 + it * n_views) % (2**32 - n_views)
     total = render_and_backward(run, base_seed, chosen, spp)
@@ -219,8 +230,9 @@ def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[
         latents.skip_step()
         return None
     run.updating = True
-    if cfg.optimize.lr_decay != 1.0:
-        latents.decay(decay_factor(cfg.optimize.lr_decay, it, run.iterations))
+    lr_decay = default_lr_decay(cfg.optimize.lr_decay, run.estimates)
+    if lr_decay != 1.0:
+        latents.decay(decay_factor(lr_decay, it, run.iterations))
     latents.step()
     run.updating = False
     return total, chosen
@@ -248,6 +260,7 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
     if run.rng_state is not None:
         rng.bit_generator.state = run.rng_state
     last_good = run.latents.snapshot()
+    run.watch = Watch.start(run)
     in_a_row = 0  # skipped steps in a row just before run.next_step (after a resume too)
     while run.next_step - 1 - in_a_row in run.skipped:
         in_a_row += 1
@@ -294,6 +307,7 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
                 total, chosen = taken
                 last_good = run.latents.snapshot()
                 run.history.append(total)
+                run.watch.record(run, *watched_losses(run, total, chosen))
                 run.trajectory.record(run.latents)
                 run.step_seconds.append(time.perf_counter() - step_start)
                 if bar is not None:
@@ -393,6 +407,8 @@ def finish_run(run: Run) -> Result:
 
     problem, latents, cfg = run.problem, run.latents, run.problem.config
     after_start = time.perf_counter()
+    if run.watch is not None and run.status == "completed":
+        run.watch.finish(run)  # the best state seen where the end is clearly worse
     latents.finish()
     estimates = latents.values()
     latents.release()

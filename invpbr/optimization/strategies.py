@@ -204,6 +204,7 @@ class PerView(Strategy):
     def __init__(self, context: StepContext):
         super().__init__(context)
         context.load_photos()
+        self.view_losses: dict[int, Any] = {}  # view number -> its last loss (detached)
 
     def __call__(self, seed, chosen, spp):
         import drjit as dr
@@ -211,10 +212,12 @@ class PerView(Strategy):
 
         c = self.context
         total = mi.Float(0.0)
+        self.view_losses = {}
         for v in chosen:
             c.latents.write_scene(c.problem.views[v].index)
             loss = c.view_loss(c.render_view(v, spp, seed + v), v, len(chosen))
             c.latents.backward(loss)
+            self.view_losses[v] = dr.detach(loss)
             total = total + dr.detach(loss)
         return total  # (the step's latents.step() writes the unmoved scene)
 

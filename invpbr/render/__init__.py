@@ -1,6 +1,6 @@
 """Rendering: the integrator chosen from what is estimated (:mod:`.integrators`),
-views one by one or batched (:mod:`.views`), invpbr's own integrators
-(:mod:`.reparam`) and photos of synthetic scenes (:mod:`.photos`)."""
+views one by one or batched (:mod:`.views`) and photos of synthetic scenes
+(:mod:`.photos`)."""
 
 from .integrators import choose_integrator_type, make_integrator, reuse_guiding
 from .photos import render_clean, render_photos, simulate_capture

@@ -19,10 +19,9 @@ and tests/test_geometry.py):
   sphere emitters), where invpbr warns. Shadow edges need the guiding
   structure (``[render] guiding``, octree by default); invpbr rebuilds it
   every ``guiding_every`` renders per view instead of every render.
-- ``prb_reparam`` (invpbr's own, :mod:`invpbr.render.reparam`): reparameterizes the
-  integrand so that discontinuities stop moving (Loubet et al. 2019, with
-  Bangaru et al. 2020's unbiased warped-area form); see its docstring for
-  where it is valid.
+- ``prb_reparam`` (invpbr's own reparameterizing integrator) is retired: its
+  derivatives were wrong against finite differences even on continuous
+  parameters (``invpbr.config.RETIRED_INTEGRATORS``, docs/reparam.md).
 - ``path``: no gradients of its own (primal only) — for renders, not estimation.
 
 ``auto`` (the default) picks ``direct_projective`` or ``prb_projective`` as
@@ -76,9 +75,6 @@ def make_integrator(render: RenderConfig, parameters: list[Estimate], scene=None
         if scene is None or scene.integrator() is None:
             raise ValueError("make_integrator(): integrator = 'scene' but the scene has none")
         return scene.integrator()
-    if kind == "prb_reparam":
-        from . import reparam
-        reparam.register()  # for the current variant
     props = {"type": kind, "max_depth": int(render.max_depth)}
     if kind in PROJECTIVE:
         props["guiding"] = render.guiding

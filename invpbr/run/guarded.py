@@ -195,4 +195,7 @@ def print_run(result, out: Path) -> None:
         print(f"  gains of {len(result.gains)} photos: "
               f"{min(g.min() for g in result.gains.values()):.3f} .. "
               f"{max(g.max() for g in result.gains.values()):.3f}{worst}")
+    for w in result.warnings:  # what best-state keeping put back (optimization/watch.py)
+        if "diverged:" in w or "best state kept" in w:
+            print(f"  warning: {w.split(': ', 1)[-1] if w.startswith('UserWarning') else w}")
     print(f"wrote {out / 'result.json'} and {out / 'report.html'}")

@@ -52,8 +52,7 @@ Which integrator is right where:
   (zero for a pure shadow), biased for every case here.
 - ``direct_projective`` (``max_depth`` 2) and ``prb_projective`` add the boundary terms by
   projective sampling and agree with finite differences on the five standard cases.
-- ``prb_reparam`` (invpbr's own, :mod:`invpbr.render.reparam`, when present) reparameterizes
-  the integrand instead.
+- invpbr's own ``prb_reparam`` was retired (docs/reparam.md).
 
 Errors follow Mitsuba's AD-integrator tests and :mod:`invpbr.optimization.gradcheck`: per pixel,
 ``|ad - fd| / max(|fd|, 0.1 max|fd|)``.
@@ -509,23 +508,9 @@ def make_mitsuba_case(name: str, data_dir: str | Path, resolution: int = 128) ->
 
 
 def registered_integrators() -> list[str]:
-    """The gradient integrators compared here that this Mitsuba knows.
-
-    ``prb_reparam`` is invpbr's (:mod:`invpbr.render.reparam`) and is listed only when that module
-    imports and registers it.
-    """
-    names = ["prb", "direct_projective", "prb_projective"]
-    try:
-        from ..render import reparam  # noqa: F401  (registers "prb_reparam")
-    except ImportError:
-        return names
-    import mitsuba as mi
-
-    try:
-        mi.load_dict({"type": "prb_reparam"})
-    except Exception:  # not registered: the plugin manager raises a RuntimeError
-        return names
-    return names + ["prb_reparam"]
+    """The gradient integrators compared here (invpbr's own ``prb_reparam`` was
+    retired: docs/reparam.md)."""
+    return ["prb", "direct_projective", "prb_projective"]
 
 
 def make_integrator(case: Case, integrator, *, proj_seed_spp: int | None = None):
@@ -534,8 +519,7 @@ def make_integrator(case: Case, integrator, *, proj_seed_spp: int | None = None)
     Args:
         case: the case (gives ``max_depth``).
         integrator: a Mitsuba integrator object (returned as is) or a type string
-            (``"prb"``, ``"direct_projective"``, ``"prb_projective"``, ``"prb_reparam"``,
-            ``"path"``...), loaded with the case's ``max_depth``.
+            (``"prb"``, ``"direct_projective"``, ``"prb_projective"``, ``"path"``...), loaded with the case's ``max_depth``.
         proj_seed_spp: projective integrators only: seed rays per pixel for silhouette
             search (Mitsuba's default 512; its tests use 4192).
     """
@@ -543,8 +527,6 @@ def make_integrator(case: Case, integrator, *, proj_seed_spp: int | None = None)
 
     if not isinstance(integrator, str):
         return integrator
-    if integrator == "prb_reparam":
-        registered_integrators()  # imports invpbr.render.reparam, which registers it
     result = mi.load_dict({"type": integrator, "max_depth": int(case.max_depth)})
     if proj_seed_spp is not None and hasattr(result, "proj_seed_spp"):
         result.proj_seed_spp = int(proj_seed_spp)

@@ -1,0 +1,205 @@
+"""Camera and pose refinement on random scenes nobody tuned them for.
+
+Each scene is drawn by :func:`invpbr.testing.random_scenes.make_random_scene` (seed
+``S + i``) and run through ``invpbr run`` as a user would (a separate process, the
+scene's ``invpbr.toml``), then scored against its truth:
+
+- ``camera``: a camera succeeds when it ends within 0.3 degrees and 1 % of the scene
+  diagonal of the truth; it is "worse" when its rotation or position error ends above
+  its start. Success rate over all cameras of all scenes.
+- ``pose``: a run succeeds when the pose ends within 0.5 degrees and 0.5 % of the
+  diagonal. Success rate over runs.
+
+Usage::
+
+    python benchmarks/robustness.py --kind camera --n 20 --seed 0 [--size 48]
+        [--iterations 100] [--spp 8] [--max-cameras 12] [--repeat] [--json out.json]
+        [--keep DIR]
+
+``--repeat`` runs every scene twice (different run seeds) and reports the ratio of the
+two final errors (goal: within 2x). Prints one line per scene, then the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import invpbr  # noqa: E402,F401  (sets up LLVM before Mitsuba)
+from invpbr.testing.random_scenes import make_random_scene  # noqa: E402
+
+#: Success thresholds (degrees, fraction of the diagonal).
+GOALS = {"camera": (0.3, 0.01), "pose": (0.5, 0.005)}
+
+
+def run_scene(folder: Path, out: Path, run_seed: int | None = None,
+              timeout: float = 3600) -> tuple[dict, int, float]:
+    """``invpbr run`` on ``folder``; (result.json, exit code, seconds)."""
+    if run_seed is not None:
+        toml = folder / "invpbr.toml"
+        text = toml.read_text()
+        if "seed =" not in text:
+            toml.write_text(text.replace("[optimize]\n", f"[optimize]\nseed = {run_seed}\n"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "invpbr", "run", str(folder), "--out", str(out),
+                           "--no-progress"], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    seconds = time.perf_counter() - start
+    path = out / "result.json"
+    if not path.is_file():
+        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+        return {}, proc.returncode, seconds
+    return json.loads(path.read_text()), proc.returncode, seconds
+
+
+def camera_rows(result: dict, diagonal: float) -> list[dict]:
+    rows = []
+    start = result.get("camera_errors_initial", {})
+    for sid, e in result.get("camera_errors", {}).items():
+        s = start[sid]
+        rows.append({"camera": sid, "rotation_deg": e["rotation_deg"],
+                     "position": e["position"] / diagonal,
+                     "start_rotation_deg": s["rotation_deg"], "start_position": s["position"] / diagonal,
+                     "worse": bool(e["rotation_deg"] > s["rotation_deg"]
+                                   or e["position"] > s["position"])})
+    return rows
+
+
+def pose_row(result: dict, diagonal: float) -> dict | None:
+    for key, e in result.get("geometry_errors", {}).items():
+        s = result["geometry_errors_initial"][key]
+        return {"key": key, "rotation_deg": e["rotation_deg"], "position": e["position"] / diagonal,
+                "start_rotation_deg": s["rotation_deg"], "start_position": s["position"] / diagonal,
+                "worse": bool(e["rotation_deg"] > s["rotation_deg"]
+                              or e["position"] > s["position"])}
+    return None
+
+
+def distribution(values) -> str:
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return "-"
+    return f"median {np.median(v):.3g}, p90 {np.percentile(v, 90):.3g}, worst {v.max():.3g}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=("camera", "pose"), required=True)
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=48)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--spp", type=int, default=8)
+    parser.add_argument("--max-depth", type=int, default=2)
+    parser.add_argument("--max-cameras", type=int, default=12,
+                        help="at most this many cameras per scene (the draw is 3 to this)")
+    parser.add_argument("--repeat", action="store_true", help="run every scene twice")
+    parser.add_argument("--json", help="write the rows to this file")
+    parser.add_argument("--keep", help="keep scenes and results in this folder")
+    parser.add_argument("--summarize", metavar="JSON",
+                        help="only print the summary of the scenes a (partial) --json file holds")
+    args = parser.parse_args(argv)
+    if args.summarize:
+        saved = json.loads(Path(args.summarize).read_text())
+        summarize(args.kind, saved["args"], saved["scenes"], saved["ratios"], saved["seconds"])
+        return 0
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="robustness_"))
+    rot_goal, pos_goal = GOALS[args.kind]
+    scenes, units, ratios = [], [], []
+    total = time.perf_counter()
+    for i in range(args.n):
+        seed = args.seed + i
+        folder = work / f"{args.kind}_{seed}"
+        info = make_random_scene(folder, args.kind, seed, size=args.size, spp=args.spp,
+                                 iterations=args.iterations, max_depth=args.max_depth,
+                                 n_cameras=(3, args.max_cameras if args.kind == "camera"
+                                            else min(6, args.max_cameras)))
+        diagonal = info["diagonal"]
+        finals = []
+        for r in range(2 if args.repeat else 1):
+            result, code, seconds = run_scene(folder, work / f"out_{args.kind}_{seed}_{r}",
+                                              run_seed=r if args.repeat else None)
+            if args.kind == "camera":
+                rows = camera_rows(result, diagonal)
+            else:
+                row = pose_row(result, diagonal)
+                rows = [row] if row else []
+            for row in rows:
+                row["ok"] = bool(row["rotation_deg"] <= rot_goal and row["position"] <= pos_goal)
+            warnings = [w for w in result.get("warnings", []) if "diverg" in w.lower()
+                        or "best" in w.lower()]
+            scene = {"seed": seed, "run": r, "status": result.get("status", "failed"),
+                     "exit_code": code, "seconds": seconds, "rows": rows, "info": info,
+                     "warnings": warnings}
+            scenes.append(scene)
+            if r == 0:
+                units += rows
+            if rows:
+                finals.append(max(max(x["rotation_deg"] / rot_goal, x["position"] / pos_goal)
+                                  for x in rows))
+            ok = sum(x["ok"] for x in rows)
+            worse = sum(x["worse"] for x in rows)
+            print(f"{args.kind} seed {seed} run {r}: {scene['status']} (exit {code}), "
+                  f"{ok}/{len(rows)} ok, {worse} worse than start, "
+                  f"rotation max {max((x['rotation_deg'] for x in rows), default=float('nan')):.3f} deg, "
+                  f"position max {max((x['position'] for x in rows), default=float('nan')):.4f} diag, "
+                  f"{seconds:.0f} s; {info['floor']}, "
+                  f"{'+'.join(o['shape'] for o in info['objects'])}, {info['lighting']}, "
+                  f"{info['cameras']} cameras", flush=True)
+        if len(finals) == 2:
+            ratios.append(max(finals) / max(min(finals), 1e-9))
+        if args.json:  # after every scene: a partial run can still be summarized
+            Path(args.json).write_text(json.dumps(
+                {"args": vars(args), "scenes": scenes, "ratios": ratios,
+                 "seconds": time.perf_counter() - total}, indent=1))
+    summarize(args.kind, vars(args), scenes, ratios, time.perf_counter() - total)
+    return 0
+
+
+def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
+              seconds: float) -> None:
+    """Print the success rate, error distributions, statuses and time of ``scenes``."""
+    rot_goal, pos_goal = GOALS[kind]
+    units = [row for s in scenes if s["run"] == 0 for row in s["rows"]]
+    n_scenes = len({s["seed"] for s in scenes})
+    n_units = len(units)
+    ok = sum(u["ok"] for u in units)
+    what = "cameras" if kind == "camera" else "runs"
+    print(f"\n{kind}: {n_scenes} scenes (seed {args['seed']}..{args['seed'] + n_scenes - 1}), "
+          f"{args['size']}x{args['size']}, spp {args['spp']}, max_depth {args['max_depth']}, "
+          f"{args['iterations']} iterations")
+    print(f"success: {ok}/{n_units} {what} ({100.0 * ok / max(n_units, 1):.1f} %) within "
+          f"{rot_goal} deg and {100 * pos_goal:g} % of the diagonal")
+    improved = sum(u["rotation_deg"] < u["start_rotation_deg"]
+                   and u["position"] < u["start_position"] for u in units)
+    print(f"better than start in both rotation and position: {improved}/{n_units}")
+    print(f"worse than start: {sum(u['worse'] for u in units)}/{n_units}")
+    print(f"rotation error (deg): {distribution([u['rotation_deg'] for u in units])}")
+    print(f"position error (diag): {distribution([u['position'] for u in units])}")
+    print(f"start rotation (deg): {distribution([u['start_rotation_deg'] for u in units])}; "
+          f"start position (diag): {distribution([u['start_position'] for u in units])}")
+    runs = [s for s in scenes if s["run"] == 0]
+    print(f"status: " + ", ".join(f"{k} {sum(s['status'] == k for s in runs)}"
+                                  for k in sorted({s['status'] for s in runs}))
+          + f"; exit non-zero: {sum(s['exit_code'] != 0 for s in runs)}")
+    if ratios:
+        print(f"repeat ratio of final errors: {distribution(ratios)}; within 2x: "
+              f"{sum(r <= 2 for r in ratios)}/{len(ratios)}")
+    print(f"time: {seconds:.0f} s ({seconds / max(len(scenes), 1):.0f} s per run)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Best-state keeping: a run returns the best state it saw, not merely the last.
+
+A Monte Carlo loss is noisy, so "best" is judged on smoothed losses: the loss of the
+state before step ``t`` is estimated by the mean of the losses of steps ``t - h`` to
+``t + h`` (a centred window, ``h`` about a twentieth of the run, at least 2, cut at the
+ends; centred so that it does not lag: the starting state is a candidate like any
+other). The noise of one loss is estimated from successive differences (which a trend
+does not inflate). The watch keeps
+
+- the whole run's state at its lowest smoothed loss;
+- for estimates that hold one part per view (cameras: each camera's latent changes
+  only its own view's render), each view's smoothed loss and that part's state at
+  its lowest.
+
+At the end (:meth:`Watch.finish`), a smoothed loss is "clearly above" its minimum when
+it exceeds it by more than 2.5 standard errors of the difference and by more than 2 %,
+or by more than 50 % whatever the noise:
+
+- a camera whose own view's loss ends clearly above its minimum is put back to its best
+  state, with a warning naming the cameras;
+- a run whose loss ends clearly above its minimum is put back to its best state whole,
+  with a warning ("best state kept"); when that minimum is not clearly below the
+  starting loss either (the run never got better than its start), its status becomes
+  ``"diverged"`` (``invpbr run`` exits 1).
+
+The state that goes with a loss is the one before the step that measured it; the watch
+keeps references to the last ``h + 1`` steps' starting latents (free: the optimizer
+never changes a Dr.Jit array in place). Only runs that move visibility edges (cameras,
+poses, shapes, lights) are put back: material and texture runs, whose losses can step
+up at a coarse-to-fine stage, keep their last state as before.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: A smoothed loss this much above its minimum (relative) may be "clearly above",
+#: when also above the noise.
+RISE = 0.02
+#: Standard errors of the difference that make a rise "clear".
+SIGMAS = 2.5
+
+
+@dataclass
+class Series:
+    """One noisy loss series: its samples, the lowest centred-window mean seen so far
+    and the step it belongs to."""
+
+    half: int
+    samples: list[float] = field(default_factory=list)
+    best: float = math.inf
+    best_step: int = -1
+    best_count: int = 1
+
+    def add(self, x: float) -> int | None:
+        """Add the loss of the newest step; the step whose centred window just
+        completed if its mean is a new minimum, else None."""
+        self.samples.append(float(x))
+        n = len(self.samples)
+        t = n - 1 - self.half  # the step whose window [t - h, t + h] is now complete
+        found = None
+        # the first steps' windows are cut at the start: they complete together at t = 0
+        for step in ([0] if t == 0 else []) + ([t] if t > 0 else []):
+            window = self.samples[max(0, step - self.half): step + self.half + 1]
+            m = float(np.mean(window))
+            if m < self.best:
+                self.best, self.best_step, self.best_count = m, step, len(window)
+                found = step
+        return found
+
+    def noise(self) -> float:
+        """Standard deviation of one sample, from successive differences (robust)."""
+        if len(self.samples) < 3:
+            return 0.0
+        d = np.abs(np.diff(self.samples))
+        return float(1.4826 * np.median(d) / math.sqrt(2.0))
+
+    def final(self) -> tuple[float, int]:
+        """Mean of the last ``half + 1`` samples and how many."""
+        tail = self.samples[-(self.half + 1):]
+        return float(np.mean(tail)), len(tail)
+
+    def clearly_above_best(self) -> bool:
+        if self.best_step < 0 or len(self.samples) < 2 * self.half + 2:
+            return False
+        value, count = self.final()
+        sigma = self.noise() * math.sqrt(1.0 / count + 1.0 / self.best_count)
+        return value > self.best + _margin(SIGMAS * sigma, abs(self.best))
+
+    def clearly_below_start(self) -> bool:
+        """Whether the minimum is clearly below the starting state's loss."""
+        if self.best_step <= 0:
+            return False
+        start = self.samples[: self.half + 1]
+        sigma = self.noise() * math.sqrt(1.0 / len(start) + 1.0 / self.best_count)
+        return self.best < float(np.mean(start)) - _margin(SIGMAS * sigma, abs(self.best))
+
+
+def _margin(noise: float, best: float) -> float:
+    """How far above ``best`` is "clearly": more than the noise and 2 % of it, but never
+    more than half of it (a run that swings wildly inflates the noise estimate, which is
+    taken from successive differences; 1.5x the best is clear whatever the noise)."""
+    return min(max(noise, RISE * best), 0.5 * best)
+
+
+@dataclass
+class Watch:
+    """Smoothed losses and best states of one run (see the module)."""
+
+    half: int
+    total: Series
+    recent: deque = field(default_factory=deque)   # (step, state before it)
+    best: dict | None = None
+    views: dict[int, Series] = field(default_factory=dict)
+    view_best: dict[int, np.ndarray] = field(default_factory=dict)
+    step: int = 0
+
+    @classmethod
+    def start(cls, run) -> "Watch":
+        half = max(2, run.iterations // 20)
+        watch = cls(half=half, total=Series(half))
+        watch.best = run.latents.snapshot()
+        watch.recent = deque([(0, watch.best)], maxlen=half + 2)
+        return watch
+
+    def _state(self, step: int) -> dict | None:
+        for t, state in self.recent:
+            if t == step:
+                return state
+        return None
+
+    def record(self, run, total: float, view_losses: dict[int, float]) -> None:
+        """After a step whose loss was ``total`` (and ``view_losses``: view number ->
+        that view's loss, where the strategy reports them)."""
+        found = self.total.add(total)
+        if found is not None and self._state(found) is not None:
+            self.best = self._state(found)
+        parts = per_view_parts(run)
+        if parts is not None and view_losses:
+            estimate, slot_of_view = parts
+            for v, loss in view_losses.items():
+                slot = slot_of_view.get(v)
+                if slot is None:
+                    continue
+                found = self.views.setdefault(v, Series(self.half)).add(loss)
+                state = self._state(found) if found is not None else None
+                if state is not None:
+                    rows = np.array(state[estimate.key], dtype=np.float64).reshape(
+                        len(estimate.targets), -1)
+                    self.view_best[v] = rows[slot].copy()
+        self.step += 1
+        self.recent.append((self.step, run.latents.snapshot()))
+
+    def finish(self, run) -> None:
+        """Put back the best state where the end is clearly worse (see the module);
+        warnings name what was put back."""
+        import mitsuba as mi
+
+        latents = run.latents
+        if not any(getattr(e, "moves_edges", False) for e in run.estimates):
+            return  # measured on moving geometry and cameras only (issue 13)
+        if self.total.clearly_above_best() and self.best is not None:
+            latents.restore(self.best)
+            value = self.total.final()[0]
+            if self.total.clearly_below_start():
+                warnings.warn(
+                    f"optimize(): {run.problem.name}: best state kept: the loss ended at "
+                    f"{value:.4g} (smoothed), clearly above its minimum {self.total.best:.4g} "
+                    f"(step {self.total.best_step}); the best state seen is returned",
+                    stacklevel=2)
+            else:  # it never clearly got better than where it started
+                run.status = "diverged"
+                warnings.warn(
+                    f"optimize(): {run.problem.name}: diverged: the loss ended at {value:.4g} "
+                    f"(smoothed), clearly above its minimum {self.total.best:.4g} (step "
+                    f"{self.total.best_step}), which is not clearly below the start; the best "
+                    "state seen is returned", stacklevel=2)
+            return
+        parts = per_view_parts(run)
+        if parts is None:
+            return
+        estimate, slot_of_view = parts
+        back = [v for v, s in self.views.items() if s.clearly_above_best() and v in self.view_best]
+        if not back:
+            return
+        rows = np.array(latents[estimate.key], dtype=np.float64).reshape(len(estimate.targets), -1)
+        for v in back:
+            rows[slot_of_view[v]] = self.view_best[v]
+        latents[estimate.key] = mi.Float(rows.ravel().astype(np.float32))
+        latents.write_scene()
+        names = [run.problem.views[v].id for v in back]
+        warnings.warn(
+            f"optimize(): {run.problem.name}: best state kept for {len(names)} "
+            f"{estimate.kind}(s) whose own view's loss rose clearly above its minimum: "
+            + ", ".join(f"{n} ({self.views[v].final()[0]:.4g} > {self.views[v].best:.4g})"
+                        for n, v in zip(names, back)), stacklevel=2)
+
+
+def per_view_parts(run):
+    """(the estimate with one latent row per view, view number -> its row), or None."""
+    for e in run.estimates:
+        model = getattr(e, "model", None)
+        if getattr(e, "per_view", False) and model is not None and hasattr(model, "slot"):
+            views = run.problem.views
+            slot = {v: model.slot[views[v].index] for v in range(len(views))
+                    if views[v].index in model.slot}
+            return e, slot
+    return None
+
+
+def watched_losses(run, total: float, chosen: list[int]) -> tuple[float, dict[int, float]]:
+    """The step's loss and its views' losses as the watch compares them: at one fixed
+    blur where the loss is coarse to fine (:class:`~invpbr.optimization.coarse.CoarseToFine`
+    keeps them), else the step's own."""
+    import numpy as np
+
+    plain = getattr(run.context.loss_fn, "plain", None)
+    if plain and len(plain) == len(chosen):
+        values = [float(np.asarray(x).ravel()[0]) for x in plain]
+        return float(np.mean(values)), dict(zip(chosen, values))
+    per_view = getattr(run.strategy, "view_losses", {})
+    return total, {v: float(np.asarray(x).ravel()[0]) for v, x in per_view.items()}
+
+
+def default_lr_decay(configured: float | None, estimates) -> float:
+    """``[optimize] lr_decay``, or where it is not set: 0.1 when an estimate is
+    a rigid motion (cameras, poses), whose Adam steps otherwise keep wandering
+    by about the learning rate around the answer; else 1 (constant)."""
+    if configured is not None:
+        return float(configured)
+    if any(e.kind in ("camera", "pose") for e in estimates):
+        return 0.1
+    return 1.0

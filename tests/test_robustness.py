@@ -1,0 +1,201 @@
+"""Camera and pose refinement on random scenes (issue 13): the cause of divergence found,
+best-state keeping, honest status, the small version of benchmarks/robustness.py.
+
+The full benchmark (20 scenes per kind, BENCHMARKS.md) is
+``python benchmarks/robustness.py --kind camera|pose --n 20 --seed 100``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import invpbr
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Figures stated in README's robustness table (measured by the tests below).
+STATED = {
+    "back-facing lamp: image-sum derivative error with the fix": 0.25,
+    "back-facing lamp: image-sum derivative error without it": 0.5,
+    "small benchmark: median rotation, fraction of start": 0.8,   # measured 0.68
+    "small benchmark: worst rotation, times its start": 1.5,      # measured 1.17
+}
+
+
+@pytest.fixture(scope="module")
+def lamp_scene(tmp_path_factory, mi):
+    """A random camera scene (seed 0) whose rectangle lamp faces down, cameras above it."""
+    from invpbr.testing.random_scenes import make_random_scene
+
+    folder = tmp_path_factory.mktemp("lamp") / "scene"
+    info = make_random_scene(folder, "camera", 0, size=24, n_cameras=(3, 3), spp=4,
+                             iterations=10, photo_spp=32)
+    assert info["lighting"] == "area"
+    return folder
+
+
+def test_random_scene_is_seeded_and_complete(tmp_path, mi):
+    from invpbr.testing.random_scenes import make_random_scene
+
+    a = make_random_scene(tmp_path / "a", "pose", 3, size=16, photo_spp=8)
+    b = make_random_scene(tmp_path / "b", "pose", 3, size=16, photo_spp=8)
+    assert a == b | {"diagonal": a["diagonal"]}
+    for name in ("scene.xml", "truth.xml", "invpbr.toml", "truth.json"):
+        assert (tmp_path / "a" / name).is_file()
+    photos = sorted((tmp_path / "a" / "photos").glob("*.png"))
+    assert len(photos) == a["cameras"] and 3 <= a["cameras"] <= 6
+    assert (tmp_path / "a" / "photos" / photos[0].name).read_bytes() == \
+        (tmp_path / "b" / "photos" / photos[0].name).read_bytes()
+    with pytest.raises(ValueError, match="kind"):
+        make_random_scene(tmp_path / "c", "shape", 0)
+
+
+def _derivative_error(folder, view_id: str, component: int, hide: bool) -> float:
+    """|AD - FD| of one camera component's image-sum derivative, relative to the sum of
+    |FD| over the pixels (a sum alone can cancel to nothing), on view ``view_id``."""
+    import drjit as dr
+    import mitsuba as mi
+
+    from invpbr.problem.folder import load_problem
+    from invpbr.render.integrators import make_integrator
+
+    problem = load_problem(folder)
+    camera = problem.estimates[0]
+    camera.setup(problem)
+    if not hide:
+        camera.model.hidden = [set() for _ in camera.model.hidden]
+    view = next(v for v in problem.views if v.id == view_id)
+    integrator = make_integrator(problem.config.render, problem.parameters, problem.scene)
+    base, to_dr, write, restore = camera.gradcheck_writer(problem.params, view.index)
+    direction = np.zeros_like(base)
+    direction[6 * camera.model.slot[view.index] + component] = 1.0
+
+    def render(x, spp, seed):
+        write(to_dr(x))
+        with dr.suspend_grad():
+            return np.array(mi.render(problem.scene, problem.params, sensor=view.index,
+                                      integrator=integrator, spp=spp, seed=seed))[..., :3]
+
+    theta = mi.Float(0.0)
+    dr.enable_grad(theta)
+    write(to_dr(base) + to_dr(direction) * theta)
+    image = mi.render(problem.scene, problem.params, sensor=view.index, integrator=integrator,
+                      spp=128, seed=0)
+    dr.forward(theta)
+    ad = np.array(dr.grad(image))[..., :3]
+    eps = 0.005
+    fd = (render(base + eps * direction, 512, 1) - render(base - eps * direction, 512, 1)) / (2 * eps)
+    restore()
+    return float(abs(ad.sum() - fd.sum()) / np.abs(fd).sum())
+
+
+def test_back_facing_lamp_is_the_divergence_and_is_fixed(lamp_scene, mi):
+    """The measured cause: Mitsuba 3.9.1 gives a one-sided area emitter seen from behind a
+    front-side boundary term when the scene moves with a camera. invpbr takes that
+    emitter's silhouette samples away for such cameras; the derivative then agrees with
+    finite differences, and without that it is off several times over (measured 0.10 against 0.64)."""
+    from invpbr.problem.folder import load_problem
+
+    problem = load_problem(lamp_scene)
+    camera = problem.estimates[0]
+    camera.setup(problem)
+    behind = [problem.views[i].id for i, keys in enumerate(camera.model.hidden)
+              if "lamp.silhouette_sampling_weight" in keys]
+    assert behind, "the draw was meant to have cameras above the lamp"
+    fixed = _derivative_error(lamp_scene, behind[0], 1, hide=True)
+    broken = _derivative_error(lamp_scene, behind[0], 1, hide=False)
+    assert fixed < STATED["back-facing lamp: image-sum derivative error with the fix"], fixed
+    assert broken > STATED["back-facing lamp: image-sum derivative error without it"], broken
+
+
+def test_smoothed_loss_detects_a_rise():
+    from invpbr.optimization.watch import Series
+
+    rng = np.random.default_rng(0)
+    s = Series(half=2)
+    for x in 1.0 - 0.5 * np.linspace(0, 1, 40) + 0.02 * rng.normal(size=40):
+        s.add(float(x))
+    assert not s.clearly_above_best()  # falling with noise: no rise
+    assert s.clearly_below_start()
+    for x in 0.5 + np.linspace(0, 0.5, 20) + 0.02 * rng.normal(size=20):
+        s.add(float(x))
+    assert s.clearly_above_best()
+    assert 0.45 < s.best < 0.6 and 35 <= s.best_step <= 41
+    flat = Series(half=2)
+    for x in 0.3 + 0.05 * rng.normal(size=60):  # noise alone is never "clearly above"
+        flat.add(float(x))
+    assert not flat.clearly_above_best()
+
+
+def test_run_that_only_gets_worse_returns_its_start_and_exits_non_zero(tmp_path, mi):
+    """Cameras that start at the truth with a learning rate far too large: every step
+    makes the loss worse. The run returns the state of its lowest smoothed loss (the
+    start), says "diverged" in result.json and on the console, and `invpbr run` exits 1."""
+    import os
+    import shutil
+
+    from invpbr.testing.random_scenes import make_random_scene
+
+    folder = tmp_path / "scene"
+    make_random_scene(folder, "camera", 2, size=24, n_cameras=(3, 3), spp=4, iterations=16,
+                      photo_spp=32)
+    shutil.copy(folder / "transforms_truth.json", folder / "transforms.json")  # start = truth
+    toml = folder / "invpbr.toml"
+    toml.write_text(toml.read_text().replace('key = "*"', 'key = "*"\nlr = 0.2'))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "invpbr", "run", str(folder), "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "diverged", proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert "diverged" in proc.stdout
+    assert any("best state seen is returned" in w for w in result["warnings"])
+    rotation = [e["rotation_deg"] for e in result["camera_errors"].values()]
+    assert max(rotation) < 1.0, rotation  # the start (the truth), not the last state
+
+
+def test_retired_reparam_integrator_is_refused_with_the_reason():
+    from invpbr.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"prb_reparam.*retired.*83 %.*integrator = \"auto\""):
+        parse_config({"render": {"integrator": "prb_reparam"}}, source="x/invpbr.toml")
+
+
+#: The small version of benchmarks/robustness.py: three fixed random camera scenes
+#: (seeds 100-102 of the benchmark, 3 cameras each, 24x24, 30 iterations).
+SMALL = {"seeds": (100, 101, 102), "size": 24, "iterations": 30}
+
+
+@pytest.mark.slow
+def test_small_camera_benchmark(tmp_path, mi):
+    """Cameras on random scenes end closer to the truth than they started (before the
+    fixes of issue 13, seed 100's cameras ended 5-13 degrees off from 1.4), and no
+    camera ends more than the stated factor worse than its start. Measured: median 0.96
+    deg from 1.42; seed 102 never beat its start and returned it ("diverged", exit 1)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from robustness import camera_rows, run_scene
+
+    from invpbr.testing.random_scenes import make_random_scene
+
+    rows = []
+    for seed in SMALL["seeds"]:
+        folder = tmp_path / f"camera_{seed}"
+        info = make_random_scene(folder, "camera", seed, size=SMALL["size"], spp=8,
+                                 iterations=SMALL["iterations"], n_cameras=(3, 3),
+                                 photo_spp=64)
+        result, code, _ = run_scene(folder, tmp_path / f"out_{seed}")
+        assert result["status"] in ("completed", "diverged"), result.get("status")
+        assert code == (0 if result["status"] == "completed" else 1)
+        rows += camera_rows(result, info["diagonal"])
+    start = np.median([r["start_rotation_deg"] for r in rows])
+    end = np.median([r["rotation_deg"] for r in rows])
+    assert end < STATED["small benchmark: median rotation, fraction of start"] * start, rows
+    worst = max(r["rotation_deg"] / r["start_rotation_deg"] for r in rows)
+    assert worst < STATED["small benchmark: worst rotation, times its start"], rows
