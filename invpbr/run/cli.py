@@ -306,7 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (FileNotFoundError, ValueError, ConfigError, LLVMError, OSError) as e:
         print(f"invpbr {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    # A run refused half-way (a checkpoint of other settings) is held by reference cycles
+    # through the traceback; while it lives, its latents' AD graph breaks forward-mode
+    # derivatives elsewhere in the process (dr.isolate_grad() errors in Mitsuba's prb, seen
+    # in tests/test_discontinuities.py after a refused --resume). Free it now.
+    import gc
+
+    gc.collect()
+    return 2
 
 
 if __name__ == "__main__":
