@@ -233,3 +233,65 @@ def test_check_names_photos_without_masks(tiny_capture, tmp_path):
     problems = check_folder(folder)
     assert len(problems) == 1 and "needs a mask for every photo" in problems[0]
     assert "view_03.png" in problems[0] and "view_02" not in problems[0]
+
+
+def _tiny_problem(folder):
+    from invpbr.problem.folder import load_problem
+
+    return load_problem(folder)
+
+
+def test_non_finite_steps_are_skipped_and_the_state_stays_finite(tiny_capture):
+    import warnings
+
+    from invpbr.reconstruct.fit import FitLog, ObjectState, fit_object, initial_envmap
+    from invpbr.reconstruct.pipeline import photos_of
+
+    problem = _tiny_problem(tiny_capture)
+    photos = photos_of(problem.views, held_out=False)
+    photos.images[0] = photos.images[0].copy()
+    photos.images[0][10:14, 10:14] = np.nan  # a broken photo: its steps' loss is NaN
+    sil = Silhouettes(photos.cameras, photos.masks, photos.ids)
+    v, f = hull_mesh(sil, *object_bounds(sil), resolution=24, faces=300)
+    state = ObjectState(v, f, np.full((len(v), 3), 0.5, np.float32),
+                        np.full(len(v), 0.5, np.float32), initial_envmap(photos, 8))
+    cfg = replace(problem.config.reconstruct, material_iterations=6, iterations=0,
+                  views_per_step=2)
+    log = FitLog()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fit_object(state, photos, cfg, progress=False, log=log)
+    assert 0 < log.skipped < 6  # photo 0 is drawn in some steps (4 of 8 per step), not all
+    assert any("non-finite" in str(w.message) for w in caught)
+    assert log.stages[0]["skipped_steps"] == log.skipped
+    for a in (out.colors, out.roughness, out.envmap):
+        assert np.all(np.isfinite(a))
+    assert not np.allclose(out.colors, 0.5)  # the finite steps moved the material
+
+
+def test_a_stop_request_ends_the_run_with_the_state_so_far(tiny_capture, tmp_path, monkeypatch,
+                                                           capsys):
+    import os
+    import signal
+
+    from invpbr.reconstruct import fit
+    from invpbr.run.cli import main
+
+    decay, calls = fit._decay, []
+
+    def interrupting(iteration, iterations):  # SIGINT arrives during the third step
+        calls.append(iteration)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return decay(iteration, iterations)
+
+    monkeypatch.setattr(fit, "_decay", interrupting)
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_capture), "--out", str(out)]) == 130
+    assert len(calls) == 3  # the step finished, no later one started
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["status"] == "interrupted"
+    assert [s["iterations"] for s in doc["stages"]] == [3]
+    assert doc["figures"]["final"] == {}
+    assert (out / "meshes" / "object.ply").is_file() and (out / "envmaps" / "light.exr").is_file()
+    assert "interrupted" in capsys.readouterr().out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,6 +146,10 @@ class FitLog:
     stages: list[dict] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    #: steps skipped for a non-finite loss or gradient (their update not applied)
+    skipped: int = 0
+    #: a stop request (``stop()`` true) ended the fit early
+    interrupted: bool = False
 
 
 def _stage_plan(cfg: ReconstructConfig) -> list[tuple[str, int, bool]]:
@@ -162,7 +167,7 @@ def _stage_plan(cfg: ReconstructConfig) -> list[tuple[str, int, bool]]:
 
 def fit_object(state: ObjectState, photos: Photos, cfg: ReconstructConfig, *,
                held_out: Photos | None = None, progress: bool = True, seed: int = 0,
-               log: FitLog | None = None, evaluate=None) -> ObjectState:
+               log: FitLog | None = None, evaluate=None, stop=None) -> ObjectState:
     """Optimize ``state`` against ``photos`` through the stages of ``cfg``.
 
     Args:
@@ -171,7 +176,9 @@ def fit_object(state: ObjectState, photos: Photos, cfg: ReconstructConfig, *,
         cfg: the ``[reconstruct]`` settings.
         held_out: photos scored after each stage (printed).
         evaluate: ``evaluate(state, photos) -> dict`` of held-out figures.
-        log: collects stage figures and losses.
+        log: collects stage figures and losses, skipped steps, interruption.
+        stop: ``stop() -> bool``, asked after each step (e.g. a SIGINT handler):
+            true ends the fit there (``log.interrupted``), with the state so far.
 
     Returns:
         The optimized object.
@@ -183,23 +190,34 @@ def fit_object(state: ObjectState, photos: Photos, cfg: ReconstructConfig, *,
     rng = np.random.default_rng(seed)
     diag = float(np.linalg.norm(state.vertices.max(0) - state.vertices.min(0)))
     for s, (name, iterations, moves) in enumerate(_stage_plan(cfg)):
+        if log.interrupted:
+            break
         if moves and not name.startswith("joint 1/"):  # remesh as the surface sharpens
             area = _area(state.vertices, state.faces)
             edge = math.sqrt(4.0 * area / (math.sqrt(3.0) * cfg.faces))
             v, f = remesh(state.vertices, state.faces, edge, iterations=5)
             state = state.transfer(v, f)
-        t0 = time.time()
-        state, losses = _run_stage(state, photos, cfg, iterations, moves, rng, diag, seed + 1000 * s)
+        t0, c0 = time.time(), time.process_time()
+        state, losses, skipped = _run_stage(state, photos, cfg, iterations, moves, rng, diag,
+                                            seed + 1000 * s, stop)
         log.losses += losses
-        entry = {"stage": name, "iterations": iterations, "seconds": round(time.time() - t0, 2),
+        log.skipped += skipped
+        log.interrupted = len(losses) < iterations
+        entry = {"stage": name, "iterations": len(losses), "seconds": round(time.time() - t0, 2),
+                 "cpu_seconds": round(time.process_time() - c0, 2),
                  "loss": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None}
-        if evaluate is not None and held_out is not None and held_out.ids:
+        if skipped:
+            entry["skipped_steps"] = skipped
+            warnings.warn(f"reconstruct: {name}: {skipped} of {len(losses)} steps had a "
+                          "non-finite loss or gradient and were skipped", stacklevel=2)
+        if evaluate is not None and held_out is not None and held_out.ids and not log.interrupted:
             entry.update(evaluate(state, held_out))
         log.stages.append(entry)
         if progress:
             figures = ", ".join(f"{k} {v:.4g}" for k, v in entry.items()
-                                if isinstance(v, float) and k not in ("seconds",))
-            print(f"  {name}: {iterations} steps in {entry['seconds']:.1f} s; {figures}", flush=True)
+                                if isinstance(v, float) and k not in ("seconds", "cpu_seconds"))
+            print(f"  {name}: {len(losses)} steps in {entry['seconds']:.1f} s "
+                  f"(CPU {entry['cpu_seconds']:.1f} s); {figures}", flush=True)
     log.seconds = time.time() - start
     return state
 
@@ -219,7 +237,8 @@ def _area(v, f) -> float:
 
 
 def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, iterations: int,
-               moves: bool, rng, diag: float, seed: int) -> tuple[ObjectState, list[float]]:
+               moves: bool, rng, diag: float, seed: int,
+               stop=None) -> tuple[ObjectState, list[float], int]:
     # long: one stage's optimizers, parameter writes and loss terms read best together
     import drjit as dr
     import mitsuba as mi
@@ -249,7 +268,7 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
     n = len(photos.ids)
     # material and light alone render no silhouettes: twice the views for the same time
     per_step = min(cfg.views_per_step * (1 if moves else 2), n)
-    losses = []
+    losses, skipped = [], 0
     for it in range(iterations):
         chosen = rng.choice(n, size=per_step, replace=False)
         factor = _decay(it, iterations)
@@ -271,13 +290,15 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
         total = 0.0
         for i in chosen:
             ref, mask, weight = tensors[i]
-            img = mi.render(r.scene, p, sensor=int(i), spp=cfg.spp, seed=seed + it * n + int(i),
+            # an opaque seed: a literal one is compiled into the kernels, a new set each step
+            step_seed = dr.opaque(mi.UInt32, (seed + it * n + int(i)) & 0xFFFFFFFF)
+            img = mi.render(r.scene, p, sensor=int(i), spp=cfg.spp, seed=step_seed,
                             integrator=r.integrator)
             photo_loss = dr.mean(weight * cauchy(tonemap(img[:, :, :3]) - ref, cfg.loss_scale))
             loss = photo_loss / per_step
             if moves and cfg.mask_weight > 0:
                 cover = mi.render(r.sil_scene, sp, sensor=int(i), spp=cfg.spp,
-                                  seed=seed + it * n + int(i), integrator=r.sil_integrator)
+                                  seed=step_seed, integrator=r.sil_integrator)
                 loss += cfg.mask_weight * dr.mean(dr.square(cover[:, :, 0] - mask[:, :, 0])) \
                     / per_step * 10.0
             dr.backward(loss)
@@ -290,10 +311,17 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
             dr.backward(prior)
             total += float(prior.array[0])
         losses.append(total)
-        opt_m.step()
-        opt_l.step()
-        if moves:
-            opt_s.step()
+        opts = [opt_m, opt_l] + ([opt_s] if moves else [])
+        if _finite(total, opts):
+            for opt in opts:
+                opt.step()
+        else:  # a NaN / inf anywhere: drop this step's gradients, keep the state
+            skipped += 1
+            for opt in opts:
+                for key in opt.keys():
+                    dr.clear_grad(opt[key])
+        if stop is not None and stop():
+            break
     colors = np.clip(np.array(ls_m.from_differential(opt_m["color"])), *COLOR_BOUNDS).reshape(-1, 3)
     rough = np.clip(np.array(ls_m.from_differential(opt_m["rough"])).reshape(-1, 3)[:, 0],
                     *ROUGHNESS_BOUNDS)
@@ -301,4 +329,20 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
     vertices = (np.array(ls.from_differential(opt_s["u"])).reshape(-1, 3) if moves
                 else state.vertices)
     return ObjectState(vertices.astype(np.float32), state.faces, colors.astype(np.float32),
-                       rough.astype(np.float32), envmap.astype(np.float32)), losses
+                       rough.astype(np.float32), envmap.astype(np.float32)), losses, skipped
+
+
+def _finite(loss: float, optimizers) -> bool:
+    """Whether a step's loss and every gradient in ``optimizers`` are finite
+    (one reduction per parameter)."""
+    import drjit as dr
+
+    if not math.isfinite(loss):
+        return False
+    for opt in optimizers:
+        for key in opt.keys():
+            g = dr.grad(opt[key])
+            g = g.array if dr.is_tensor_v(g) else g
+            if not math.isfinite(float(dr.sum(dr.abs(g))[0])):
+                return False
+    return True

@@ -7,17 +7,30 @@ from pathlib import Path
 
 def run_reconstruct(problem, args) -> int:
     """Reconstruct the object of ``problem`` and write its result folder; the
-    exit code: 0 completed, 1 when the result is no better than the hull."""
+    exit code: 0 completed, 1 when the result is no better than the hull,
+    128 + the signal's number when SIGINT / SIGTERM stopped it (the first one
+    lets the current step finish; the state reached is written, status
+    ``interrupted``)."""
+    import signal
+
     from ..reconstruct import reconstruct, save_reconstruction
+    from .guarded import Signals
 
     if args.iterations is not None:
         problem.config.reconstruct.iterations = args.iterations
     if args.spp is not None:
         problem.config.reconstruct.spp = args.spp
     out = Path(args.out) if args.out else Path("out") / Path(args.scene_dir).resolve().name
-    rec = reconstruct(problem, progress=not args.no_progress)
-    cfg = problem.config.reconstruct
-    save_reconstruction(rec, out, [v.camera for v in problem.views], max_depth=cfg.max_depth,
-                        texture_resolution=cfg.texture_resolution)
+    with Signals() as signals:
+        rec = reconstruct(problem, progress=not args.no_progress, stop=signals)
+        cfg = problem.config.reconstruct
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:  # (the result folder is written whole, without a signal in the middle)
+            save_reconstruction(rec, out, [v.camera for v in problem.views],
+                                max_depth=cfg.max_depth, texture_resolution=cfg.texture_resolution)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     print(f"{rec.name}: {rec.status} in {rec.seconds['total']:.0f} s; wrote {out}")
+    if rec.status == "interrupted" and signals.received:
+        return signals.exit_code
     return 0 if rec.status == "completed" else 1
