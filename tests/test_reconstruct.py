@@ -125,6 +125,7 @@ file = "transforms.json"
 hull_resolution = 32
 faces = 500
 material_iterations = 4
+polish_iterations = 2
 iterations = 3
 remesh = 1
 views_per_step = 2

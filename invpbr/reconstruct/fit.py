@@ -154,7 +154,8 @@ class FitLog:
 
 def _stage_plan(cfg: ReconstructConfig) -> list[tuple[str, int, bool]]:
     """(name, iterations, moves the shape) of each stage: material and light on
-    the hull, then joint stages split by the remeshings."""
+    the hull, then joint stages split by the remeshings, then material and light
+    on the final mesh."""
     plan = [("material", cfg.material_iterations, False)] if cfg.material_iterations else []
     if cfg.iterations:
         parts = cfg.remesh + 1
@@ -162,6 +163,8 @@ def _stage_plan(cfg: ReconstructConfig) -> list[tuple[str, int, bool]]:
             n = cfg.iterations * (k + 1) // parts - cfg.iterations * k // parts
             if n:
                 plan.append((f"joint {k + 1}/{parts}", n, True))
+        if cfg.polish_iterations:
+            plan.append(("polish", cfg.polish_iterations, False))
     return plan
 
 

@@ -70,15 +70,33 @@ def bake(uvs: np.ndarray, faces: np.ndarray, values: np.ndarray, size: int) -> n
     return tex
 
 
-def _mesh_with_uvs(path: Path, vertices, faces, uvs) -> None:
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Mitsuba's vertex normals of a mesh (N, 3), as it shades the fitted object."""
     import mitsuba as mi
 
-    mesh = mi.Mesh("object", len(vertices), len(faces), has_vertex_texcoords=True)
+    mesh = mi.Mesh("normals", len(vertices), len(faces), has_vertex_normals=True)
+    params = mi.traverse(mesh)
+    params["vertex_positions"] = mi.Float(np.asarray(vertices, np.float32).ravel())
+    params["faces"] = mi.UInt32(np.asarray(faces, np.uint32).ravel())
+    params.update()
+    return np.array(params["vertex_normals"]).reshape(-1, 3)
+
+
+def _mesh_with_uvs(path: Path, vertices, faces, uvs, normals=None) -> None:
+    """The mesh with UVs (and the unsplit mesh's vertex normals: no shading seam
+    where the atlas cuts it) as a PLY file."""
+    import mitsuba as mi
+
+    mesh = mi.Mesh("object", len(vertices), len(faces), has_vertex_texcoords=True,
+                   has_vertex_normals=normals is not None)
     params = mi.traverse(mesh)
     params["vertex_positions"] = mi.Float(np.asarray(vertices, np.float32).ravel())
     params["faces"] = mi.UInt32(np.asarray(faces, np.uint32).ravel())
     params["vertex_texcoords"] = mi.Float(np.asarray(uvs, np.float32).ravel())
     params.update()
+    if normals is not None:  # (after the positions: their update recomputes normals)
+        params["vertex_normals"] = mi.Float(np.asarray(normals, np.float32).ravel())
+        params.update()
     path.parent.mkdir(parents=True, exist_ok=True)
     mesh.write_ply(str(path))
 
@@ -113,7 +131,9 @@ def write_object(folder: Path, state: ObjectState, cameras: list, *, max_depth: 
     from ..capture import images
 
     vmap, faces, uvs = uv_atlas(state.vertices, state.faces)
-    _mesh_with_uvs(folder / "meshes" / "object.ply", state.vertices[vmap], faces, uvs)
+    normals = vertex_normals(state.vertices, state.faces)
+    _mesh_with_uvs(folder / "meshes" / "object.ply", state.vertices[vmap], faces, uvs,
+                   normals[vmap])
     size = int(texture_resolution)
     base = bake(uvs, faces, state.colors[vmap], size)
     rough = bake(uvs, faces, state.roughness[vmap][:, None], size)

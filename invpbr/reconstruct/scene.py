@@ -18,10 +18,15 @@ SPECULAR = 0.5
 
 
 def object_mesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray,
-                roughness: np.ndarray, *, emitter: bool = False):
+                roughness: np.ndarray, *, emitter: bool = False, smooth: bool = True):
     """A ``mi.Mesh`` with the principled BSDF reading its vertex attributes
     ``vertex_color`` (linear RGB, (N, 3)) and ``vertex_roughness`` ((N,)); with
-    ``emitter`` instead a white area light and no BSDF response (a silhouette)."""
+    ``emitter`` instead a white area light and no BSDF response (a silhouette).
+
+    ``smooth``: shading normals interpolated from vertex normals (Mitsuba
+    recomputes them, differentiably, whenever the vertices change); without,
+    each triangle is shaded flat, and a glossy object of a few thousand
+    triangles shows its facets in every highlight."""
     import mitsuba as mi
 
     v = np.ascontiguousarray(vertices, np.float32).reshape(-1, 3)
@@ -35,7 +40,7 @@ def object_mesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray,
             "type": "principled", "specular": SPECULAR,
             "base_color": {"type": "mesh_attribute", "name": "vertex_color"},
             "roughness": {"type": "mesh_attribute", "name": "vertex_roughness"}})
-    mesh = mi.Mesh(OBJECT, len(v), len(f), props=props)
+    mesh = mi.Mesh(OBJECT, len(v), len(f), props=props, has_vertex_normals=smooth and not emitter)
     params = mi.traverse(mesh)
     params["vertex_positions"] = mi.Float(v.ravel())
     params["faces"] = mi.UInt32(f.ravel())

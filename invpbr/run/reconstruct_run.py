@@ -14,7 +14,7 @@ def run_reconstruct(problem, args) -> int:
     import signal
 
     from ..reconstruct import reconstruct, save_reconstruction
-    from .guarded import Signals
+    from .signals import Signals
 
     if args.iterations is not None:
         problem.config.reconstruct.iterations = args.iterations

@@ -105,7 +105,7 @@ def write_object_capture(folder: str | Path, *, views: int = 24, held_out: int =
                                     sun_radius_deg=10.0, zenith_color=(0.5, 0.35, 0.3),
                                     horizon_color=(0.9, 0.7, 0.5), ground_color=(0.2, 0.25, 0.3))
     cams = ring_cameras(views, size) + ring_cameras(held_out, size, seed=1, prefix="test")
-    mesh = object_mesh(v, f, col, rough)
+    mesh = object_mesh(v, f, col, rough, smooth=False)  # (as the shipped photos were made)
     scene = object_scene(mesh, cams, sky, max_depth=2)
     sil = object_scene(object_mesh(v, f, col, rough, emitter=True), cams, None)
     with dr.suspend_grad():
