@@ -390,8 +390,9 @@ class ReconstructConfig:
     material_iterations: NonNegativeInt = 60
     """Steps fitting material and lighting alone on the hull, before the joint ones."""
     polish_iterations: NonNegativeInt = 40
-    """Steps fitting material and lighting alone on the final mesh, after the joint
-    ones (the last remeshing carried the material over by nearest vertex)."""
+    """Steps fitting the material alone (the light as the joint steps left it) on the
+    final mesh, after the joint ones (the last remeshing carried the material over
+    by nearest vertex)."""
     views_per_step: PositiveInt = 4
     """Photos rendered per joint step (a random subset)."""
     spp: PositiveInt = 8

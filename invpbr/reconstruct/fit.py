@@ -201,8 +201,10 @@ def fit_object(state: ObjectState, photos: Photos, cfg: ReconstructConfig, *,
             v, f = remesh(state.vertices, state.faces, edge, iterations=5)
             state = state.transfer(v, f)
         t0, c0 = time.time(), time.process_time()
+        # the polish stage refits the material only: the light settled in the joint
+        # stages, and moving it again let the background of unseen directions drift
         state, losses, skipped = _run_stage(state, photos, cfg, iterations, moves, rng, diag,
-                                            seed + 1000 * s, stop)
+                                            seed + 1000 * s, stop, light=name != "polish")
         log.losses += losses
         log.skipped += skipped
         log.interrupted = len(losses) < iterations
@@ -241,7 +243,7 @@ def _area(v, f) -> float:
 
 def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, iterations: int,
                moves: bool, rng, diag: float, seed: int,
-               stop=None) -> tuple[ObjectState, list[float], int]:
+               stop=None, light: bool = True) -> tuple[ObjectState, list[float], int]:
     # long: one stage's optimizers, parameter writes and loss terms read best together
     import drjit as dr
     import mitsuba as mi
@@ -283,7 +285,8 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
         rough3 = ls_m.from_differential(opt_m["rough"])
         p[kr] = dr.clip(dr.gather(mi.Float, rough3, dr.arange(mi.UInt32, len(state.roughness)) * 3),
                         *ROUGHNESS_BOUNDS)
-        p[ke] = envmap_with_halo(dr.exp(opt_l["log_env"]))
+        log_env = opt_l["log_env"] if light else dr.detach(opt_l["log_env"])
+        p[ke] = envmap_with_halo(dr.exp(log_env))
         if moves:
             v = ls.from_differential(opt_s["u"])
             p[kv] = v
@@ -306,7 +309,7 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
                     / per_step * 10.0
             dr.backward(loss)
             total += float(loss.array[0])
-        if cfg.white_light > 0:
+        if cfg.white_light > 0 and light:
             log_env = opt_l["log_env"]
             chroma = dr.mean(dr.mean(log_env, axis=0), axis=0)  # mean log radiance per channel
             grey = dr.mean(chroma)
@@ -314,7 +317,7 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
             dr.backward(prior)
             total += float(prior.array[0])
         losses.append(total)
-        opts = [opt_m, opt_l] + ([opt_s] if moves else [])
+        opts = [opt_m] + ([opt_l] if light else []) + ([opt_s] if moves else [])
         if _finite(total, opts):
             for opt in opts:
                 opt.step()
