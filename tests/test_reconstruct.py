@@ -296,3 +296,25 @@ def test_a_stop_request_ends_the_run_with_the_state_so_far(tiny_capture, tmp_pat
     assert doc["figures"]["final"] == {}
     assert (out / "meshes" / "object.ply").is_file() and (out / "envmaps" / "light.exr").is_file()
     assert "interrupted" in capsys.readouterr().out
+
+
+def test_the_polish_stage_refits_the_material_and_leaves_the_light(tiny_capture):
+    from invpbr.reconstruct import fit
+    from invpbr.reconstruct.pipeline import photos_of
+
+    problem = _tiny_problem(tiny_capture)
+    photos = photos_of(problem.views, held_out=False)
+    sil = Silhouettes(photos.cameras, photos.masks, photos.ids)
+    v, f = hull_mesh(sil, *object_bounds(sil), resolution=24, faces=300)
+    state = fit.ObjectState(v, f, np.full((len(v), 3), 0.5, np.float32),
+                            np.full(len(v), 0.5, np.float32), fit.initial_envmap(photos, 8))
+    cfg = replace(problem.config.reconstruct, views_per_step=2)
+    assert [s[0] for s in fit._stage_plan(cfg)][-1] == "polish"
+    rng = np.random.default_rng(0)
+    for light in (False, True):
+        out, losses, _ = fit._run_stage(state, photos, cfg, 3, False, rng, 2.0, 0, light=light)
+        assert len(losses) == 3 and not np.allclose(out.colors, 0.5)
+        if light:
+            assert not np.allclose(out.envmap, state.envmap, rtol=1e-3)
+        else:
+            assert np.array_equal(out.envmap, state.envmap)

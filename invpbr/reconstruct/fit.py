@@ -331,7 +331,7 @@ def _run_stage(state: ObjectState, photos: Photos, cfg: ReconstructConfig, itera
     colors = np.clip(np.array(ls_m.from_differential(opt_m["color"])), *COLOR_BOUNDS).reshape(-1, 3)
     rough = np.clip(np.array(ls_m.from_differential(opt_m["rough"])).reshape(-1, 3)[:, 0],
                     *ROUGHNESS_BOUNDS)
-    envmap = np.exp(np.array(opt_l["log_env"]))
+    envmap = np.exp(np.array(opt_l["log_env"])) if light else state.envmap
     vertices = (np.array(ls.from_differential(opt_s["u"])).reshape(-1, 3) if moves
                 else state.vertices)
     return ObjectState(vertices.astype(np.float32), state.faces, colors.astype(np.float32),
