@@ -340,8 +340,11 @@ class FieldConfig:
     resolution: SkipValidation[int | list[int]] = field(default_factory=lambda: [32, 64, 96])
     """Grid cells along the box's longest side, one entry per coarse-to-fine
     stage (the iterations split evenly)."""
-    sh_degree: Annotated[int, Strict(), Field(ge=0, le=2)] = 2
-    """Degree of the spherical harmonics of the colour (0: no view dependence)."""
+    sh_degree: Annotated[int, Strict(), Field(ge=0, le=2)] = 1
+    """Degree of the spherical harmonics of the colour (0: no view dependence).
+    1 by default: with tens of photos, degree 2 lets the empty part of the box
+    imitate each photo's background (floaters seen from new viewpoints), and
+    costs twice the values (BENCHMARKS.md: -1 to -1.5 dB held-out)."""
     bounds: SkipValidation[list[list[float]] | None] = None
     """``[[xmin, ymin, zmin], [xmax, ymax, zmax]]``; default: from the cameras
     (the region every fitted camera sees, and the masks where present)."""
