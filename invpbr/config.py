@@ -207,7 +207,7 @@ class OptimizeConfig:
     for the first half of the run, then shrinking geometrically (1: constant
     throughout). Below 1, an estimate that wanders with Monte Carlo noise
     around the answer settles. Not set: 0.1 when cameras or poses are
-    estimated, else 1."""
+    estimated or a ``[field]`` is fitted, else 1."""
     loss: Loss = "l1"
     """Image loss: ``l1``, ``l2``, ``relative_l2`` or ``cauchy`` (robust:
     ``log(1 + (r / loss_scale)^2)``, pixels far off the render, such as
@@ -321,6 +321,10 @@ FieldModel = Literal["grid", "hash"]
 #: ``[optimize] iterations`` of a problem with a ``[field]`` that does not set it
 #: (a step fits ``batch_rays`` pixels, not whole views); its ``loss`` is then ``l2``.
 FIELD_ITERATIONS = 600
+#: ``[optimize] lr_decay`` of a problem with a ``[field]`` that does not set it: the
+#: grid's values settle instead of wandering with each step's random rays
+#: (+0.5 dB held-out on scenes/field_object, BENCHMARKS.md).
+FIELD_LR_DECAY = 0.1
 
 
 @dataclass
@@ -336,8 +340,11 @@ class FieldConfig:
     resolution: SkipValidation[int | list[int]] = field(default_factory=lambda: [32, 64, 96])
     """Grid cells along the box's longest side, one entry per coarse-to-fine
     stage (the iterations split evenly)."""
-    sh_degree: Annotated[int, Strict(), Field(ge=0, le=2)] = 2
-    """Degree of the spherical harmonics of the colour (0: no view dependence)."""
+    sh_degree: Annotated[int, Strict(), Field(ge=0, le=2)] = 1
+    """Degree of the spherical harmonics of the colour (0: no view dependence).
+    1 by default: with tens of photos, degree 2 lets the empty part of the box
+    imitate each photo's background (floaters seen from new viewpoints), and
+    costs twice the values (BENCHMARKS.md: -1 to -1.5 dB held-out)."""
     bounds: SkipValidation[list[list[float]] | None] = None
     """``[[xmin, ymin, zmin], [xmax, ymax, zmax]]``; default: from the cameras
     (the region every fitted camera sees, and the masks where present)."""
@@ -689,6 +696,8 @@ def parse_config(data: dict[str, Any], *, source: str = "invpbr.toml") -> Proble
             read["optimize"].iterations = FIELD_ITERATIONS
         if "loss" not in (data.get("optimize") or {}):
             read["optimize"].loss = "l2"  # (the mean squared error: what PSNR measures)
+        if "lr_decay" not in (data.get("optimize") or {}):
+            read["optimize"].lr_decay = FIELD_LR_DECAY
     _check_spp(read["render"].spp, source)
     _check_cameras(read["cameras"], source)
     tables = data.get("estimate", [])

@@ -136,6 +136,9 @@ def tiny_folder(tmp_path_factory):
                              distance=2.2, toml_extra="resolution = [12, 16]\nbatch_rays = 1024\n"
                              "occupancy_warmup = 20\noccupancy_every = 8\nsh_degree = 1\n"
                              "\n[optimize]\niterations = 100\nloss = \"l2\"\n"
+                             # (100 steps are far from converged: no decay, so that the
+                             # ball is opaque at the end; the default decays to 0.1x)
+                             "lr_decay = 1.0\n"
                              "\n[report]\ngradients = false\n")
 
 
@@ -306,3 +309,11 @@ def test_a_field_file_with_nan_is_refused(tmp_path):
                                         "dt": 0.1})
     with pytest.raises(ValueError, match=r"field.npz: the field's density has NaN"):
         load_field(tmp_path / "field.npz")
+
+
+def test_a_field_decays_its_learning_rate_unless_told_otherwise():
+    from invpbr.config import FIELD_LR_DECAY, parse_config
+
+    assert parse_config({"field": {}}).optimize.lr_decay == FIELD_LR_DECAY == 0.1
+    assert parse_config({"field": {}, "optimize": {"lr_decay": 1.0}}).optimize.lr_decay == 1.0
+    assert parse_config({}).optimize.lr_decay is None  # (no field: the estimates decide)
