@@ -52,6 +52,20 @@ RAW_START = -6.5
 MESH_OPACITY = 0.5
 MESH_CELLS = 4
 FIELD_FILE = "field.npz"
+#: Field models besides the dense grid, by ``[field] model``: FieldEstimate
+#: subclasses that their modules register (``hash``: :mod:`.field_hash`).
+FIELD_MODELS: dict[str, type] = {}
+
+
+def other_model(data) -> type | None:
+    """The registered class of a saved or fitted field's model (None: the grid)."""
+    name = str(data.get("model", "grid")) if hasattr(data, "get") else "grid"
+    if name == "grid":
+        return None
+    if name not in FIELD_MODELS:
+        raise ValueError(f"field.npz: unknown field model {name!r}; known: grid, "
+                         f"{', '.join(sorted(FIELD_MODELS))}")
+    return FIELD_MODELS[name]
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -367,10 +381,16 @@ def load_field(path: Path) -> dict[str, Any]:
             data = {k: f[k] for k in f.files}
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a field file ({e})") from None
-    missing = [k for k in ("density", "sh", "lo", "hi", "degree", "background_kind") if k not in data]
+    try:
+        model = other_model(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {str(e).removeprefix('field.npz: ')}") from None
+    required = (model.required_keys() if model is not None
+                else ("density", "sh", "lo", "hi", "degree", "background_kind"))
+    missing = [k for k in required if k not in data]
     if missing:
         raise ValueError(f"{path}: not a field file (lacks {', '.join(missing)})")
-    for k in ("density", "sh", "background"):
+    for k in ("density", "sh", "background", "table", "mlp_density", "mlp_colour"):
         if k in data and not np.all(np.isfinite(data[k])):
             raise ValueError(f"{path}: the field's {k} has NaN or infinite values")
     return data
@@ -379,6 +399,9 @@ def load_field(path: Path) -> dict[str, Any]:
 def model_from_data(data: dict[str, Any]):
     """(model, lo, hi, dt, background function, occupancy) of a loaded field."""
     import mitsuba as mi
+
+    if other_model(data) is not None:
+        return other_model(data).model_from_data(data)
 
     lo, hi = data["lo"].astype(float), data["hi"].astype(float)
     dens = data["density"].astype(np.float32)
@@ -514,10 +537,8 @@ class FieldEstimate(Estimate):
     def from_config(cls, config, context) -> list["FieldEstimate"]:
         if not config.field.enabled:
             return []
-        if config.field.model == "hash":
-            raise ValueError(f"{context.source}: field.model = \"hash\" is not available yet "
-                             "in this version; use model = \"grid\"")
-        return [cls(config.field)]
+        model = FIELD_MODELS.get(config.field.model, cls)
+        return [model(config.field)]
 
     @property
     def scene_keys(self) -> list[str]:
@@ -737,6 +758,8 @@ class FieldEstimate(Estimate):
 
     @classmethod
     def to_json(cls, key, value, result, files) -> Any:
+        if other_model(value) is not None:
+            return other_model(value).to_json(key, value, result, files)
         density = value["density"]
         doc = {"model": "grid", "resolution": list(density.shape[::-1]),
                "bounds": [np.asarray(value["lo"]).tolist(), np.asarray(value["hi"]).tolist()],
@@ -756,6 +779,8 @@ class FieldEstimate(Estimate):
 
     @classmethod
     def summary(cls, key, value, result) -> str:
+        if other_model(value) is not None:
+            return other_model(value).summary(key, value, result)
         nz, ny, nx = value["density"].shape
         lo, hi = (np.round(np.asarray(value[k], np.float64), 3).tolist() for k in ("lo", "hi"))
         occ = (f", {100 * float(np.mean(value['occupied'])):.1f}% occupied"
