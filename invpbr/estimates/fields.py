@@ -315,6 +315,7 @@ class RayTable:
                                      rot[6] * local.x + rot[7] * local.y + rot[8] * local.z))
         o = mi.Point3f(*[dr.gather(mi.Float, self.pos, view * 3 + i) for i in range(3)])
         target = mi.Color3f(*[dr.gather(mi.Float, self.photos, pix * 3 + i) for i in range(3)])
+        self.view = view  # (the rays' views, for refined cameras: .field_cameras)
         return o, d, target, rng.next_float32()
 
 
@@ -480,6 +481,9 @@ class RandomRays:
         self.estimate = estimate
         self.table = RayTable(estimate.cameras_of(views), [v.photo for v in views],
                               [v.mask for v in views], source=str(problem.source))
+        self.camera_rays = estimate.camera_rays(self.table.cameras)
+        # (random rays are not images: a coarse-to-fine blur of the loss does not apply)
+        self.loss_fn = getattr(context.loss_fn, "loss_fn", context.loss_fn)
 
     def inputs(self, chosen):
         return chosen
@@ -491,9 +495,12 @@ class RandomRays:
         c, e = self.context, self.estimate
         n = e.config.batch_rays
         o, d, target, jitter = self.table.draw(n, seed)
+        if self.camera_rays is not None:
+            latent = self.camera_rays.latent(c.latents, e.iteration, e.iterations)
+            o, d = self.camera_rays.apply(latent, self.table.view, o, d)
         out = e.render(c.latents, o, d, jitter=jitter, regularize=True)
         shape = (n, 1, 3)
-        loss = c.loss_fn(mi.TensorXf(dr.ravel(out.rgb), shape),
+        loss = self.loss_fn(mi.TensorXf(dr.ravel(out.rgb), shape),
                          mi.TensorXf(dr.ravel(target), shape), None)
         if e.config.distortion > 0:
             loss = loss + e.config.distortion * out.distortion
@@ -532,6 +539,8 @@ class FieldEstimate(Estimate):
         self.background_kind = ("fixed" if self.fixed_background is not None
                                 else str(config.background))
         self._cameras: dict[str, Any] = {}
+        self.camera_estimate = None
+        self.iteration, self.iterations = 0, 1
 
     @classmethod
     def from_config(cls, config, context) -> list["FieldEstimate"]:
@@ -553,11 +562,12 @@ class FieldEstimate(Estimate):
     def setup(self, problem) -> None:
         self.problem = problem
         source = str(problem.source)
-        if problem.parameters:
-            kinds = sorted({e.kind for e in problem.parameters})
-            raise ValueError(f"{source}: [field] with [[estimate]] tables ({', '.join(kinds)}) is "
-                             "not supported yet: a field is fitted alone (camera refinement "
-                             "with a field is not implemented)")
+        kinds = sorted({e.kind for e in problem.parameters} - {"camera"})
+        if kinds:
+            raise ValueError(f"{source}: [field] with [[estimate]] tables of kind "
+                             f"{', '.join(kinds)} is not supported: a field is fitted alone or "
+                             "with kind = \"camera\" (its cameras refined)")
+        self.camera_estimate = next((e for e in problem.parameters if e.kind == "camera"), None)
         if problem.config.photos.gain != "none":
             raise ValueError(f"{source}: photos.gain = {problem.config.photos.gain!r} does not "
                              "apply to a [field] yet; leave it at \"none\"")
@@ -570,6 +580,8 @@ class FieldEstimate(Estimate):
             self.lo, self.hi = auto_bounds(cams, masks if any(m is not None for m in masks)
                                            else None, source=source)
         check_cameras_see_box(self.cameras_of(problem.views), self.lo, self.hi, source=source)
+        if self.camera_estimate is not None:  # translations in units of the box's diagonal
+            self.camera_estimate.model.size = float(np.linalg.norm(self.hi - self.lo))
         self.dims = grid_dims(self.lo, self.hi, self.config.resolution[0])
         if self.config.occupancy:
             self.occupancy = Occupancy(dims=grid_dims(self.lo, self.hi,
@@ -610,6 +622,15 @@ class FieldEstimate(Estimate):
         values = None if self.fixed_background is not None else store["field.background"]
         return make_background(self.background_kind, values, self.fixed_background)
 
+    def camera_rays(self, cameras: list):
+        """A :class:`.field_cameras.CameraRays` for ``cameras`` when cameras are
+        refined (``[[estimate]] kind = "camera"``), else None."""
+        if self.camera_estimate is None:
+            return None
+        from .field_cameras import CameraRays
+
+        return CameraRays(self.camera_estimate, cameras, self.camera_estimate.model.size)
+
     @property
     def dt(self) -> float:
         cell = (self.hi - self.lo) / np.asarray(self.dims, float)
@@ -628,12 +649,19 @@ class FieldEstimate(Estimate):
 
         store = self.store
         cam = camera_from_sensor(sensor, sensor.id())
+        rays = self.camera_rays([cam])
+        if rays is not None:  # a refined camera: as the run has it now (once it has latents)
+            try:
+                cam = rays.camera(np.array(store[self.camera_estimate.key]), cam)
+            except KeyError:
+                pass
         spp = max(1, min(int(spp), self.config.spp))
         return render_camera(self.model(store), cam, lo=self.lo, hi=self.hi, dt=self.dt,
                              background=self.background(store), occupancy=self.occupancy,
                              spp=spp)["rgb"]
 
     def advance(self, store, params, iteration: int, iterations: int) -> bool:
+        self.iteration, self.iterations = iteration, iterations
         stages = self.config.resolution
         stage = min(len(stages) - 1, iteration * len(stages) // max(iterations, 1))
         if stage != self.stage:
