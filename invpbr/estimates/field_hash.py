@@ -19,7 +19,8 @@ weights in ``drjit.nn``'s training layout (``field.mlp_density``,
 Everything else (random rays, occupancy grid, background, results,
 ``invpbr view``) is the field's (:mod:`.fields`): :class:`HashFieldEstimate`
 only swaps the model. ``field.npz`` holds the latents with the settings
-that made them, and a sampled raw-density grid for the marching-cubes mesh.
+that made them, and the raw density sampled at the cell centres of the finest
+level (``resolution``'s last entry along the box) for the marching-cubes mesh.
 
 The networks' packed layout is that of the backend that wrote them; a
 result folder is read back on the same kind of backend (LLVM or CUDA).
@@ -54,8 +55,6 @@ INIT_SCALE = 1e-4
 #: Learning rate of the hash model's latents relative to ``[field] lr`` (the grid's
 #: default, 0.1, is ten times Instant-NGP's 0.01).
 LR_FACTOR = 0.1
-#: Cells along the box's longest side of the raw-density grid saved for the mesh.
-MESH_RESOLUTION = 96
 
 
 def per_level_scale(finest: int) -> float:
@@ -141,9 +140,10 @@ class HashField:
         return mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in rgb])
 
 
-def sample_raw_density(field: HashField, lo, hi, resolution: int = MESH_RESOLUTION
-                       ) -> np.ndarray:
-    """The raw density at the centres of a (z, y, x) grid over the box (for the mesh)."""
+def sample_raw_density(field: HashField, lo, hi, resolution: int) -> np.ndarray:
+    """The raw density at the centres of a (z, y, x) grid over the box with
+    ``resolution`` cells along its longest side (for the mesh, whose level
+    follows the cell size as the grid model's does)."""
     import drjit as dr
     import mitsuba as mi
 
@@ -217,7 +217,7 @@ class HashFieldEstimate(FieldEstimate):
                "mlp_density": np.array(store["field.mlp_density"], np.float32),
                "mlp_colour": np.array(store["field.mlp_colour"], np.float32),
                "finest": np.int32(self.config.resolution[-1]),
-               "density": sample_raw_density(model, self.lo, self.hi),
+               "density": sample_raw_density(model, self.lo, self.hi, self.config.resolution[-1]),
                "lo": np.asarray(self.lo, np.float32), "hi": np.asarray(self.hi, np.float32),
                "degree": np.int32(self.config.sh_degree),
                "background_kind": np.str_(self.background_kind), "background": bg,
