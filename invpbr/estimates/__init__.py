@@ -11,7 +11,8 @@ poses         rigid poses of meshes and analytic shapes (and area lights)
 shapes        free meshes (large steps, remeshing)
 cameras       camera poses, refined by moving the scene
 gains         per-photo exposure and white balance (``[photos] gain``)
-fields        radiance fields (``[field]``), rendered by :mod:`.volume`
+fields        radiance fields (``[field]``), rendered by :mod:`.volume`;
+              the hash-grid model in :mod:`.field_hash`
 ============  =================================================================
 
 Shared math: :mod:`.meshes` (rotations, mesh errors, remeshing, Mitsuba's
@@ -30,11 +31,13 @@ from .shapes import Shape
 from .cameras import Cameras
 from .gains import GainsEstimate
 from .fields import FieldEstimate
+from .field_hash import HashFieldEstimate
 
 #: The name the first wave used (``invpbr.params.resolve_parameters``).
 resolve_parameters = resolve_estimates
 
 __all__ = ["AUTO_KINDS", "KINDS", "Cameras", "Envmap", "Estimate", "FieldEstimate", "GainsEstimate",
+           "HashFieldEstimate",
            "LatentStore", "Pose", "ResolveContext", "Shape", "Texture", "Value",
            "implied_estimates", "kind_class", "node_class", "parameter_error",
            "register_kind", "resample_texture", "resolve_estimates", "resolve_parameters"]

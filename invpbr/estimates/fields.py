@@ -52,6 +52,20 @@ RAW_START = -6.5
 MESH_OPACITY = 0.5
 MESH_CELLS = 4
 FIELD_FILE = "field.npz"
+#: Field models besides the dense grid, by ``[field] model``: FieldEstimate
+#: subclasses that their modules register (``hash``: :mod:`.field_hash`).
+FIELD_MODELS: dict[str, type] = {}
+
+
+def other_model(data) -> type | None:
+    """The registered class of a saved or fitted field's model (None: the grid)."""
+    name = str(data.get("model", "grid")) if hasattr(data, "get") else "grid"
+    if name == "grid":
+        return None
+    if name not in FIELD_MODELS:
+        raise ValueError(f"field.npz: unknown field model {name!r}; known: grid, "
+                         f"{', '.join(sorted(FIELD_MODELS))}")
+    return FIELD_MODELS[name]
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -301,6 +315,7 @@ class RayTable:
                                      rot[6] * local.x + rot[7] * local.y + rot[8] * local.z))
         o = mi.Point3f(*[dr.gather(mi.Float, self.pos, view * 3 + i) for i in range(3)])
         target = mi.Color3f(*[dr.gather(mi.Float, self.photos, pix * 3 + i) for i in range(3)])
+        self.view = view  # (the rays' views, for refined cameras: .field_cameras)
         return o, d, target, rng.next_float32()
 
 
@@ -367,10 +382,16 @@ def load_field(path: Path) -> dict[str, Any]:
             data = {k: f[k] for k in f.files}
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a field file ({e})") from None
-    missing = [k for k in ("density", "sh", "lo", "hi", "degree", "background_kind") if k not in data]
+    try:
+        model = other_model(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {str(e).removeprefix('field.npz: ')}") from None
+    required = (model.required_keys() if model is not None
+                else ("density", "sh", "lo", "hi", "degree", "background_kind"))
+    missing = [k for k in required if k not in data]
     if missing:
         raise ValueError(f"{path}: not a field file (lacks {', '.join(missing)})")
-    for k in ("density", "sh", "background"):
+    for k in ("density", "sh", "background", "table", "mlp_density", "mlp_colour"):
         if k in data and not np.all(np.isfinite(data[k])):
             raise ValueError(f"{path}: the field's {k} has NaN or infinite values")
     return data
@@ -379,6 +400,9 @@ def load_field(path: Path) -> dict[str, Any]:
 def model_from_data(data: dict[str, Any]):
     """(model, lo, hi, dt, background function, occupancy) of a loaded field."""
     import mitsuba as mi
+
+    if other_model(data) is not None:
+        return other_model(data).model_from_data(data)
 
     lo, hi = data["lo"].astype(float), data["hi"].astype(float)
     dens = data["density"].astype(np.float32)
@@ -457,6 +481,9 @@ class RandomRays:
         self.estimate = estimate
         self.table = RayTable(estimate.cameras_of(views), [v.photo for v in views],
                               [v.mask for v in views], source=str(problem.source))
+        self.camera_rays = estimate.camera_rays(self.table.cameras)
+        # (random rays are not images: a coarse-to-fine blur of the loss does not apply)
+        self.loss_fn = getattr(context.loss_fn, "loss_fn", context.loss_fn)
 
     def inputs(self, chosen):
         return chosen
@@ -468,9 +495,12 @@ class RandomRays:
         c, e = self.context, self.estimate
         n = e.config.batch_rays
         o, d, target, jitter = self.table.draw(n, seed)
+        if self.camera_rays is not None:
+            latent = self.camera_rays.latent(c.latents, e.iteration, e.iterations)
+            o, d = self.camera_rays.apply(latent, self.table.view, o, d)
         out = e.render(c.latents, o, d, jitter=jitter, regularize=True)
         shape = (n, 1, 3)
-        loss = c.loss_fn(mi.TensorXf(dr.ravel(out.rgb), shape),
+        loss = self.loss_fn(mi.TensorXf(dr.ravel(out.rgb), shape),
                          mi.TensorXf(dr.ravel(target), shape), None)
         if e.config.distortion > 0:
             loss = loss + e.config.distortion * out.distortion
@@ -509,15 +539,15 @@ class FieldEstimate(Estimate):
         self.background_kind = ("fixed" if self.fixed_background is not None
                                 else str(config.background))
         self._cameras: dict[str, Any] = {}
+        self.camera_estimate = None
+        self.iteration, self.iterations = 0, 1
 
     @classmethod
     def from_config(cls, config, context) -> list["FieldEstimate"]:
         if not config.field.enabled:
             return []
-        if config.field.model == "hash":
-            raise ValueError(f"{context.source}: field.model = \"hash\" is not available yet "
-                             "in this version; use model = \"grid\"")
-        return [cls(config.field)]
+        model = FIELD_MODELS.get(config.field.model, cls)
+        return [model(config.field)]
 
     @property
     def scene_keys(self) -> list[str]:
@@ -532,11 +562,12 @@ class FieldEstimate(Estimate):
     def setup(self, problem) -> None:
         self.problem = problem
         source = str(problem.source)
-        if problem.parameters:
-            kinds = sorted({e.kind for e in problem.parameters})
-            raise ValueError(f"{source}: [field] with [[estimate]] tables ({', '.join(kinds)}) is "
-                             "not supported yet: a field is fitted alone (camera refinement "
-                             "with a field is not implemented)")
+        kinds = sorted({e.kind for e in problem.parameters} - {"camera"})
+        if kinds:
+            raise ValueError(f"{source}: [field] with [[estimate]] tables of kind "
+                             f"{', '.join(kinds)} is not supported: a field is fitted alone or "
+                             "with kind = \"camera\" (its cameras refined)")
+        self.camera_estimate = next((e for e in problem.parameters if e.kind == "camera"), None)
         if problem.config.photos.gain != "none":
             raise ValueError(f"{source}: photos.gain = {problem.config.photos.gain!r} does not "
                              "apply to a [field] yet; leave it at \"none\"")
@@ -549,6 +580,8 @@ class FieldEstimate(Estimate):
             self.lo, self.hi = auto_bounds(cams, masks if any(m is not None for m in masks)
                                            else None, source=source)
         check_cameras_see_box(self.cameras_of(problem.views), self.lo, self.hi, source=source)
+        if self.camera_estimate is not None:  # translations in units of the box's diagonal
+            self.camera_estimate.model.size = float(np.linalg.norm(self.hi - self.lo))
         self.dims = grid_dims(self.lo, self.hi, self.config.resolution[0])
         if self.config.occupancy:
             self.occupancy = Occupancy(dims=grid_dims(self.lo, self.hi,
@@ -589,6 +622,15 @@ class FieldEstimate(Estimate):
         values = None if self.fixed_background is not None else store["field.background"]
         return make_background(self.background_kind, values, self.fixed_background)
 
+    def camera_rays(self, cameras: list):
+        """A :class:`.field_cameras.CameraRays` for ``cameras`` when cameras are
+        refined (``[[estimate]] kind = "camera"``), else None."""
+        if self.camera_estimate is None:
+            return None
+        from .field_cameras import CameraRays
+
+        return CameraRays(self.camera_estimate, cameras, self.camera_estimate.model.size)
+
     @property
     def dt(self) -> float:
         cell = (self.hi - self.lo) / np.asarray(self.dims, float)
@@ -607,12 +649,19 @@ class FieldEstimate(Estimate):
 
         store = self.store
         cam = camera_from_sensor(sensor, sensor.id())
+        rays = self.camera_rays([cam])
+        if rays is not None:  # a refined camera: as the run has it now (once it has latents)
+            try:
+                cam = rays.camera(np.array(store[self.camera_estimate.key]), cam)
+            except KeyError:
+                pass
         spp = max(1, min(int(spp), self.config.spp))
         return render_camera(self.model(store), cam, lo=self.lo, hi=self.hi, dt=self.dt,
                              background=self.background(store), occupancy=self.occupancy,
                              spp=spp)["rgb"]
 
     def advance(self, store, params, iteration: int, iterations: int) -> bool:
+        self.iteration, self.iterations = iteration, iterations
         stages = self.config.resolution
         stage = min(len(stages) - 1, iteration * len(stages) // max(iterations, 1))
         if stage != self.stage:
@@ -737,6 +786,8 @@ class FieldEstimate(Estimate):
 
     @classmethod
     def to_json(cls, key, value, result, files) -> Any:
+        if other_model(value) is not None:
+            return other_model(value).to_json(key, value, result, files)
         density = value["density"]
         doc = {"model": "grid", "resolution": list(density.shape[::-1]),
                "bounds": [np.asarray(value["lo"]).tolist(), np.asarray(value["hi"]).tolist()],
@@ -756,6 +807,8 @@ class FieldEstimate(Estimate):
 
     @classmethod
     def summary(cls, key, value, result) -> str:
+        if other_model(value) is not None:
+            return other_model(value).summary(key, value, result)
         nz, ny, nx = value["density"].shape
         lo, hi = (np.round(np.asarray(value[k], np.float64), 3).tolist() for k in ("lo", "hi"))
         occ = (f", {100 * float(np.mean(value['occupied'])):.1f}% occupied"

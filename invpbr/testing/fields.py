@@ -63,16 +63,19 @@ def checker(size: int = 64, tiles: int = 8):
     return mi.Bitmap(img.astype(np.float32))
 
 
-def object_scene(kind: str = "object") -> dict:
+def object_scene(kind: str = "object", sky: float | None = None) -> dict:
     """The Mitsuba scene of the synthetic object (without sensors): a
     textured diffuse sphere, a glossy metal sphere and a plastic cube on a
     small diffuse base, under a sky and an area light; ``kind = "simple"``:
-    one diffuse textured sphere under the sky."""
+    one diffuse textured sphere under the sky. ``sky``: a constant sky of
+    that linear value instead of the gradient (its horizon is sharper than a
+    learned background can follow)."""
     import mitsuba as mi
 
     T = mi.ScalarTransform4f
     scene = {"type": "scene",
-             "sky": {"type": "envmap", "bitmap": sky_bitmap(), "scale": 1.0},
+             "sky": ({"type": "envmap", "bitmap": sky_bitmap(), "scale": 1.0} if sky is None
+                     else {"type": "constant", "radiance": {"type": "rgb", "value": sky}}),
              "textured": {"type": "sphere", "center": [-0.35, 0.0, 0.1], "radius": 0.4,
                           "bsdf": {"type": "diffuse", "reflectance": {
                               "type": "bitmap", "bitmap": checker(), "filter_type": "bilinear"}}}}
@@ -98,7 +101,8 @@ def object_scene(kind: str = "object") -> dict:
 
 def make_field_folder(folder: str | Path, *, size: int = 64, views: int = 40, held_out: int = 8,
                       spp: int = 256, kind: str = "object", distance: float = 3.2,
-                      fov_deg: float = 40.0, seed: int = 0, toml_extra: str = "") -> Path:
+                      fov_deg: float = 40.0, seed: int = 0, toml_extra: str = "",
+                      sky: float | None = None) -> Path:
     """Render the synthetic object into ``folder``: photos/<id>.png (8-bit
     sRGB), transforms.json, invpbr.toml (``[field]``, the last ``held_out``
     views held out), and truth/<id>.exr (the noise-free linear renders are
@@ -110,7 +114,7 @@ def make_field_folder(folder: str | Path, *, size: int = 64, views: int = 40, he
 
     folder = Path(folder)
     (folder / "photos").mkdir(parents=True, exist_ok=True)
-    scene = mi.load_dict(object_scene(kind))
+    scene = mi.load_dict(object_scene(kind, sky))
     integrator = mi.load_dict({"type": "path", "max_depth": 6})
     cams = [look_at_camera(f"view_{i:02d}", p, [0.0, 0.0, 0.0], size=size, fov_deg=fov_deg)
             for i, p in enumerate(sphere_views(views + held_out, distance=distance, seed=seed))]
