@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..capture import images
+from . import field_options
 from .base import Estimate, register_kind
 from .volume import Occupancy, render_rays, sh_basis, softplus
 
@@ -301,6 +302,7 @@ class RayTable:
                                      rot[6] * local.x + rot[7] * local.y + rot[8] * local.z))
         o = mi.Point3f(*[dr.gather(mi.Float, self.pos, view * 3 + i) for i in range(3)])
         target = mi.Color3f(*[dr.gather(mi.Float, self.photos, pix * 3 + i) for i in range(3)])
+        self.last_view, self.last_pixel = view, (px, py)  # (for per-photo appearance)
         return o, d, target, rng.next_float32()
 
 
@@ -469,9 +471,18 @@ class RandomRays:
         n = e.config.batch_rays
         o, d, target, jitter = self.table.draw(n, seed)
         out = e.render(c.latents, o, d, jitter=jitter, regularize=True)
+        rgb = out.rgb
+        if e.appearance is not None:  # (issue 15: field_options)
+            rgb = e.appearance.apply(c.latents[field_options.APPEARANCE_KEY],
+                                     self.table.last_view, rgb)
+        if e.transient is not None:
+            rgb, layer = e.transient.apply(c.latents[field_options.TRANSIENT_KEY],
+                                           self.table.last_view, *self.table.last_pixel, rgb)
         shape = (n, 1, 3)
-        loss = c.loss_fn(mi.TensorXf(dr.ravel(out.rgb), shape),
+        loss = c.loss_fn(mi.TensorXf(dr.ravel(rgb), shape),
                          mi.TensorXf(dr.ravel(target), shape), None)
+        if e.transient is not None:
+            loss = loss + e.config.transient_weight * dr.mean(layer)
         if e.config.distortion > 0:
             loss = loss + e.config.distortion * out.distortion
         if e.config.sparsity > 0:
@@ -509,6 +520,7 @@ class FieldEstimate(Estimate):
         self.background_kind = ("fixed" if self.fixed_background is not None
                                 else str(config.background))
         self._cameras: dict[str, Any] = {}
+        self.appearance = self.transient = None
 
     @classmethod
     def from_config(cls, config, context) -> list["FieldEstimate"]:
@@ -542,6 +554,8 @@ class FieldEstimate(Estimate):
                              "apply to a [field] yet; leave it at \"none\"")
         fitted = [v for v in problem.views if not v.held_out]
         cams = self.cameras_of(fitted)
+        self.appearance = field_options.make_appearance(self.config, [v.id for v in fitted])
+        self.transient = field_options.make_transient(self.config, cams)
         if self.config.bounds is not None:
             self.lo, self.hi = (np.asarray(b, float) for b in self.config.bounds)
         else:
@@ -560,6 +574,8 @@ class FieldEstimate(Estimate):
 
     def latent_names(self) -> list[str]:
         names = ["field.density", "field.sh"]
+        names += [field_options.APPEARANCE_KEY] if self.appearance is not None else []
+        names += [field_options.TRANSIENT_KEY] if self.transient is not None else []
         return names + (["field.background"] if self.fixed_background is None else [])
 
     def initial_latents(self) -> dict[str, Any]:
@@ -573,11 +589,15 @@ class FieldEstimate(Estimate):
         if self.fixed_background is None:
             size = 3 if self.background_kind == "learned" else ENVMAP_HEIGHT * 2 * ENVMAP_HEIGHT * 3
             out["field.background"] = mi.Float(np.zeros(size, np.float32))
+        if self.appearance is not None:
+            out[field_options.APPEARANCE_KEY] = self.appearance.initial()
+        if self.transient is not None:
+            out[field_options.TRANSIENT_KEY] = self.transient.initial()
         return out
 
     def start(self, store) -> None:
         for name, value in self.initial_latents().items():
-            store.add(name, value, lr=self.config.lr)
+            store.add(name, value, lr=field_options.LEARNING_RATES.get(name, self.config.lr))
         self.store = store
 
     def model(self, store) -> GridField:
@@ -716,6 +736,9 @@ class FieldEstimate(Estimate):
                "dt": np.float32(self.dt)}
         if self.occupancy is not None and self.occupancy.updates:
             out["occupied"] = self.occupancy.occupied
+        if self.appearance is not None:  # each fitted photo's [M | b] (renders: the identity)
+            out["appearance"] = self.appearance.matrices(store[field_options.APPEARANCE_KEY])
+            out["appearance_ids"] = np.array(self.appearance.ids)
         return out
 
     def gradcheck_applies(self, view_index: int) -> bool:
@@ -730,7 +753,16 @@ class FieldEstimate(Estimate):
         if self.occupancy is not None and self.occupancy.emptied:
             notes.append(f"field: the occupancy grid came out empty {self.occupancy.emptied} "
                          "time(s) (see the warnings)")
-        return {"notes": notes} if notes else {}
+        out: dict[str, Any] = {"notes": notes} if notes else {}
+        held = [v for v in problem.views if v.held_out]
+        if self.appearance is not None and held:  # NeRF-W's evaluation (field_options)
+            renders = {v.id: render_camera(self.model(store), cam, lo=self.lo, hi=self.hi,
+                                           dt=self.dt, background=self.background(store),
+                                           occupancy=self.occupancy, spp=self.config.spp)["rgb"]
+                       for v, cam in zip(held, self.cameras_of(held))}
+            out["novel_view_appearance"] = field_options.appearance_scores(
+                renders, {v.id: v.photo for v in held})
+        return out
 
     def make_strategy(self, context) -> RandomRays:
         return RandomRays(context, self)
@@ -744,6 +776,9 @@ class FieldEstimate(Estimate):
                "files": dict(files)}
         if "occupied" in value:
             doc["occupied_fraction"] = float(np.mean(value["occupied"]))
+        if "appearance" in value:  # (renders are at the neutral appearance)
+            doc["appearance"] = {str(i): np.round(m, 5).tolist()
+                                 for i, m in zip(value["appearance_ids"], value["appearance"])}
         return doc
 
     @classmethod
