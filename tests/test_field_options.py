@@ -120,6 +120,19 @@ def test_the_field_file_holds_each_photos_appearance(fits, tmp_path):
     doc = json.loads((out / "result.json").read_text())
     assert set(doc["parameters"]["field"]["appearance"]) == set(fitted)
     assert "mean" in doc["novel_view_appearance"]
+    # invpbr view at a fitted photo's appearance: its [M | b] on the neutral render
+    from invpbr.capture import images
+    from invpbr.results.view import view_result
+
+    cams = problem.folder / "transforms.json"
+    view_result(out, cams, spp=1, out=tmp_path / "neutral")
+    view_result(out, cams, spp=1, out=tmp_path / "photo", appearance=fitted[1])
+    a = images.load_image(tmp_path / "neutral" / f"{fitted[0]}.exr")[..., :3]
+    b = images.load_image(tmp_path / "photo" / f"{fitted[0]}.exr")[..., :3]
+    assert np.allclose(b, a @ m[1][:, :3].T + m[1][:, 3], atol=1e-4)
+    assert np.abs(b - a).mean() > 1e-3
+    with pytest.raises(ValueError, match=r"--appearance 'nobody': not a fitted photo"):
+        view_result(out, cams, spp=1, out=tmp_path / "x", appearance="nobody")
 
 
 def test_affine_appearance_is_relative_to_the_mean_photo():

@@ -155,6 +155,26 @@ class TransientLayer:
         return mi.Color3f(*[a * t[c] + (1.0 - a) * rgb[c] for c in range(3)]), a
 
 
+def saved_appearance(data: dict[str, Any], photo: str | None, *, source) -> np.ndarray | None:
+    """The (3, 4) ``[M | b]`` of fitted photo ``photo`` in a saved field's
+    ``data`` (None: ``photo`` is None, the neutral appearance).
+
+    Raises:
+        ValueError: the field has no appearance, or no fitted photo ``photo``
+            (naming a few it has).
+    """
+    if photo is None:
+        return None
+    if "appearance" not in data:
+        raise ValueError(f"{source}: --appearance {photo!r}: this field was fitted without "
+                         "[field] appearance")
+    ids = [str(i) for i in data["appearance_ids"]]
+    if photo not in ids:
+        raise ValueError(f"{source}: --appearance {photo!r}: not a fitted photo of this field "
+                         f"(it has {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})")
+    return np.asarray(data["appearance"][ids.index(photo)], np.float64)
+
+
 # -- NeRF-W's evaluation -----------------------------------------------------------------------
 
 

@@ -798,10 +798,14 @@ class FieldEstimate(Estimate):
         return f"grid {nx}x{ny}x{nz} in {lo} - {hi}{occ}"
 
     @classmethod
-    def render_views(cls, folder, cameras, *, spp, envmap=None, out) -> list[Path]:
+    def render_views(cls, folder, cameras, *, spp, envmap=None, out, appearance=None
+                     ) -> list[Path]:
         """``invpbr view`` of a field result: per camera ``<id>.exr`` (linear
-        RGBA, alpha = opacity), ``<id>.png`` (sRGB) and ``<id>_depth.exr``."""
+        RGBA, alpha = opacity), ``<id>.png`` (sRGB) and ``<id>_depth.exr``; at
+        the neutral appearance or at fitted photo ``appearance``'s."""
         data = load_field(Path(folder) / FIELD_FILE)
+        colour_map = field_options.saved_appearance(data, appearance,
+                                                    source=Path(folder) / FIELD_FILE)
         if envmap is not None:
             warnings.warn("invpbr view: --envmap does not apply to a radiance field (its light "
                           "is baked into its colours); ignored", stacklevel=2)
@@ -811,6 +815,8 @@ class FieldEstimate(Estimate):
         for cam in cameras:
             img = render_camera(model, cam, lo=lo, hi=hi, dt=dt, background=background,
                                 occupancy=occ, spp=max(1, min(int(spp), 16)))
+            if colour_map is not None:
+                img["rgb"] = (img["rgb"] @ colour_map[:, :3].T + colour_map[:, 3]).astype(np.float32)
             rgba = np.concatenate([img["rgb"], img["alpha"][..., None]], -1)
             written.append(images.save_image(out / f"{cam.id}.exr", rgba))
             written.append(images.save_image(out / f"{cam.id}.png", img["rgb"]))
