@@ -437,3 +437,51 @@ def test_a_second_signal_during_the_final_renders_leaves_a_valid_result(scene, t
     assert doc["status"] == "interrupted" and doc["iterations"] > 0
     assert len(doc["parameters"][BASE]) == 3 and all(math.isfinite(x) for x in doc["parameters"][BASE])
     assert (out / "report.html").is_file() and state.is_file()
+
+
+# --- the watch (best states, issue 13) in checkpoints ------------------------------------------
+
+POSE_TOML = """[render]
+spp = 4
+max_depth = 2
+
+[[estimate]]
+kind = "pose"
+key = "ball.to_world"
+
+[optimize]
+iterations = 8
+lr = 0.02
+
+[report]
+gradients = false
+"""
+
+
+def test_the_watch_of_a_run_that_moves_edges_is_in_its_checkpoint(scene, tmp_path):
+    """A resumed run goes on with the smoothed losses and best states of the steps before
+    (which decide whether a best state is put back at the end); a run that moves no edge
+    keeps no states at all (a field's grid per step would cost gigabytes)."""
+    from invpbr.optimization.checkpoint import read_checkpoint, run_state, write_checkpoint
+    from invpbr.optimization.loop import run_steps, start_run
+    from invpbr.optimization.watch import Watch
+
+    run = start_run(load(scene, tmp_path / "pose", POSE_TOML), 8)
+    run_steps(run, None, False)
+    watch = run.watch
+    assert watch.active and watch.best is not None and len(watch.recent) > 2
+    path = tmp_path / "state.npz"
+    write_checkpoint(path, run_state(run, np.random.default_rng(0)))
+    back = Watch.from_state(read_checkpoint(path)["watch"], run)
+    assert back.total.samples == watch.total.samples and back.step == watch.step
+    assert (back.total.best, back.total.best_step) == (watch.total.best, watch.total.best_step)
+    assert [t for t, _ in back.recent] == [t for t, _ in watch.recent]
+    for (_, a), (_, b) in zip(watch.recent, back.recent):
+        for name in a:
+            np.testing.assert_array_equal(np.array(a[name]), np.array(b[name]))
+    for name in watch.best:
+        np.testing.assert_array_equal(np.array(watch.best[name]), np.array(back.best[name]))
+
+    still = start_run(load(scene, tmp_path / "material", TOML), 4)
+    run_steps(still, None, False)
+    assert not still.watch.active and not still.watch.recent and still.watch.best is None

@@ -158,6 +158,7 @@ def run_state(run, rng: np.random.Generator) -> dict[str, Any]:
         "latents": run.latents.optimizer_state(),
         "scaler": run.latents.scaler_state(),
         "trajectory": run.trajectory.settle() if run.trajectory is not None else {},
+        "watch": run.watch.state() if run.watch is not None else None,
     }
 
 
@@ -197,6 +198,10 @@ def restore_run(run, state: dict[str, Any], path: Path) -> None:
     run.elapsed = float(state["elapsed"])
     run.rng_state = state["rng"]
     run.resumed_from = run.next_step
+    if state.get("watch") is not None:  # (checkpoints before it was kept have none)
+        from .watch import Watch
+
+        run.watch = Watch.from_state(state["watch"], run)
     if run.trajectory is not None:
         run.trajectory.done = {k: v for k, v in state["trajectory"].items()
                                if k in run.trajectory.done}

@@ -260,7 +260,8 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
     if run.rng_state is not None:
         rng.bit_generator.state = run.rng_state
     last_good = run.latents.snapshot()
-    run.watch = Watch.start(run)
+    if run.watch is None:  # (a resumed run's comes from its checkpoint)
+        run.watch = Watch.start(run)
     in_a_row = 0  # skipped steps in a row just before run.next_step (after a resume too)
     while run.next_step - 1 - in_a_row in run.skipped:
         in_a_row += 1

@@ -120,13 +120,62 @@ class Watch:
     views: dict[int, Series] = field(default_factory=dict)
     view_best: dict[int, np.ndarray] = field(default_factory=dict)
     step: int = 0
+    #: Whether the run moves edges: only then does :meth:`finish` act, so only then
+    #: are states kept (a field's grid, kept for every step of a window, would cost GBs).
+    active: bool = True
 
     @classmethod
     def start(cls, run) -> "Watch":
         half = max(2, run.iterations // 20)
-        watch = cls(half=half, total=Series(half))
-        watch.best = run.latents.snapshot()
-        watch.recent = deque([(0, watch.best)], maxlen=half + 2)
+        watch = cls(half=half, total=Series(half),
+                    active=any(getattr(e, "moves_edges", False) for e in run.estimates))
+        if watch.active:
+            watch.best = run.latents.snapshot()
+            watch.recent = deque([(0, watch.best)], maxlen=half + 2)
+        return watch
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to go on after a resume (numpy arrays and numbers, for a
+        checkpoint: :mod:`.checkpoint`)."""
+        def series(s: Series) -> dict[str, Any]:
+            return {"samples": list(s.samples), "best": s.best, "best_step": s.best_step,
+                    "best_count": s.best_count}
+
+        def plain(snapshot: dict | None) -> dict | None:
+            return None if snapshot is None else {k: np.array(v) for k, v in snapshot.items()}
+
+        return {"half": self.half, "step": self.step, "active": self.active,
+                "total": series(self.total),
+                "views": {v: series(s) for v, s in self.views.items()},
+                "view_best": dict(self.view_best), "best": plain(self.best),
+                "recent": [[t, plain(state)] for t, state in self.recent]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], run) -> "Watch":
+        """A :meth:`state` back (the run's latents registered, at the checkpoint's stage)."""
+        half = int(state["half"])
+
+        def series(d: dict[str, Any]) -> Series:
+            return Series(half, [float(x) for x in d["samples"]], float(d["best"]),
+                          int(d["best_step"]), int(d["best_count"]))
+
+        def latents(snapshot: dict | None) -> dict | None:
+            if snapshot is None:
+                return None
+            out = {}
+            for name, value in snapshot.items():
+                if name in run.latents.names():
+                    current = run.latents[name]
+                    if value.size == np.prod(current.shape):
+                        out[name] = type(current)(np.asarray(value).reshape(current.shape))
+            return out
+
+        watch = cls(half=half, total=series(state["total"]), step=int(state["step"]),
+                    active=bool(state["active"]), best=latents(state["best"]),
+                    views={int(v): series(d) for v, d in state["views"].items()},
+                    view_best={int(v): np.asarray(a) for v, a in state["view_best"].items()})
+        watch.recent = deque([(int(t), latents(s)) for t, s in state["recent"]],
+                             maxlen=half + 2)
         return watch
 
     def _state(self, step: int) -> dict | None:
@@ -138,6 +187,9 @@ class Watch:
     def record(self, run, total: float, view_losses: dict[int, float]) -> None:
         """After a step whose loss was ``total`` (and ``view_losses``: view number ->
         that view's loss, where the strategy reports them)."""
+        if not self.active:
+            self.step += 1
+            return
         found = self.total.add(total)
         if found is not None and self._state(found) is not None:
             self.best = self._state(found)
@@ -163,7 +215,7 @@ class Watch:
         import mitsuba as mi
 
         latents = run.latents
-        if not any(getattr(e, "moves_edges", False) for e in run.estimates):
+        if not self.active:
             return  # measured on moving geometry and cameras only (issue 13)
         if self.total.clearly_above_best() and self.best is not None:
             latents.restore(self.best)

@@ -31,7 +31,8 @@ from ..config import ProblemConfig, load_config
 from ..estimates import Estimate, implied_estimates, resolve_estimates
 from ..estimates.lighting import envmap_texels
 from ..estimates.meshes import scene_numpy
-from .scene import load_scene, load_scene_text, parse_xml, scene_text, sensors_text
+from .scene import (load_scene, load_scene_text, mesh_analytic_shapes, parse_xml, scene_text,
+                    sensors_text)
 
 
 @dataclass
@@ -284,8 +285,9 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     import mitsuba as mi  # only now: init_backend chooses the LLVM Dr.Jit loads
 
     frames, sensors = _camera_file_sensors(folder, config) if config.cameras.file else (None, None)
-    scene, scene_xml = model_scene(folder, sensors, bitmap_format="float16"
-                                   if config.optimize.precision == "half" else "variant")
+    scene, scene_xml = model_scene(
+        folder, sensors, bitmap_format="float16" if config.optimize.precision == "half"
+        else "variant", mesh_rectangles=any(t.kind == "camera" for t in config.estimate))
     params = mi.traverse(scene)
     parameters = resolve_estimates(params, config.estimate, source=folder / "invpbr.toml",
                                    sensor_ids=sensor_ids(scene))
@@ -331,10 +333,13 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
 
 
 def model_scene(folder: Path, sensors: list[ET.Element] | None, *,
-                bitmap_format: str = "variant") -> tuple[Any, str]:
+                bitmap_format: str = "variant", mesh_rectangles: bool = False) -> tuple[Any, str]:
     """The folder's scene.xml with ``sensors`` (from a camera file) replacing
     its own, and its XML text; without a scene.xml, a scene of those sensors
     alone (radiance fields and reconstructions start from photos and cameras).
+    ``mesh_rectangles``: analytic rectangles are loaded as meshes (see
+    :func:`invpbr.problem.scene.mesh_analytic_shapes`; the text stays the
+    file's), with a warning naming them.
 
     Raises:
         FileNotFoundError: no scene.xml (and no camera file).
@@ -347,7 +352,15 @@ def model_scene(folder: Path, sensors: list[ET.Element] | None, *,
         raise FileNotFoundError(f"{path}: no such scene file")
     else:
         text = scene_text(path, sensors, bitmap_format)
-    return load_scene_text(text, path), text
+    if not mesh_rectangles:
+        return load_scene_text(text, path), text
+    scene, names = mesh_analytic_shapes(text, path)
+    if names:
+        warnings.warn(f"{path}: camera refinement moves every shape; the analytic rectangles "
+                      f"{', '.join(repr(n) for n in names)} are loaded as meshes of the same "
+                      "geometry, because Mitsuba 3.9.1 differentiates a moving analytic "
+                      "rectangle wrongly", stacklevel=3)
+    return scene, text
 
 
 def _camera_file_sensors(folder: Path, config: ProblemConfig) -> tuple[list, list[ET.Element]]:

@@ -3,8 +3,13 @@ shapes never merged, sensors replaceable by a camera file's."""
 
 from __future__ import annotations
 
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+#: Analytic shapes that invpbr can load as plain meshes of the same geometry,
+#: normals and texture coordinates (see :func:`mesh_analytic_shapes`).
+MESHABLE = ("rectangle",)
 
 
 def parse_xml(path: Path) -> ET.ElementTree:
@@ -93,3 +98,36 @@ def sensors_text(sensors: list[ET.Element]) -> str:
     for sensor in sensors:
         root.append(sensor)
     return ET.tostring(root, encoding="unicode")
+
+
+def mesh_analytic_shapes(text: str, path: Path) -> tuple[object, list[str]]:
+    """Load scene XML ``text`` (as the file ``path``) with every analytic
+    ``rectangle`` replaced by a PLY mesh of the same vertices, normals, texture
+    coordinates, transform, BSDF and emitter; the scene and the ids of the
+    shapes replaced.
+
+    Why: when geometry moves (camera refinement moves every shape), Mitsuba
+    3.9.1's projective integrators differentiate an analytic rectangle moved out
+    of its plane wrongly (its ``to_world`` derivative: image-sum 91 by AD vs 65
+    by finite differences in ``invpbr.testing.discontinuities``'
+    ``rectangle_out_of_plane``), and the same mesh moved through its
+    ``vertex_positions`` rightly (65.1 vs 65.4; tests/test_discontinuities.py).
+    Its parameters become ``<id>.vertex_positions`` (and ``faces``, ...)
+    instead of ``<id>.to_world``.
+    """
+    import mitsuba as mi
+
+    root = ET.fromstring(text)
+    found = [(parent, child) for parent in root.iter() for child in parent
+             if child.tag == "shape" and child.get("type") in MESHABLE]
+    if not found:
+        return load_scene_text(text, path), []
+    with tempfile.TemporaryDirectory(prefix="invpbr_meshed_") as tmp:
+        ply = Path(tmp) / "rectangle.ply"
+        mi.load_dict({"type": "rectangle"}).write_ply(str(ply))
+        names = []
+        for n, (_, shape) in enumerate(found):
+            names.append(shape.get("id") or f"rectangle #{n + 1}")
+            shape.set("type", "ply")
+            ET.SubElement(shape, "string", {"name": "filename", "value": str(ply)})
+        return load_scene_text(ET.tostring(root, encoding="unicode"), path), names

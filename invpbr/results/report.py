@@ -278,22 +278,15 @@ def _errors_section(data: dict[str, Any]) -> str:
 
 def _metrics_section(data: dict[str, Any]) -> str:
     parts = []
-    psnr, psnr0 = data.get("psnr") or {}, data.get("psnr_initial") or {}
-    if psnr:
-        rows = [[f"<td>{_esc(v)}</td>", f'<td class="num">{_fmt(_number(psnr0.get(v)))}</td>',
-                 f'<td class="num">{_fmt(_number(p))}</td>',
-                 f"<td>{_change(_number(psnr0.get(v)), _number(p), lower_is_better=False)}</td>"]
-                for v, p in psnr.items()]
-        parts.append("<h3>PSNR of the fitted views (dB)</h3>"
-                     + _table(["view", "start", "end", "change"], rows))
-    nv, nv0 = data.get("novel_view_psnr") or {}, data.get("novel_view_psnr_initial") or {}
-    if nv:
-        rows = [[f"<td>{_esc(v)}</td>", f'<td class="num">{_fmt(_number(nv0.get(v)))}</td>',
-                 f'<td class="num">{_fmt(_number(p))}</td>',
-                 f"<td>{_change(_number(nv0.get(v)), _number(p), lower_is_better=False)}</td>"]
-                for v, p in nv.items()]
-        parts.append("<h3>Held-out views: PSNR (dB)</h3>"
-                     + _table(["view", "start", "end", "change"], rows))
+    for key, title in (("psnr", "PSNR of the fitted views (dB)"),
+                       ("novel_view_psnr", "Held-out views: PSNR (dB)")):
+        end, start = data.get(key) or {}, data.get(key + "_initial") or {}
+        if end:
+            rows = [[f"<td>{_esc(v)}</td>", f'<td class="num">{_fmt(_number(start.get(v)))}</td>',
+                     f'<td class="num">{_fmt(_number(p))}</td>',
+                     f"<td>{_change(_number(start.get(v)), _number(p), lower_is_better=False)}</td>"]
+                    for v, p in end.items()]
+            parts.append(f"<h3>{title}</h3>" + _table(["view", "start", "end", "change"], rows))
     rl, rl0 = data.get("relight_psnr") or {}, data.get("relight_psnr_initial") or {}
     if rl:
         rows = []

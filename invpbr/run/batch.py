@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .guarded import InstallsSignalHandlers
+
 #: Statuses of a summary row.
 STATUSES = ("completed", "diverged", "interrupted", "failed", "timeout", "stopped")
 #: Seconds a job has, after SIGTERM at its timeout, to write its checkpoint and
@@ -123,7 +125,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-class BatchStop:
+class BatchStop(InstallsSignalHandlers):
     """SIGINT / SIGTERM of a local batch (inside a ``with`` block): jobs not yet
     started are not started, running ones get SIGTERM (each writes its
     checkpoint and partial result)."""
@@ -150,16 +152,6 @@ class BatchStop:
     def ended(self, proc: subprocess.Popen) -> None:
         with self.lock:
             self.children.discard(proc)
-
-    def __enter__(self) -> "BatchStop":
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self.previous[s] = signal.signal(s, self.handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 def run_scene_process(folder: Path, out_dir: Path, settings: JobSettings | None = None,

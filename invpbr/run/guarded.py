@@ -21,8 +21,32 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+class InstallsSignalHandlers:
+    """``with obj:`` makes ``obj.handle(signum, frame)`` the SIGINT and SIGTERM
+    handler (from the main thread only: Python allows no other) and puts the
+    previous handlers back on exit. Subclasses define ``handle`` and a
+    ``previous`` dict."""
+
+    previous: dict[int, Any]
+
+    def handle(self, signum, frame) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 @dataclass
-class Signals:
+class Signals(InstallsSignalHandlers):
     """SIGINT and SIGTERM as requests to stop (inside a ``with`` block).
 
     Until :attr:`urgent` is set, a signal only asks the run to stop after its
@@ -47,18 +71,6 @@ class Signals:
     def exit_code(self) -> int:
         """128 + the first signal's number (130 for SIGINT, 143 for SIGTERM)."""
         return 128 + int(self.received[0])
-
-    def __enter__(self) -> "Signals":
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self.previous[s] = signal.signal(s, self.handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 def resume_command(scene_dir, out: Path) -> str:

@@ -89,10 +89,17 @@ CASES: dict[str, str] = {
     "sphere_emitter": "directly visible analytic sphere emitter translated (Mitsuba 3.9.1 "
                       "trap: NaNs in forward mode)",
     "cube": "built-in cube (split vertices) translated (Mitsuba 3.9.1 trap)",
+    "rectangle_meshed": "the rectangle of rectangle_out_of_plane loaded as a PLY mesh, as "
+                        "invpbr loads rectangles for camera refinement, translated along its "
+                        "normal through its vertex positions",
 }
 
 #: Cases expected to fail with Mitsuba 3.9.1's projective integrators.
 TRAPS: tuple[str, ...] = ("rectangle_out_of_plane", "sphere_emitter", "cube", "vertex_smooth")
+
+#: Cases of how invpbr steps around a trap: expected to agree with finite differences
+#: (a motion that prb alone may also get nearly right).
+TRAP_FIXES: tuple[str, ...] = ("rectangle_meshed",)
 
 #: Mitsuba's stored finite-difference references that :func:`make_mitsuba_case` rebuilds
 #: (configs of mitsuba3 ``src/integrators/tests/test_ad_integrators.py``).
@@ -400,6 +407,15 @@ def _build(name: str, resolution: int):
         return scene, "card.to_world", \
             lambda p, k: _translate_transform(k, normal, p[k]), 2, 1e-2
 
+    if name == "rectangle_meshed":
+        card = {"type": "rectangle", "bsdf": _diffuse(0.5),
+                "to_world": T().rotate([0, 1, 0], 50.0).scale(0.7)}
+        scene = {"type": "scene", "sensor": sensor, "ambient": ambient, "sun": key_light,
+                 "card": _as_ply_mesh(card)}
+        normal = (math.sin(math.radians(50.0)), 0.0, math.cos(math.radians(50.0)))
+        return scene, "card.vertex_positions", \
+            lambda p, k: _translate_vertices(k, normal, p[k]), 2, 1e-2
+
     if name == "sphere_emitter":
         scene = {
             "type": "scene", "sensor": sensor,
@@ -421,6 +437,22 @@ def _build(name: str, resolution: int):
             lambda p, k: _translate_vertices(k, (1, 0, 0), p[k]), 2, 1e-2
 
     raise ValueError(f"make_case(): unknown case {name!r}; cases: {', '.join(CASES)}")
+
+
+def _as_ply_mesh(shape: dict):
+    """``shape`` (an analytic rectangle's dict) as invpbr loads it when cameras
+    move (:func:`invpbr.problem.scene.mesh_analytic_shapes`)."""
+    from ..problem.scene import mesh_analytic_shapes
+
+    xml = (f'<scene version="3.0.0"><shape type="rectangle" id="card">'
+           f'<transform name="to_world"><matrix value="'
+           f'{" ".join(str(float(x)) for x in np.array(shape["to_world"].matrix).ravel())}"/>'
+           f'</transform></shape></scene>')
+    scene, _ = mesh_analytic_shapes(xml, Path("rectangle_meshed.xml"))
+    mesh = scene.shapes()[0]
+    return make_mesh("card", np.array(mesh.vertex_positions_buffer()).reshape(-1, 3),
+                     np.array(mesh.faces_buffer()).reshape(-1, 3), bsdf=shape["bsdf"],
+                     smooth=False)
 
 
 def make_case(name: str, resolution: int = 16) -> Case:
