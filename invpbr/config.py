@@ -385,8 +385,14 @@ class FieldConfig:
     """Weight of the transient layer's L1 opacity prior (the loss a pixel
     left to the layer costs)."""
     time: Bool = False
-    """A field that varies in time (frames' ``time`` in [0, 1]); refused: not
-    implemented yet."""
+    """A field that varies in time: each frame of transforms.json carries a
+    ``time`` in [0, 1] (D-NeRF); a static grid plus an offset grid at each of
+    ``time_slices`` moments, linear in time (see invpbr.estimates.field_time)."""
+    time_slices: Annotated[int, Strict(), Field(ge=2, le=64)] = 4
+    """Moments of a field in time (evenly over [0, 1])."""
+    time_tv: NonNegative = 1e-5
+    """Weight of the squared difference between neighbouring moments' offsets
+    (smoothness in time) and of the offsets' squares (with ``tv`` > 0)."""
     multiscale: Bool = False
     """Anti-aliased rendering with per-sample footprints (Mip-NeRF); refused:
     not implemented yet."""
@@ -620,7 +626,7 @@ def _check_field(f: FieldConfig, source: str) -> None:
         raise ConfigError(f"{source}: field.appearance = \"embedding\" needs model = \"hash\" "
                           "(an appearance code feeds an MLP); a grid takes appearance = "
                           "\"affine\"")
-    for key in ("time", "multiscale"):
+    for key in ("multiscale",):
         if getattr(f, key):
             raise ConfigError(f"{source}: field.{key} = true is not implemented yet in this "
                               "version (see issue 15); leave it out")

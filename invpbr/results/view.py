@@ -87,7 +87,7 @@ def view_result(folder: str | Path, cameras_file: str | Path, *, spp: int = 64,
                 envmap: str | Path | None = None, width: int | None = None,
                 height: int | None = None, out: str | Path | None = None,
                 max_depth: int | None = None, variant: str | None = None,
-                appearance: str | None = None) -> list[Path]:
+                appearance: str | None = None, time: float | None = None) -> list[Path]:
     """Render a result folder from every frame of ``cameras_file``.
 
     Args:
@@ -103,6 +103,8 @@ def view_result(folder: str | Path, cameras_file: str | Path, *, spp: int = 64,
         variant: Mitsuba variant (default: automatic, see ``init_backend``).
         appearance: a radiance field fitted with ``appearance``: render at this
             fitted photo's appearance (default: the neutral one).
+        time: a radiance field in time: render this moment (in [0, 1]; default:
+            each frame's ``time`` in the camera file, else 0.5).
 
     Returns:
         The files written (EXR and PNG per frame).
@@ -126,8 +128,12 @@ def view_result(folder: str | Path, cameras_file: str | Path, *, spp: int = 64,
     for kind in dict.fromkeys(doc.get("kinds", {}).values()):
         render_views = getattr(kind_class(kind), "render_views", None)
         if render_views is not None:
-            return render_views(folder, cameras, spp=spp, envmap=envmap, out=out,
-                                **({"appearance": appearance} if appearance else {}))
+            from ..estimates.field_time import frame_times
+
+            extra = {"appearance": appearance} if appearance else {}
+            if time is not None or frame_times(cameras_file):
+                extra |= {"time": time, "times": frame_times(cameras_file)}
+            return render_views(folder, cameras, spp=spp, envmap=envmap, out=out, **extra)
     scene_file = folder / "scene.xml"
     if appearance:
         raise ValueError(f"{folder}: --appearance applies to a radiance field fitted with "

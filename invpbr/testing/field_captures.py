@@ -115,11 +115,72 @@ def with_field_settings(folder: Path, settings: str, out: Path) -> Path:
     for name in ("photos", "truth"):
         if (out / name).is_symlink():
             (out / name).unlink()
-        (out / name).symlink_to(Path(folder).resolve() / name)
+        if (Path(folder) / name).exists():
+            (out / name).symlink_to(Path(folder).resolve() / name)
     for name in ("transforms.json", "transforms_truth.json"):
+        if not (Path(folder) / name).is_file():
+            continue
         data = json.loads((Path(folder) / name).read_text())
         (out / name).write_text(json.dumps(data))
     text = (Path(folder) / "invpbr.toml").read_text().replace("[field]\n", "[field]\n" + settings,
                                                                1)
     (out / "invpbr.toml").write_text(text)
     return out
+
+
+# -- a moving object (field.time) ----------------------------------------------------------------
+
+
+def moving_scene(t: float) -> dict:
+    """The Mitsuba scene at time ``t`` in [0, 1]: the textured sphere of
+    :func:`~invpbr.testing.fields.object_scene` moving along x (rigid), and a
+    red box growing in height (deformation), under the sky."""
+    import mitsuba as mi
+
+    T = mi.ScalarTransform4f
+    scene = object_scene("simple")
+    scene["textured"] = scene["textured"] | {"center": [-0.45 + 0.7 * t, 0.0, 0.1],
+                                             "radius": 0.35}
+    scene["box"] = {"type": "cube", "to_world": T().translate([0.3, -0.4 + 0.3 * t, -0.35])
+                    .scale([0.2, 0.1 + 0.3 * t, 0.2]),
+                    "bsdf": {"type": "diffuse", "reflectance": {"type": "rgb",
+                                                                "value": [0.8, 0.15, 0.1]}}}
+    return scene
+
+
+def make_moving_folder(folder: str | Path, *, size: int = 24, views: int = 30, held_out: int = 4,
+                       spp: int = 16, distance: float = 2.4, fov_deg: float = 45.0,
+                       seed: int = 0, toml_extra: str = "") -> Path:
+    """A field folder of a moving object (:func:`moving_scene`): photo i at
+    time i / (n - 1) from camera positions spread around it (one photo per
+    moment, D-NeRF style); every ``n // held_out``-th photo from the second
+    on is held out; transforms.json frames carry ``time``."""
+    import mitsuba as mi
+
+    from invpbr.capture import images
+    from invpbr.capture.cameras import to_mitsuba_sensor, write_transforms
+
+    folder = Path(folder)
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    n = views + held_out
+    cams = [look_at_camera(f"view_{i:02d}", p, [0.0, 0.0, 0.0], size=size, fov_deg=fov_deg)
+            for i, p in enumerate(sphere_views(n, distance=distance, seed=seed,
+                                               min_elevation=0.0))]
+    cams = [replace(c, file_path=folder / "photos" / f"{c.id}.png") for c in cams]
+    integrator = mi.load_dict({"type": "path", "max_depth": 4})
+    times = {}
+    for i, cam in enumerate(cams):
+        t = i / (n - 1)
+        sensor = mi.load_dict(to_mitsuba_sensor(cam) | {
+            "sampler": {"type": "independent", "sample_count": spp}})
+        image = np.array(mi.render(mi.load_dict(moving_scene(t)), sensor=sensor,
+                                   integrator=integrator, spp=spp, seed=i), np.float32)
+        images.save_image(folder / "photos" / f"{cam.id}.png", image)
+        times[cam.id] = {"time": t}
+    write_transforms(folder / "transforms.json", cams, extra=times)
+    step = n // held_out
+    ids = ", ".join(f'"{c.id}"' for c in cams[1::step][:held_out])
+    (folder / "invpbr.toml").write_text(
+        '[cameras]\nfile = "transforms.json"\n\n[field]\n' + toml_extra
+        + f"\n[evaluate]\nheld_out = [{ids}]\n")
+    return folder
