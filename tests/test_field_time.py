@@ -91,3 +91,24 @@ def test_frames_without_a_time_are_named(moving, tmp_path):
     with pytest.raises(ValueError, match=r"transforms.json: frames\[3\] \(view_03\).*\"time\" in "
                                          r"\[0, 1\]"):
         optimize(load_problem(folder), progress=False)
+
+
+def test_time_appearance_and_transients_combine_in_one_fit(moving, tmp_path):
+    """The options in one fit (with the occupancy grid): it runs, improves the
+    held-out views on its start, and reports NeRF-W's half-image scores."""
+    from invpbr import load_problem, optimize
+    from invpbr.testing.field_captures import with_field_settings
+
+    folder = with_field_settings(moving, SETTINGS + 'time = true\nappearance = "affine"\n'
+                                 "transient = true\n", tmp_path / "all")
+    (folder / "invpbr.toml").write_text((folder / "invpbr.toml").read_text()
+                                        + TAIL.replace("250", "80"))
+    result = optimize(load_problem(folder), progress=False)
+    assert result.status == "completed"
+    start = np.mean(list(result.novel_view_psnr_initial.values()))
+    end = np.mean(list(result.novel_view_psnr.values()))
+    assert end > start + 5, (start, end)
+    assert np.isfinite(result.novel_view_appearance["mean"])
+    value = result.estimates["field"]
+    assert int(value["time_slices"]) == 4 and value["appearance"].shape[1:] == (3, 4)
+    assert "occupied" in value  # (the occupancy grid was updated at random moments)
