@@ -193,7 +193,8 @@ def half_psnr(render: np.ndarray, photo: np.ndarray) -> float:
     x = fit_affine(render[:, left].astype(np.float64), photo[:, left].astype(np.float64))
     r = render[:, right].reshape(-1, 3).astype(np.float64)
     mapped = np.concatenate([r, np.ones((len(r), 1))], 1) @ x
-    mse = float(np.mean((np.clip(mapped, 0, 1) - np.clip(photo[:, right].reshape(-1, 3), 0, 1)) ** 2))
+    truth = np.clip(photo[:, right].reshape(-1, 3), 0, 1)
+    mse = float(np.mean((np.clip(mapped, 0, 1) - truth) ** 2))
     return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
 
 

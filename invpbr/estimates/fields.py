@@ -869,7 +869,8 @@ class FieldEstimate(Estimate):
             img = render_camera(model, cam, lo=lo, hi=hi, dt=dt, background=background,
                                 occupancy=occ, spp=max(1, min(int(spp), 16)), time=moment)
             if colour_map is not None:
-                img["rgb"] = (img["rgb"] @ colour_map[:, :3].T + colour_map[:, 3]).astype(np.float32)
+                img["rgb"] = (img["rgb"] @ colour_map[:, :3].T
+                              + colour_map[:, 3]).astype(np.float32)
             rgba = np.concatenate([img["rgb"], img["alpha"][..., None]], -1)
             written.append(images.save_image(out / f"{cam.id}.exr", rgba))
             written.append(images.save_image(out / f"{cam.id}.png", img["rgb"]))
