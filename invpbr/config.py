@@ -379,6 +379,30 @@ class FieldConfig:
     """Weight of Mip-NeRF 360's distortion loss on each ray's weights."""
     spp: PositiveInt = 4
     """Rays per pixel of the saved renders and held-out evaluation."""
+    appearance: Literal["none", "affine", "embedding"] = "none"
+    """Per-photo appearance (NeRF-W): ``affine``: a colour transform per fitted
+    photo (3 x 3 matrix and offset, relative to their mean) on the rendered
+    colour; renders of views are at the neutral appearance (the mean);
+    ``embedding`` needs ``model = "hash"`` (refused: not available)."""
+    transient: Bool = False
+    """Transient occluders (passers-by): a coarse RGBA layer per fitted photo
+    composited over its render, with an L1 prior on its opacity (NeRF-W's
+    transient head, in image space); renders of views leave it out."""
+    transient_weight: NonNegative = 0.01
+    """Weight of the transient layer's L1 opacity prior (the loss a pixel
+    left to the layer costs)."""
+    time: Bool = False
+    """A field that varies in time: each frame of transforms.json carries a
+    ``time`` in [0, 1] (D-NeRF); a static grid plus an offset grid at each of
+    ``time_slices`` moments, linear in time (see invpbr.estimates.field_time)."""
+    time_slices: Annotated[int, Strict(), Field(ge=2, le=64)] = 4
+    """Moments of a field in time (evenly over [0, 1])."""
+    time_tv: NonNegative = 1e-5
+    """Weight of the squared difference between neighbouring moments' offsets
+    (smoothness in time) and of the offsets' squares (with ``tv`` > 0)."""
+    multiscale: Bool = False
+    """Anti-aliased rendering with per-sample footprints (Mip-NeRF); refused:
+    not implemented yet."""
 Background = Literal["envmap", "ignore"]
 
 
@@ -609,6 +633,14 @@ def _check_field(f: FieldConfig, source: str) -> None:
     elif bg not in ("learned", "envmap", "white", "black"):
         raise ConfigError(f"{source}: field.background = {bg!r}; expected one of learned, "
                           "envmap, white, black or [r, g, b]")
+    if f.appearance == "embedding" and f.model != "hash":
+        raise ConfigError(f"{source}: field.appearance = \"embedding\" needs model = \"hash\" "
+                          "(an appearance code feeds an MLP); a grid takes appearance = "
+                          "\"affine\"")
+    for key in ("multiscale",):
+        if getattr(f, key):
+            raise ConfigError(f"{source}: field.{key} = true is not implemented yet in this "
+                              "version (see issue 15); leave it out")
 
 
 def _estimate_table(i: int, t: Any, source: str) -> EstimateConfig:

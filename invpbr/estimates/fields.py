@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..capture import images
+from . import field_options, field_time
 from .base import Estimate, register_kind
 from .volume import Occupancy, render_rays, sh_basis, softplus
 
@@ -316,11 +317,12 @@ class RayTable:
         o = mi.Point3f(*[dr.gather(mi.Float, self.pos, view * 3 + i) for i in range(3)])
         target = mi.Color3f(*[dr.gather(mi.Float, self.photos, pix * 3 + i) for i in range(3)])
         self.view = view  # (the rays' views, for refined cameras: .field_cameras)
+        self.last_view, self.last_pixel = view, (px, py)  # (for per-photo appearance)
         return o, d, target, rng.next_float32()
 
 
 def render_camera(model, cam, *, lo, hi, dt, background, occupancy=None, spp: int = 1,
-                  chunk: int = 1 << 14) -> dict[str, np.ndarray]:
+                  chunk: int = 1 << 14, time: float | None = None) -> dict[str, np.ndarray]:
     """Render a camera's whole image without gradients: ``rgb`` (H, W, 3),
     ``alpha`` (opacity) and ``depth`` (H, W; distance along the ray, 0 where
     empty), ``spp`` jittered rays per pixel (the first at the centre)."""
@@ -340,8 +342,9 @@ def render_camera(model, cam, *, lo, hi, dt, background, occupancy=None, spp: in
             with dr.suspend_grad():
                 o = mi.Point3f(*(mi.Float(o_np[sl, a].astype(np.float32)) for a in range(3)))
                 d = mi.Vector3f(*(mi.Float(d_np[sl, a].astype(np.float32)) for a in range(3)))
+                times = None if time is None else dr.full(mi.Float, float(time), dr.width(o))
                 out = render_rays(model, o, d, lo=lo, hi=hi, dt=dt, occupancy=occupancy,
-                                  background=background)
+                                  background=background, times=times)
                 rgb[sl] += np.array(out.rgb, np.float64).T  # (3, N) -> (N, 3)
                 alpha[sl] += np.array(out.opacity, np.float64)
                 depth[sl] += np.array(out.depth, np.float64)
@@ -407,9 +410,11 @@ def model_from_data(data: dict[str, Any]):
     lo, hi = data["lo"].astype(float), data["hi"].astype(float)
     dens = data["density"].astype(np.float32)
     nz, ny, nx = dens.shape
-    model = GridField(raw=mi.Float(dens.ravel()), sh=mi.Float(data["sh"].astype(np.float32).ravel()),
-                      dims=(nx, ny, nz), degree=int(data["degree"]),
-                      scale=DENSITY_SCALE / float((hi - lo).max()))
+    slices = int(data.get("time_slices", 1))  # (a field in time: static + slices along z)
+    model = (GridField if slices == 1 else field_time.TimeGridField)(
+        raw=mi.Float(dens.ravel()), sh=mi.Float(data["sh"].astype(np.float32).ravel()),
+        dims=(nx, ny, nz // (slices + 1 if slices > 1 else 1)), degree=int(data["degree"]),
+        scale=DENSITY_SCALE / float((hi - lo).max()), **({"slices": slices} if slices > 1 else {}))
     kind = str(data["background_kind"])
     values = data.get("background")
     fixed = values.astype(np.float32) if kind == "fixed" else None
@@ -498,10 +503,20 @@ class RandomRays:
         if self.camera_rays is not None:
             latent = self.camera_rays.latent(c.latents, e.iteration, e.iterations)
             o, d = self.camera_rays.apply(latent, self.table.view, o, d)
-        out = e.render(c.latents, o, d, jitter=jitter, regularize=True)
+        times = e.ray_times(self.table.last_view)
+        out = e.render(c.latents, o, d, jitter=jitter, regularize=True, times=times)
+        rgb = out.rgb
+        if e.appearance is not None:  # (issue 15: field_options)
+            rgb = e.appearance.apply(c.latents[field_options.APPEARANCE_KEY],
+                                     self.table.last_view, rgb)
+        if e.transient is not None:
+            rgb, layer = e.transient.apply(c.latents[field_options.TRANSIENT_KEY],
+                                           self.table.last_view, *self.table.last_pixel, rgb)
         shape = (n, 1, 3)
-        loss = self.loss_fn(mi.TensorXf(dr.ravel(out.rgb), shape),
+        loss = self.loss_fn(mi.TensorXf(dr.ravel(rgb), shape),
                          mi.TensorXf(dr.ravel(target), shape), None)
+        if e.transient is not None:
+            loss = loss + e.config.transient_weight * dr.mean(layer)
         if e.config.distortion > 0:
             loss = loss + e.config.distortion * out.distortion
         if e.config.sparsity > 0:
@@ -541,6 +556,11 @@ class FieldEstimate(Estimate):
         self._cameras: dict[str, Any] = {}
         self.camera_estimate = None
         self.iteration, self.iterations = 0, 1
+        self.appearance = self.transient = None
+        self.slices = int(config.time_slices) if config.time else 1
+        self.blocks = self.slices + 1 if config.time else 1  # (static + one per moment)
+        self.times: dict[str, float] = {}
+        self.fitted_times = None
 
     @classmethod
     def from_config(cls, config, context) -> list["FieldEstimate"]:
@@ -573,6 +593,14 @@ class FieldEstimate(Estimate):
                              "apply to a [field] yet; leave it at \"none\"")
         fitted = [v for v in problem.views if not v.held_out]
         cams = self.cameras_of(fitted)
+        self.appearance = field_options.make_appearance(self.config, [v.id for v in fitted])
+        self.transient = field_options.make_transient(self.config, cams)
+        if self.config.time:
+            self.times = field_time.read_times(problem.folder / problem.config.cameras.file,
+                                               [v.id for v in problem.views])
+            import mitsuba as mi
+
+            self.fitted_times = mi.Float(np.array([self.times[v.id] for v in fitted], np.float32))
         if self.config.bounds is not None:
             self.lo, self.hi = (np.asarray(b, float) for b in self.config.bounds)
         else:
@@ -593,6 +621,8 @@ class FieldEstimate(Estimate):
 
     def latent_names(self) -> list[str]:
         names = ["field.density", "field.sh"]
+        names += [field_options.APPEARANCE_KEY] if self.appearance is not None else []
+        names += [field_options.TRANSIENT_KEY] if self.transient is not None else []
         return names + (["field.background"] if self.fixed_background is None else [])
 
     def initial_latents(self) -> dict[str, Any]:
@@ -601,22 +631,41 @@ class FieldEstimate(Estimate):
 
         nx, ny, nz = self.dims
         k = (self.config.sh_degree + 1) ** 2
-        out = {"field.density": mi.Float(np.full(nx * ny * nz, RAW_START, np.float32)),
-               "field.sh": mi.Float(np.zeros(nx * ny * nz * 3 * k, np.float32))}
+        cells = nx * ny * nz
+        density = np.zeros(cells * self.blocks, np.float32)
+        density[:cells] = RAW_START  # (a field in time: the moments' offsets start at 0)
+        out = {"field.density": mi.Float(density),
+               "field.sh": mi.Float(np.zeros(cells * self.blocks * 3 * k, np.float32))}
         if self.fixed_background is None:
             size = 3 if self.background_kind == "learned" else ENVMAP_HEIGHT * 2 * ENVMAP_HEIGHT * 3
             out["field.background"] = mi.Float(np.zeros(size, np.float32))
+        if self.appearance is not None:
+            out[field_options.APPEARANCE_KEY] = self.appearance.initial()
+        if self.transient is not None:
+            out[field_options.TRANSIENT_KEY] = self.transient.initial()
         return out
 
     def start(self, store) -> None:
         for name, value in self.initial_latents().items():
-            store.add(name, value, lr=self.config.lr)
+            store.add(name, value, lr=field_options.LEARNING_RATES.get(name, self.config.lr))
         self.store = store
 
     def model(self, store) -> GridField:
+        if self.slices > 1:
+            return field_time.TimeGridField(
+                raw=store["field.density"], sh=store["field.sh"], dims=self.dims,
+                degree=self.config.sh_degree, slices=self.slices,
+                scale=DENSITY_SCALE / float((self.hi - self.lo).max()))
         return GridField(raw=store["field.density"], sh=store["field.sh"], dims=self.dims,
                          degree=self.config.sh_degree,
                          scale=DENSITY_SCALE / float((self.hi - self.lo).max()))
+
+    def ray_times(self, view):
+        """Each ray's time (from its fitted photo ``view``), or None: static."""
+        import drjit as dr
+        import mitsuba as mi
+
+        return None if self.fitted_times is None else dr.gather(mi.Float, self.fitted_times, view)
 
     def background(self, store):
         values = None if self.fixed_background is not None else store["field.background"]
@@ -636,11 +685,13 @@ class FieldEstimate(Estimate):
         cell = (self.hi - self.lo) / np.asarray(self.dims, float)
         return float(cell.min()) / self.config.samples
 
-    def render(self, store, o, d, *, jitter=None, regularize: bool = False, occupancy=True):
+    def render(self, store, o, d, *, jitter=None, regularize: bool = False, occupancy=True,
+               times=None):
         """Volume-render rays (o, d) through the current field (see :func:`render_rays`)."""
         return render_rays(self.model(store), o, d, lo=self.lo, hi=self.hi, dt=self.dt,
                            jitter=jitter, occupancy=self.occupancy if occupancy else None,
-                           background=self.background(store), regularize=regularize)
+                           background=self.background(store), regularize=regularize,
+                           times=times)
 
     def render_sensor(self, sensor, spp: int) -> np.ndarray:
         """A Mitsuba sensor's image of the current field (H, W, 3), without
@@ -658,7 +709,7 @@ class FieldEstimate(Estimate):
         spp = max(1, min(int(spp), self.config.spp))
         return render_camera(self.model(store), cam, lo=self.lo, hi=self.hi, dt=self.dt,
                              background=self.background(store), occupancy=self.occupancy,
-                             spp=spp)["rgb"]
+                             spp=spp, time=self.times.get(cam.id))["rgb"]
 
     def advance(self, store, params, iteration: int, iterations: int) -> bool:
         self.iteration, self.iterations = iteration, iterations
@@ -670,6 +721,8 @@ class FieldEstimate(Estimate):
         if (self.occupancy is not None and iteration >= cfg.occupancy_warmup
                 and (iteration - cfg.occupancy_warmup) % cfg.occupancy_every == 0):
             model = self.model(store)
+            if self.slices > 1:  # (one grid for all times: each point at a random moment)
+                model = model.at(field_time.random_times(iteration))
             if not self.occupancy.update(model.density, self.dt, threshold=cfg.occupancy_threshold,
                                          decay=cfg.occupancy_decay, seed=iteration):
                 warnings.warn(
@@ -686,12 +739,15 @@ class FieldEstimate(Estimate):
 
         k3 = 3 * (self.config.sh_degree + 1) ** 2
         nx, ny, nz = self.dims
-        dens = np.array(store["field.density"], np.float32).reshape(nz, ny, nx, 1)
-        sh = np.array(store["field.sh"], np.float32).reshape(nz, ny, nx, k3)
+        s = self.blocks
+        dens = np.array(store["field.density"], np.float32).reshape(s, nz, ny, nx, 1)
+        sh = np.array(store["field.sh"], np.float32).reshape(s, nz, ny, nx, k3)
         self.stage = stage
         self.dims = grid_dims(self.lo, self.hi, self.config.resolution[stage])
-        store.add("field.density", mi.Float(resample_grid(dens, self.dims).ravel()))
-        store.add("field.sh", mi.Float(resample_grid(sh, self.dims).ravel()))
+        store.add("field.density", mi.Float(np.concatenate(
+            [resample_grid(x, self.dims).ravel() for x in dens])))
+        store.add("field.sh", mi.Float(np.concatenate(
+            [resample_grid(x, self.dims).ravel() for x in sh])))
 
     def current_stage(self) -> Any:
         return self.stage
@@ -739,6 +795,9 @@ class FieldEstimate(Estimate):
         y = mi.UInt32(dr.minimum(rng.next_float32() * (ny - 1), ny - 2))
         z = mi.UInt32(dr.minimum(rng.next_float32() * (nz - 1), nz - 2))
         cell = (z * ny + y) * nx + x
+        if self.slices > 1:  # (a random time slice)
+            cell += mi.UInt32(dr.minimum(rng.next_float32() * self.blocks, self.blocks - 1)) \
+                * (nx * ny * nz)
         k3 = 3 * (self.config.sh_degree + 1) ** 2
         total = mi.Float(0.0)
         for step in (1, nx, nx * ny):
@@ -748,6 +807,9 @@ class FieldEstimate(Estimate):
                 a = dr.gather(mi.Float, store["field.sh"], (cell + step) * k3 + ch)
                 b = dr.gather(mi.Float, store["field.sh"], cell * k3 + ch)
                 total += dr.mean(dr.square(a - b))
+        if self.slices > 1:  # smoothness in time (field_time)
+            total += (self.config.time_tv / self.config.tv) * field_time.time_tv(
+                store, self.dims, self.slices, k3, n, self._tv_calls)
         return self.config.tv * total
 
     # -- results -------------------------------------------------------------------------------
@@ -755,8 +817,8 @@ class FieldEstimate(Estimate):
     def value(self, store, params) -> dict[str, Any]:
         nx, ny, nz = self.dims
         k3 = 3 * (self.config.sh_degree + 1) ** 2
-        density = np.array(store["field.density"], np.float32).reshape(nz, ny, nx)
-        sh = np.array(store["field.sh"], np.float32).reshape(nz, ny, nx, k3)
+        density = np.array(store["field.density"], np.float32).reshape(self.blocks * nz, ny, nx)
+        sh = np.array(store["field.sh"], np.float32).reshape(self.blocks * nz, ny, nx, k3)
         bg = (self.fixed_background if self.fixed_background is not None
               else np.array(store["field.background"], np.float32))
         out = {"density": density, "sh": sh, "lo": np.asarray(self.lo, np.float32),
@@ -765,6 +827,11 @@ class FieldEstimate(Estimate):
                "dt": np.float32(self.dt)}
         if self.occupancy is not None and self.occupancy.updates:
             out["occupied"] = self.occupancy.occupied
+        if self.slices > 1:  # (static, then the moments' offsets, stacked along z)
+            out["time_slices"] = np.int32(self.slices)
+        if self.appearance is not None:  # each fitted photo's [M | b] (renders: the identity)
+            out["appearance"] = self.appearance.matrices(store[field_options.APPEARANCE_KEY])
+            out["appearance_ids"] = np.array(self.appearance.ids)
         return out
 
     def gradcheck_applies(self, view_index: int) -> bool:
@@ -779,7 +846,16 @@ class FieldEstimate(Estimate):
         if self.occupancy is not None and self.occupancy.emptied:
             notes.append(f"field: the occupancy grid came out empty {self.occupancy.emptied} "
                          "time(s) (see the warnings)")
-        return {"notes": notes} if notes else {}
+        out: dict[str, Any] = {"notes": notes} if notes else {}
+        held = [v for v in problem.views if v.held_out]
+        if self.appearance is not None and held:  # NeRF-W's evaluation (field_options)
+            renders = {v.id: render_camera(self.model(store), cam, lo=self.lo, hi=self.hi,
+                                           dt=self.dt, background=self.background(store),
+                                           occupancy=self.occupancy, spp=self.config.spp)["rgb"]
+                       for v, cam in zip(held, self.cameras_of(held))}
+            out["novel_view_appearance"] = field_options.appearance_scores(
+                renders, {v.id: v.photo for v in held})
+        return out
 
     def make_strategy(self, context) -> RandomRays:
         return RandomRays(context, self)
@@ -795,12 +871,20 @@ class FieldEstimate(Estimate):
                "files": dict(files)}
         if "occupied" in value:
             doc["occupied_fraction"] = float(np.mean(value["occupied"]))
+        if "time_slices" in value:
+            doc["time_slices"] = int(value["time_slices"])
+        if "appearance" in value:  # (renders are at the neutral appearance)
+            doc["appearance"] = {str(i): np.round(m, 5).tolist()
+                                 for i, m in zip(value["appearance_ids"], value["appearance"])}
         return doc
 
     @classmethod
     def write_files(cls, key, value, result, folder: Path) -> dict[str, str]:
         files = {"field": save_field(folder / FIELD_FILE, value).name}
-        mesh = field_mesh(value) if np.all(np.isfinite(value["density"])) else None
+        slices = int(value.get("time_slices", 1))  # (a field in time: its static part's mesh)
+        blocks = slices + 1 if slices > 1 else 1
+        first = value | {"density": value["density"][:len(value["density"]) // blocks]}
+        mesh = field_mesh(first) if np.all(np.isfinite(value["density"])) else None
         if mesh is not None:
             files["mesh"] = write_ply(folder / "field.ply", *mesh).name
         return files
@@ -816,10 +900,15 @@ class FieldEstimate(Estimate):
         return f"grid {nx}x{ny}x{nz} in {lo} - {hi}{occ}"
 
     @classmethod
-    def render_views(cls, folder, cameras, *, spp, envmap=None, out) -> list[Path]:
+    def render_views(cls, folder, cameras, *, spp, envmap=None, out, appearance=None,
+                     time=None, times=None) -> list[Path]:
         """``invpbr view`` of a field result: per camera ``<id>.exr`` (linear
-        RGBA, alpha = opacity), ``<id>.png`` (sRGB) and ``<id>_depth.exr``."""
+        RGBA, alpha = opacity), ``<id>.png`` (sRGB) and ``<id>_depth.exr``; at
+        the neutral appearance or at fitted photo ``appearance``'s; a field in
+        time at ``time``, else at each frame's ``times[id]``, else at 0.5."""
         data = load_field(Path(folder) / FIELD_FILE)
+        colour_map = field_options.saved_appearance(data, appearance,
+                                                    source=Path(folder) / FIELD_FILE)
         if envmap is not None:
             warnings.warn("invpbr view: --envmap does not apply to a radiance field (its light "
                           "is baked into its colours); ignored", stacklevel=2)
@@ -827,8 +916,14 @@ class FieldEstimate(Estimate):
         out = Path(out)
         written = []
         for cam in cameras:
+            moment = None
+            if "time_slices" in data:
+                moment = time if time is not None else (times or {}).get(cam.id, 0.5)
             img = render_camera(model, cam, lo=lo, hi=hi, dt=dt, background=background,
-                                occupancy=occ, spp=max(1, min(int(spp), 16)))
+                                occupancy=occ, spp=max(1, min(int(spp), 16)), time=moment)
+            if colour_map is not None:
+                img["rgb"] = (img["rgb"] @ colour_map[:, :3].T
+                              + colour_map[:, 3]).astype(np.float32)
             rgba = np.concatenate([img["rgb"], img["alpha"][..., None]], -1)
             written.append(images.save_image(out / f"{cam.id}.exr", rgba))
             written.append(images.save_image(out / f"{cam.id}.png", img["rgb"]))

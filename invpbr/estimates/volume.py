@@ -167,7 +167,7 @@ class Rendered:
 
 
 def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occupancy | None = None,
-                background=None, regularize: bool = False) -> Rendered:
+                background=None, regularize: bool = False, times=None) -> Rendered:
     """Volume-render rays (o, d) (Dr.Jit Array3f, unit directions) through
     ``model``'s box [lo, hi] (world units) in steps of ``dt``.
 
@@ -178,6 +178,8 @@ def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occup
         occupancy: skip samples in empty cells and behind opaque ones; None: all.
         background: ``background(d)`` -> Array3f, or None (black).
         regularize: also compute the distortion and sparsity terms.
+        times: per-ray time (Float) of a field that varies in time (its
+            ``at(time per lane)`` gives the field at those moments); None: static.
     """
     import drjit as dr
     import mitsuba as mi
@@ -208,9 +210,10 @@ def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occup
         index = dr.compress(active)
         if occupancy is not None and dr.width(index) > 0:
             # a density-only pass: drop the samples behind opaque ones
-            _, tc, oc, dc = lanes_of(index)
+            rc, tc, oc, dc = lanes_of(index)
             tau = dr.zeros(mi.Float, n_rays * n)
-            dr.scatter(tau, model.density((oc + dc * tc - lo3) / ext) * dt, index)
+            at = model if times is None else model.at(dr.gather(mi.Float, times, rc))
+            dr.scatter(tau, at.density((oc + dc * tc - lo3) / ext) * dt, index)
             trans = dr.exp(-dr.block_prefix_reduce(dr.ReduceOp.Add, tau, n, exclusive=True))
             keep = dr.gather(mi.Float, trans, index) > T_MIN
             index = dr.gather(mi.UInt32, index, dr.compress(keep))
@@ -222,6 +225,8 @@ def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occup
         zero = dr.zeros(mi.Float, n_rays)
         return Rendered(rgb=mi.Color3f(bg), opacity=zero, depth=zero, distortion=mi.Float(0.0),
                         sparsity=mi.Float(0.0), samples=0)
+    if times is not None:
+        model = model.at(dr.gather(mi.Float, times, ray))
     sigma = model.density(u)
     colour = model.colour(u, dd)
     tau = dr.zeros(mi.Float, n_rays * n)

@@ -74,6 +74,9 @@ class Result:
         novel_view_psnr_initial: the same for the starting guess.
         novel_view_srgb: held-out view id -> ``psnr`` and ``ssim`` on sRGB values
             clipped to [0, 1] (as NeRF papers report), and ``"mean"`` of each.
+        novel_view_appearance: a field with ``appearance``: held-out view id (and
+            ``"mean"``) -> PSNR of the right half after its appearance is fitted
+            on the left half (NeRF-W's evaluation).
         relight_psnr: relighting envmap -> view id (and ``"mean"``) -> PSNR of
             the relit estimate against the relit truth.
         relight_psnr_initial: the same for the starting guess.
@@ -145,6 +148,7 @@ class Result:
     novel_view_psnr: dict[str, float] = field(default_factory=dict)
     novel_view_psnr_initial: dict[str, float] = field(default_factory=dict)
     novel_view_srgb: dict[str, dict[str, float]] = field(default_factory=dict)
+    novel_view_appearance: dict[str, float] = field(default_factory=dict)
     relight_psnr: dict[str, dict[str, float]] = field(default_factory=dict)
     relight_psnr_initial: dict[str, dict[str, float]] = field(default_factory=dict)
     errors_scale_invariant: dict[str, float] = field(default_factory=dict)
@@ -239,6 +243,7 @@ def result_to_json(result: Result, files: dict[str, dict] | None = None) -> dict
         "novel_view_psnr_initial": {k: finite(v) for k, v in result.novel_view_psnr_initial.items()},
         "novel_view_srgb": {k: {n: finite(v) for n, v in d.items()}
                             for k, d in result.novel_view_srgb.items()},
+        "novel_view_appearance": {k: finite(v) for k, v in result.novel_view_appearance.items()},
         "relight_psnr": {m: {k: finite(v) for k, v in d.items()} for m, d in result.relight_psnr.items()},
         "relight_psnr_initial": {m: {k: finite(v) for k, v in d.items()}
                                  for m, d in result.relight_psnr_initial.items()},

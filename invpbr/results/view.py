@@ -86,7 +86,8 @@ def scene_from_cameras(text: str, cameras: list, *, envmap: Path | None = None) 
 def view_result(folder: str | Path, cameras_file: str | Path, *, spp: int = 64,
                 envmap: str | Path | None = None, width: int | None = None,
                 height: int | None = None, out: str | Path | None = None,
-                max_depth: int | None = None, variant: str | None = None) -> list[Path]:
+                max_depth: int | None = None, variant: str | None = None,
+                appearance: str | None = None, time: float | None = None) -> list[Path]:
     """Render a result folder from every frame of ``cameras_file``.
 
     Args:
@@ -100,6 +101,10 @@ def view_result(folder: str | Path, cameras_file: str | Path, *, spp: int = 64,
         out: where the images go (default ``folder / "views"``).
         max_depth: longest light path (default: the run's ``[render] max_depth``).
         variant: Mitsuba variant (default: automatic, see ``init_backend``).
+        appearance: a radiance field fitted with ``appearance``: render at this
+            fitted photo's appearance (default: the neutral one).
+        time: a radiance field in time: render this moment (in [0, 1]; default:
+            each frame's ``time`` in the camera file, else 0.5).
 
     Returns:
         The files written (EXR and PNG per frame).
@@ -123,8 +128,16 @@ def view_result(folder: str | Path, cameras_file: str | Path, *, spp: int = 64,
     for kind in dict.fromkeys(doc.get("kinds", {}).values()):
         render_views = getattr(kind_class(kind), "render_views", None)
         if render_views is not None:
-            return render_views(folder, cameras, spp=spp, envmap=envmap, out=out)
+            from ..estimates.field_time import frame_times
+
+            extra = {"appearance": appearance} if appearance else {}
+            if time is not None or frame_times(cameras_file):
+                extra |= {"time": time, "times": frame_times(cameras_file)}
+            return render_views(folder, cameras, spp=spp, envmap=envmap, out=out, **extra)
     scene_file = folder / "scene.xml"
+    if appearance:
+        raise ValueError(f"{folder}: --appearance applies to a radiance field fitted with "
+                         "[field] appearance; this result is not one")
     if not scene_file.is_file():
         raise ValueError(f"{folder}: no scene.xml (a result folder written before invpbr "
                          "wrote scenes); run the scene folder again to get one")

@@ -133,7 +133,7 @@ def _cmd_view(args) -> int:
 
     written = view_result(args.result_dir, args.cameras, spp=args.spp, envmap=args.envmap,
                           width=args.width, height=args.height, out=args.out,
-                          variant=args.variant)
+                          variant=args.variant, appearance=args.appearance, time=args.time)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--width", type=int, help="render width (default: the camera file's)")
     view.add_argument("--height", type=int, help="render height (default: the camera file's)")
     view.add_argument("--out", help="output folder (default: RESULT_DIR/views)")
+    view.add_argument("--appearance", help="a radiance field fitted with [field] appearance: "
+                      "render at this fitted photo's appearance (default: the neutral one)")
+    view.add_argument("--time", type=float, help="a radiance field fitted with [field] time: "
+                      "render this moment in [0, 1] (default: each frame's time, else 0.5)")
     view.set_defaults(func=_cmd_view)
 
     schema = sub.add_parser("schema", help="print the JSON schema of invpbr.toml (for editors)")
