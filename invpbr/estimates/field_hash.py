@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from .fields import (DENSITY_SCALE, FIELD_MODELS, RAW_START, FieldEstimate, grid_dims,
-                     make_background)
-from .volume import Occupancy, sh_basis, softplus
+                     saved_background_occupancy)
+from .volume import sh_basis, softplus
 
 #: Hash-grid levels and features per level (16 features in all).
 LEVELS = 8
@@ -268,18 +268,7 @@ class HashFieldEstimate(FieldEstimate):
                           mi.Float(data["mlp_colour"].astype(np.float32)),
                           finest=int(data["finest"]), degree=int(data["degree"]),
                           scale=DENSITY_SCALE / float((hi - lo).max()))
-        kind = str(data["background_kind"])
-        values = data.get("background")
-        fixed = values.astype(np.float32) if kind == "fixed" else None
-        background = make_background(kind, None if fixed is not None else mi.Float(values.ravel()),
-                                     fixed)
-        occ = None
-        if "occupied" in data:
-            occupied = data["occupied"].astype(bool)
-            occ = Occupancy(dims=(occupied.shape[2], occupied.shape[1], occupied.shape[0]),
-                            occupied=occupied)
-            occ.mask = mi.Bool(occupied.ravel())
-        return model, lo, hi, float(data["dt"]), background, occ
+        return (model, lo, hi, float(data["dt"])) + saved_background_occupancy(data)
 
     @classmethod
     def to_json(cls, key, value, result, files) -> Any:

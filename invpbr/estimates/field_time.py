@@ -107,20 +107,9 @@ class TimeGridField:
         return softplus(self._lookup(self.raw, 1, u)[0]) * self.scale
 
     def colour(self, u, d):
-        import drjit as dr
-        import mitsuba as mi
+        from .volume import sh_colour
 
-        from .volume import sh_basis
-
-        coeffs = self._lookup(self.sh, 3 * self.k, u)
-        basis = sh_basis(d, self.degree)
-        rgb = []
-        for c in range(3):
-            x = coeffs[c * self.k] * basis[0]
-            for j in range(1, self.k):
-                x = x + coeffs[c * self.k + j] * basis[j]
-            rgb.append(dr.rcp(1.0 + dr.exp(-x)))
-        return mi.Color3f(*rgb)
+        return sh_colour(self._lookup(self.sh, 3 * self.k, u), d, self.degree)
 
 
 def frame_times(camera_file: Path) -> dict[str, float]:

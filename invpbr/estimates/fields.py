@@ -42,7 +42,7 @@ import numpy as np
 from ..capture import images
 from . import field_options, field_time
 from .base import Estimate, register_kind
-from .volume import Occupancy, render_rays, sh_basis, softplus
+from .volume import Occupancy, render_rays, sh_colour, softplus
 
 #: sigma (1 / world units) = softplus(raw) * DENSITY_SCALE / (the box's longest side).
 DENSITY_SCALE = 300.0
@@ -105,18 +105,7 @@ class GridField:
         return softplus(raw) * self.scale
 
     def colour(self, u, d):
-        import drjit as dr
-        import mitsuba as mi
-
-        coeffs = self._texture(self.sh, 3 * self.k).eval(u)
-        basis = sh_basis(d, self.degree)
-        rgb = []
-        for c in range(3):
-            x = coeffs[c * self.k] * basis[0]
-            for j in range(1, self.k):
-                x = x + coeffs[c * self.k + j] * basis[j]
-            rgb.append(dr.rcp(1.0 + dr.exp(-x)))
-        return mi.Color3f(*rgb)
+        return sh_colour(self._texture(self.sh, 3 * self.k).eval(u), d, self.degree)
 
 
 def resample_grid(values: np.ndarray, dims: tuple[int, int, int]) -> np.ndarray:
@@ -415,6 +404,13 @@ def model_from_data(data: dict[str, Any]):
         raw=mi.Float(dens.ravel()), sh=mi.Float(data["sh"].astype(np.float32).ravel()),
         dims=(nx, ny, nz // (slices + 1 if slices > 1 else 1)), degree=int(data["degree"]),
         scale=DENSITY_SCALE / float((hi - lo).max()), **({"slices": slices} if slices > 1 else {}))
+    return (model, lo, hi, float(data["dt"])) + saved_background_occupancy(data)
+
+
+def saved_background_occupancy(data: dict[str, Any]) -> tuple:
+    """The background and occupancy grid (or None) of a field file's ``data``."""
+    import mitsuba as mi
+
     kind = str(data["background_kind"])
     values = data.get("background")
     fixed = values.astype(np.float32) if kind == "fixed" else None
@@ -425,7 +421,7 @@ def model_from_data(data: dict[str, Any]):
         occ = Occupancy(dims=(occupied.shape[2], occupied.shape[1], occupied.shape[0]),
                         occupied=occupied)
         occ.mask = mi.Bool(occupied.ravel())
-    return model, lo, hi, float(data["dt"]), background, occ
+    return background, occ
 
 
 def field_mesh(data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:

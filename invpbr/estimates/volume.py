@@ -251,3 +251,20 @@ def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occup
         out.distortion = dr.sum(dist) / n_rays
         out.sparsity = dr.sum(dr.log(1.0 + 2.0 * dr.square(sigma * dt))) / n_rays
     return out
+
+
+def sh_colour(coeffs, d, degree: int):
+    """RGB in (0, 1) from per-channel SH coefficients (``3 * (degree + 1)^2``
+    values, channel-major) seen along direction ``d``: a sigmoid of the SH sum."""
+    import drjit as dr
+    import mitsuba as mi
+
+    k = (degree + 1) ** 2
+    basis = sh_basis(d, degree)
+    rgb = []
+    for c in range(3):
+        x = coeffs[c * k] * basis[0]
+        for j in range(1, k):
+            x = x + coeffs[c * k + j] * basis[j]
+        rgb.append(dr.rcp(1.0 + dr.exp(-x)))
+    return mi.Color3f(*rgb)
