@@ -296,6 +296,55 @@ def test_a_stop_request_ends_the_run_with_the_state_so_far(tiny_capture, tmp_pat
     assert doc["figures"]["final"] == {}
     assert (out / "meshes" / "object.ply").is_file() and (out / "envmaps" / "light.exr").is_file()
     assert "interrupted" in capsys.readouterr().out
+    assert not (out / "checkpoint").exists()  # the hull's fit had not ended: nothing to resume
+
+
+def test_an_interrupted_reconstruction_resumes_after_its_last_stage(tiny_capture, tmp_path,
+                                                                   monkeypatch, capsys):
+    import os
+    import signal
+
+    from invpbr.reconstruct import fit
+    from invpbr.reconstruct.checkpoint import ReconstructCheckpoints
+    from invpbr.run.cli import main
+
+    decay, calls = fit._decay, []
+    interrupt_at = [6]  # steps: material 4 (the hull's), joint 1/2: 1, joint 2/2: 2, polish 2
+
+    def counting(iteration, iterations):
+        calls.append(iteration)
+        if len(calls) == interrupt_at[0]:
+            os.kill(os.getpid(), signal.SIGINT)
+        return decay(iteration, iterations)
+
+    monkeypatch.setattr(fit, "_decay", counting)
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_capture), "--out", str(out)]) == 130
+    printed = capsys.readouterr().out
+    assert f"invpbr run {tiny_capture} --out {out} --resume" in printed
+    checkpoints = ReconstructCheckpoints.for_out(out)
+    problem = _tiny_problem(tiny_capture)
+    saved = checkpoints.load(problem.config)
+    assert saved.next_stage == 1  # joint 1/2 ended; joint 2/2 was cut short
+    assert [s["stage"] for s in saved.log.stages] == ["material", "joint 1/2"]
+    assert np.all(np.isfinite(saved.state.vertices)) and saved.hull_figures["iou"] > 0.8
+    problem.config.reconstruct.spp = 3  # other settings: refused, naming the key
+    with pytest.raises(ValueError, match=r"other settings \(\[reconstruct\] spp\)"):
+        checkpoints.load(problem.config)
+
+    calls.clear()
+    interrupt_at[0] = 0
+    assert main(["run", str(tiny_capture), "--out", str(out), "--resume"]) in (0, 1)
+    assert "resuming before stage 2 of the joint fit" in capsys.readouterr().out
+    assert len(calls) == 4  # joint 2/2 again from its start, then the polish: nothing else
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["status"] in ("completed", "worse than the hull")
+    assert [s["stage"] for s in doc["stages"]] == ["material", "joint 1/2", "joint 2/2", "polish"]
+    assert doc["figures"]["final"]["iou"] > 0.8
+    assert not (out / "checkpoint").exists()  # a finished run drops its checkpoint
+    assert main(["run", str(tiny_capture), "--out", str(out), "--resume"]) == 0
+    assert f"already {'completed' if doc['status'] == 'completed' else 'finished'} in" \
+        in capsys.readouterr().out
 
 
 def test_the_polish_stage_refits_the_material_and_leaves_the_light(tiny_capture):

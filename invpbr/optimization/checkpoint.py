@@ -144,7 +144,7 @@ def run_state(run, rng: np.random.Generator) -> dict[str, Any]:
     return {
         "version": VERSION,
         "scene": run.problem.name,
-        "settings": _settings_fingerprint(run.problem.config),
+        "settings": settings_fingerprint(run.problem.config),
         "next_step": run.next_step,
         "iterations": run.iterations,
         "status": run.status,
@@ -162,18 +162,18 @@ def run_state(run, rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
-def _settings_fingerprint(config) -> str:
+def settings_fingerprint(config) -> str:
     """The settings a resumed run must share with its checkpoint (JSON)."""
     return json.dumps(config.to_dict(), sort_keys=True, default=str)
 
 
-def restore_run(run, state: dict[str, Any], path: Path) -> None:
-    """Bring ``run`` (just started by :func:`~.loop.start_run`) to a checkpoint's state.
+def check_settings(state: dict[str, Any], config, path: Path) -> None:
+    """Refuse a checkpoint written with other settings than ``config``'s.
 
     Raises:
-        ValueError: the checkpoint belongs to other settings or estimates.
+        ValueError: naming the changed ``[table] key`` entries.
     """
-    settings = _settings_fingerprint(run.problem.config)
+    settings = settings_fingerprint(config)
     if state["settings"] != settings:
         old, new = json.loads(state["settings"]), json.loads(settings)
         changed = sorted(f"[{table}] {key}" for table in set(old) | set(new)
@@ -182,6 +182,15 @@ def restore_run(run, state: dict[str, Any], path: Path) -> None:
         raise ValueError(f"{path}: the checkpoint was written with other settings "
                          f"({', '.join(changed) or 'estimates'}); resume with the same "
                          "invpbr.toml and options, or delete the checkpoint to start again")
+
+
+def restore_run(run, state: dict[str, Any], path: Path) -> None:
+    """Bring ``run`` (just started by :func:`~.loop.start_run`) to a checkpoint's state.
+
+    Raises:
+        ValueError: the checkpoint belongs to other settings or estimates.
+    """
+    check_settings(state, run.problem.config, path)
     by_key = {e.key: e for e in run.estimates}
     if set(by_key) != set(state["estimates"]):
         raise ValueError(f"{path}: the checkpoint estimates {sorted(state['estimates'])}, "

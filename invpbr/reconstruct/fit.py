@@ -170,7 +170,9 @@ def _stage_plan(cfg: ReconstructConfig) -> list[tuple[str, int, bool]]:
 
 def fit_object(state: ObjectState, photos: Photos, cfg: ReconstructConfig, *,
                held_out: Photos | None = None, progress: bool = True, seed: int = 0,
-               log: FitLog | None = None, evaluate=None, stop=None) -> ObjectState:
+               log: FitLog | None = None, evaluate=None, stop=None, start_stage: int = 0,
+               rng_state: dict | None = None, diag: float | None = None,
+               on_stage=None) -> ObjectState:
     """Optimize ``state`` against ``photos`` through the stages of ``cfg``.
 
     Args:
@@ -182,6 +184,12 @@ def fit_object(state: ObjectState, photos: Photos, cfg: ReconstructConfig, *,
         log: collects stage figures and losses, skipped steps, interruption.
         stop: ``stop() -> bool``, asked after each step (e.g. a SIGINT handler):
             true ends the fit there (``log.interrupted``), with the state so far.
+        start_stage: the first stage to run (a resumed fit: ``state`` is the
+            state after the stages before it); ``rng_state``: the random
+            generator's state then (``np.random.Generator.bit_generator.state``);
+            ``diag``: the diagonal of the first stage's mesh (default: ``state``'s).
+        on_stage: ``on_stage(next_stage, state, log, rng)``, called after each
+            stage that ran to its end (e.g. to write a checkpoint).
 
     Returns:
         The optimized object.
@@ -191,10 +199,15 @@ def fit_object(state: ObjectState, photos: Photos, cfg: ReconstructConfig, *,
     log = log if log is not None else FitLog()
     start = time.time()
     rng = np.random.default_rng(seed)
-    diag = float(np.linalg.norm(state.vertices.max(0) - state.vertices.min(0)))
+    if rng_state is not None:
+        rng.bit_generator.state = rng_state
+    if diag is None:
+        diag = float(np.linalg.norm(state.vertices.max(0) - state.vertices.min(0)))
     for s, (name, iterations, moves) in enumerate(_stage_plan(cfg)):
         if log.interrupted:
             break
+        if s < start_stage:
+            continue
         if moves and not name.startswith("joint 1/"):  # remesh as the surface sharpens
             area = _area(state.vertices, state.faces)
             edge = math.sqrt(4.0 * area / (math.sqrt(3.0) * cfg.faces))
@@ -223,6 +236,8 @@ def fit_object(state: ObjectState, photos: Photos, cfg: ReconstructConfig, *,
                                 if isinstance(v, float) and k not in ("seconds", "cpu_seconds"))
             print(f"  {name}: {len(losses)} steps in {entry['seconds']:.1f} s "
                   f"(CPU {entry['cpu_seconds']:.1f} s); {figures}", flush=True)
+        if on_stage is not None and not log.interrupted:
+            on_stage(s + 1, state, log, rng)
     log.seconds = time.time() - start
     return state
 

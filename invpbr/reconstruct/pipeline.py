@@ -188,7 +188,8 @@ def score(problem, state: ObjectState, held: Photos, max_depth: int,
     return out
 
 
-def reconstruct(problem, *, progress: bool = True, stop=None) -> Reconstruction:
+def reconstruct(problem, *, progress: bool = True, stop=None, checkpoints=None,
+                resume: bool = False) -> Reconstruction:
     """Reconstruct the object of a problem with a ``[reconstruct]`` table.
 
     Args:
@@ -198,33 +199,23 @@ def reconstruct(problem, *, progress: bool = True, stop=None) -> Reconstruction:
         stop: ``stop() -> bool``, asked after every step (e.g. a SIGINT
             handler): true ends the optimization there; the result is then the
             state reached, unscored, with status ``interrupted``.
+        checkpoints: a :class:`~.checkpoint.ReconstructCheckpoints`: written
+            after the hull's fit and after every later stage (None: none).
+        resume: go on from ``checkpoints``' file where there is one.
 
     Raises:
         HullError (a ValueError): masks and cameras that give no object; the
             message names the photos concerned.
+        ValueError: a checkpoint to resume from that was written with other settings.
     """
     cfg = problem.config.reconstruct
     if cfg is None:
         raise ValueError(f"reconstruct(): {problem.source} has no [reconstruct] table")
-    source = str(problem.source)
     t_start, c_start = time.time(), time.process_time()
-    fitted = photos_of(problem.views, held_out=False, source=source)
-    held = photos_of(problem.views, held_out=True, source=source)
-    names = [str(v.photo_path.name if v.photo_path else v.id) for v in problem.views if not v.held_out]
-    sil = Silhouettes(fitted.cameras, fitted.masks, names)
+    fitted = photos_of(problem.views, held_out=False, source=str(problem.source))
+    held = photos_of(problem.views, held_out=True, source=str(problem.source))
     say = print if progress else (lambda *a, **k: None)
-    lo, hi = object_bounds(sil)
-    vertices, faces = hull_mesh(sil, lo, hi, resolution=cfg.hull_resolution, faces=cfg.faces)
-    notes = check_visibility(sil, vertices)
-    for n in notes:
-        warnings.warn(n, stacklevel=2)
-    t_hull, c_hull = time.time() - t_start, time.process_time() - c_start
-    say(f"{problem.name}: visual hull of {len(fitted.ids)} masks: {len(vertices)} vertices, "
-        f"{len(faces)} faces, box {np.round(lo, 3).tolist()} .. {np.round(hi, 3).tolist()} "
-        f"({t_hull:.1f} s)", flush=True)
-    grey = np.full((len(vertices), 3), 0.5, np.float32)
-    state = ObjectState(vertices, faces, grey, np.full(len(vertices), 0.5, np.float32),
-                        initial_envmap(fitted, cfg.envmap_height))
+    saved = checkpoints.load(problem.config) if checkpoints is not None and resume else None
     truth_mesh = None
     if problem.config.evaluate.truth_mesh:
         truth_mesh = _load_mesh(problem.folder / problem.config.evaluate.truth_mesh)
@@ -233,47 +224,108 @@ def reconstruct(problem, *, progress: bool = True, stop=None) -> Reconstruction:
         truth = relit_truth(problem, held, texels) if held.ids else None
         if truth is not None:
             relit[name] = (texels, truth)
-    log = FitLog()
     evaluate = evaluator(cfg.max_depth)
-    hull_cfg = _replace(cfg, iterations=0)
-    hull_state = fit_object(state, fitted, hull_cfg, held_out=held, progress=progress,
-                            log=log, evaluate=evaluate, seed=problem.config.optimize.seed,
-                            stop=stop)
-    c_score = time.process_time()
-    hull_figures = {} if log.interrupted else score(problem, hull_state, held, cfg.max_depth,
-                                                    truth_mesh, relit)
-    c_score = time.process_time() - c_score
+    if saved is None:
+        state, notes, seconds = _hull_start(problem, fitted, say)
+        log = FitLog()
+        hull_state = fit_object(state, fitted, _replace(cfg, iterations=0), held_out=held,
+                                progress=progress, log=log, evaluate=evaluate,
+                                seed=problem.config.optimize.seed, stop=stop)
+        c_score = time.process_time()
+        hull_figures = {} if log.interrupted else score(problem, hull_state, held, cfg.max_depth,
+                                                        truth_mesh, relit)
+        seconds["scoring_cpu"] = time.process_time() - c_score
+        start = 0
+    else:
+        say(f"{problem.name}: resuming before stage {saved.next_stage + 1} of the joint fit "
+            f"from {checkpoints.path}", flush=True)
+        hull_state, hull_figures, log, notes = saved.hull, saved.hull_figures, saved.log, saved.notes
+        seconds, start = saved.seconds, saved.next_stage
     final, final_figures = hull_state, {}
     if not log.interrupted:
         say(f"  hull: {_show(hull_figures)}", flush=True)
-        joint_cfg = _replace(cfg, material_iterations=0)
-        final = fit_object(hull_state, fitted, joint_cfg, held_out=held, progress=progress,
+        spent = _spent(seconds, t_start, c_start)
+
+        def on_stage(next_stage, state, log, rng):
+            if checkpoints is not None:
+                checkpoints.save(problem.config, next_stage=next_stage, state=state, hull=hull_state,
+                                 hull_figures=hull_figures, log=log, rng=rng.bit_generator.state,
+                                 notes=notes, seconds=spent())
+
+        if saved is None:
+            on_stage(0, hull_state, log, np.random.default_rng(problem.config.optimize.seed + 1))
+        diag = float(np.linalg.norm(hull_state.vertices.max(0) - hull_state.vertices.min(0)))
+        final = fit_object(saved.state if saved else hull_state, fitted,
+                           _replace(cfg, material_iterations=0), held_out=held, progress=progress,
                            log=log, evaluate=evaluate, seed=problem.config.optimize.seed + 1,
-                           stop=stop)
+                           stop=stop, start_stage=start, rng_state=saved.rng if saved else None,
+                           diag=diag, on_stage=on_stage)
     if not log.interrupted:
         c_final = time.process_time()
         final_figures = score(problem, final, held, cfg.max_depth, truth_mesh, relit)
-        c_score += time.process_time() - c_final
+        seconds["scoring_cpu"] = seconds.get("scoring_cpu", 0.0) + time.process_time() - c_final
         say(f"  final: {_show(final_figures)}", flush=True)
-    if log.skipped:
-        notes.append(f"reconstruct: {log.skipped} steps had a non-finite loss or gradient "
-                     "and were skipped")
-    status = "interrupted" if log.interrupted else "completed"
-    if status == "completed" and held.ids and cfg.iterations and final_figures["iou"] < hull_figures["iou"] - 0.01 \
-            and final_figures["psnr_mask"] < hull_figures["psnr_mask"]:
-        status = "worse than the hull"
-        notes.append("reconstruct: the joint optimization lowered the held-out IoU and PSNR; "
-                     "the result is the hull with its fitted material and light")
-        warnings.warn(notes[-1], stacklevel=2)
-        final, final_figures = hull_state, dict(hull_figures)
-    total, cpu = time.time() - t_start, time.process_time() - c_start
+    status, final, final_figures = _status(log, notes, held, cfg, hull_state, hull_figures,
+                                           final, final_figures)
+    seconds = _spent(seconds, t_start, c_start)()
     return Reconstruction(
         name=problem.name, state=final, hull=hull_state,
         figures={"hull": hull_figures, "final": final_figures}, stages=log.stages,
-        seconds={"hull": round(t_hull, 2), "total": round(total, 2),
-                 "hull_cpu": round(c_hull, 2), "total_cpu": round(cpu, 2),
-                 "scoring_cpu": round(c_score, 2)}, status=status,
+        seconds={k: round(v, 2) for k, v in seconds.items()}, status=status,
         settings=problem.config.to_dict(), held_out=held.ids, warnings=notes)
+
+
+def _hull_start(problem, fitted: Photos, say) -> tuple[ObjectState, list, dict]:
+    """The visual hull of the fitted photos' masks with a grey material and the
+    first envmap; the visibility warnings; the seconds it took."""
+    cfg = problem.config.reconstruct
+    t0, c0 = time.time(), time.process_time()
+    names = [str(v.photo_path.name if v.photo_path else v.id) for v in problem.views
+             if not v.held_out]
+    sil = Silhouettes(fitted.cameras, fitted.masks, names)
+    lo, hi = object_bounds(sil)
+    vertices, faces = hull_mesh(sil, lo, hi, resolution=cfg.hull_resolution, faces=cfg.faces)
+    notes = check_visibility(sil, vertices)
+    for n in notes:
+        warnings.warn(n, stacklevel=3)
+    seconds = {"hull": time.time() - t0, "hull_cpu": time.process_time() - c0}
+    say(f"{problem.name}: visual hull of {len(fitted.ids)} masks: {len(vertices)} vertices, "
+        f"{len(faces)} faces, box {np.round(lo, 3).tolist()} .. {np.round(hi, 3).tolist()} "
+        f"({seconds['hull']:.1f} s)", flush=True)
+    grey = np.full((len(vertices), 3), 0.5, np.float32)
+    state = ObjectState(vertices, faces, grey, np.full(len(vertices), 0.5, np.float32),
+                        initial_envmap(fitted, cfg.envmap_height))
+    return state, notes, seconds
+
+
+def _spent(seconds: dict, t_start: float, c_start: float):
+    """``() -> seconds`` with ``total`` / ``total_cpu`` counting this process's
+    time since ``t_start`` / ``c_start`` on top of what ``seconds`` held (a
+    resumed run's earlier time)."""
+    total, cpu = seconds.get("total", 0.0), seconds.get("total_cpu", 0.0)
+
+    def now() -> dict:
+        return {**seconds, "total": total + time.time() - t_start,
+                "total_cpu": cpu + time.process_time() - c_start}
+
+    return now
+
+
+def _status(log: FitLog, notes: list, held: Photos, cfg, hull_state, hull_figures: dict,
+            final, final_figures: dict):
+    """The status, and the result: the hull's when the joint fit lost accuracy."""
+    if log.skipped:
+        notes.append(f"reconstruct: {log.skipped} steps had a non-finite loss or gradient "
+                     "and were skipped")
+    if log.interrupted:
+        return "interrupted", final, final_figures
+    if held.ids and cfg.iterations and final_figures["iou"] < hull_figures["iou"] - 0.01 \
+            and final_figures["psnr_mask"] < hull_figures["psnr_mask"]:
+        notes.append("reconstruct: the joint optimization lowered the held-out IoU and PSNR; "
+                     "the result is the hull with its fitted material and light")
+        warnings.warn(notes[-1], stacklevel=3)
+        return "worse than the hull", hull_state, dict(hull_figures)
+    return "completed", final, final_figures
 
 
 def _replace(cfg, **changes):

@@ -86,14 +86,6 @@ def main_run(args, say: Callable[[str], None] = print) -> int:
     from ..problem.folder import load_problem
 
     problem = load_problem(args.scene_dir, variant=args.variant)
-    if problem.config.reconstruct is not None:
-        from .reconstruct_run import run_reconstruct
-
-        return run_reconstruct(problem, args)
-    if args.spp is not None:
-        problem.config.render.spp = args.spp
-    if args.iterations is not None:  # recorded in result.json's settings
-        problem.config.optimize.iterations = args.iterations
     out = Path(args.out) if args.out else Path("out") / Path(args.scene_dir).resolve().name
     if getattr(args, "resume", False) and not (out / "checkpoint" / "state.npz").is_file() \
             and (out / "result.json").is_file():
@@ -103,9 +95,18 @@ def main_run(args, say: Callable[[str], None] = print) -> int:
             status = json.loads((out / "result.json").read_text()).get("status")
         except ValueError:
             status = None
-        if status == "completed":
-            say(f"{problem.name}: already completed in {out} (nothing to resume)")
+        if status in ("completed", "worse than the hull"):  # (the latter: a [reconstruct]'s)
+            done = "completed" if status == "completed" else f"finished ({status})"
+            say(f"{problem.name}: already {done} in {out} (nothing to resume)")
             return 0
+    if problem.config.reconstruct is not None:
+        from .reconstruct_run import run_reconstruct
+
+        return run_reconstruct(problem, args, out, resume_command(args.scene_dir, out))
+    if args.spp is not None:
+        problem.config.render.spp = args.spp
+    if args.iterations is not None:  # recorded in result.json's settings
+        problem.config.optimize.iterations = args.iterations
     live = server = None
     if args.watch:
         from ..results.live import LiveServer, LiveState
