@@ -32,7 +32,7 @@ MAX_LEVELS = 6
 #: A level's shortest side keeps at least this many cells.
 MIN_CELLS = 2
 #: Added to log2(width / cell) (a level's lookup blurs more than a box of its cell).
-LEVEL_BIAS = 0.0
+LEVEL_BIAS = -0.5
 
 
 def level_dims(dims: tuple[int, int, int]) -> list[tuple[int, int, int]]:

@@ -286,9 +286,11 @@ class RayTable:
         self.pos = mi.Float(np.concatenate([c.c2w[:3, 3] for c in cameras]))
         self.intr = mi.Float(np.concatenate([[c.fx, c.fy, c.cx, c.cy] for c in cameras]))
 
-    def draw(self, n: int, seed):
+    def draw(self, n: int, seed, *, centre: bool = False):
         """``n`` random rays (origins, directions, target colours, per-ray
-        jitter along the ray) for the seed (an ``mi.UInt32``)."""
+        jitter along the ray) for the seed (an ``mi.UInt32``): through a
+        random point of a random pixel, or its centre (``centre``: rays whose
+        footprint covers the pixel, multiscale)."""
         import drjit as dr
         import mitsuba as mi
 
@@ -307,8 +309,9 @@ class RayTable:
         width = dr.gather(mi.UInt32, self.widths, view)
         y = p // width
         x = p - y * width
-        px = mi.Float(x) + rng.next_float32()
-        py = mi.Float(y) + rng.next_float32()
+        jx, jy = rng.next_float32(), rng.next_float32()
+        px = mi.Float(x) + (0.5 if centre else jx)
+        py = mi.Float(y) + (0.5 if centre else jy)
         intr = [dr.gather(mi.Float, self.intr, view * 4 + i) for i in range(4)]
         local = mi.Vector3f((px - intr[2]) / intr[0], (py - intr[3]) / intr[1], 1.0)
         rot = [dr.gather(mi.Float, self.rot, view * 9 + i) for i in range(9)]
@@ -329,11 +332,15 @@ def render_camera(model, cam, *, lo, hi, dt, background, occupancy=None, spp: in
                   chunk: int = 1 << 14, time: float | None = None) -> dict[str, np.ndarray]:
     """Render a camera's whole image without gradients: ``rgb`` (H, W, 3),
     ``alpha`` (opacity) and ``depth`` (H, W; distance along the ray, 0 where
-    empty), ``spp`` jittered rays per pixel (the first at the centre)."""
+    empty), ``spp`` jittered rays per pixel (the first at the centre; a
+    multi-scale field: one ray through the centre, whose footprint is the
+    pixel's, :mod:`.field_multiscale`)."""
     import drjit as dr
     import mitsuba as mi
 
     h, w = cam.height, cam.width
+    if isinstance(model, field_multiscale.MultiscaleField):
+        spp = 1  # (one ray through each pixel's centre: its footprint covers the pixel)
     ys, xs = np.mgrid[0:h, 0:w]
     xs, ys = xs.ravel().astype(np.float64), ys.ravel().astype(np.float64)
     rng = np.random.default_rng(7)
@@ -346,10 +353,11 @@ def render_camera(model, cam, *, lo, hi, dt, background, occupancy=None, spp: in
             with dr.suspend_grad():
                 o = mi.Point3f(*(mi.Float(o_np[sl, a].astype(np.float32)) for a in range(3)))
                 d = mi.Vector3f(*(mi.Float(d_np[sl, a].astype(np.float32)) for a in range(3)))
-                times = None if time is None else dr.full(mi.Float, float(time), dr.width(o))
+                # (opaque: a literal would compile new kernels for each moment and camera)
+                times = None if time is None else dr.opaque(mi.Float, float(time), dr.width(o))
+                cone = dr.opaque(mi.Float, field_multiscale.pixel_footprint(cam), dr.width(o))
                 out = render_rays(model, o, d, lo=lo, hi=hi, dt=dt, occupancy=occupancy,
-                                  background=background, times=times,
-                                  footprints=field_multiscale.pixel_footprint(cam))
+                                  background=background, times=times, footprints=cone)
                 rgb[sl] += np.array(out.rgb, np.float64).T  # (3, N) -> (N, 3)
                 alpha[sl] += np.array(out.opacity, np.float64)
                 depth[sl] += np.array(out.depth, np.float64)
@@ -513,7 +521,7 @@ class RandomRays:
 
         c, e = self.context, self.estimate
         n = e.config.batch_rays
-        o, d, target, jitter = self.table.draw(n, seed)
+        o, d, target, jitter = self.table.draw(n, seed, centre=e.config.multiscale)
         if self.camera_rays is not None:
             latent = self.camera_rays.latent(c.latents, e.iteration, e.iterations)
             o, d = self.camera_rays.apply(latent, self.table.view, o, d)
