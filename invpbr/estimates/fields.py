@@ -18,6 +18,10 @@ all fitted photos (:class:`RandomRays`), with an occupancy grid for
 empty-space skipping and early ray termination (NerfAcc), total variation,
 sparsity and distortion regularizers against floaters.
 
+With ``multiscale = true`` each ray carries its pixel's footprint and the
+grid is looked up in mip levels at that width (:mod:`.field_multiscale`);
+the fitted photos may then differ in size (they may without it too).
+
 The box is ``bounds`` or, by default, the region every fitted camera sees
 (:func:`auto_bounds`), cut down to the masks' visual hull where the photos
 have masks. The background is a learned colour (``learned``), a learned
@@ -934,7 +938,8 @@ class FieldEstimate(Estimate):
         lo, hi = (np.round(np.asarray(value[k], np.float64), 3).tolist() for k in ("lo", "hi"))
         occ = (f", {100 * float(np.mean(value['occupied'])):.1f}% occupied"
                if "occupied" in value else "")
-        return f"grid {nx}x{ny}x{nz} in {lo} - {hi}{occ}"
+        mip = ", multiscale" if bool(value.get("multiscale", False)) else ""
+        return f"grid {nx}x{ny}x{nz} in {lo} - {hi}{occ}{mip}"
 
     @classmethod
     def render_views(cls, folder, cameras, *, spp, envmap=None, out, appearance=None,
