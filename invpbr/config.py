@@ -407,7 +407,8 @@ class FieldConfig:
     grid's mip levels (2x box downsamplings of the fitted grid) at that width
     (Tri-MipRF / PyNeRF); photos may then have different sizes, and a field
     renders at any resolution without aliasing (``invpbr view --width``).
-    Grid model only (see invpbr.estimates.field_multiscale)."""
+    With ``model = "hash"``: the hash levels finer than the footprint are
+    down-weighted (Zip-NeRF) instead (see invpbr.estimates.field_multiscale)."""
 Background = Literal["envmap", "ignore"]
 
 
@@ -642,10 +643,6 @@ def _check_field(f: FieldConfig, source: str) -> None:
         raise ConfigError(f"{source}: field.appearance = \"embedding\" needs model = \"hash\" "
                           "(an appearance code feeds an MLP); a grid takes appearance = "
                           "\"affine\"")
-    if f.multiscale and f.model != "grid":
-        raise ConfigError(f"{source}: field.multiscale = true needs model = \"grid\" (mip levels "
-                          f"of the dense grid); the {f.model} model has no footprint "
-                          "prefiltering yet (issue 15)")
 
 
 def _estimate_table(i: int, t: Any, source: str) -> EstimateConfig:

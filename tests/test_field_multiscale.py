@@ -3,7 +3,7 @@ issue 15) in Mip-NeRF's multi-scale protocol: every view of a Mitsuba-rendered
 object at full, 1/2, 1/4 and 1/8 resolution (box-filtered), fitted at all
 four, held-out views scored at each against the same field without
 footprints; the mip levels themselves; ``invpbr view --width`` of a saved
-multi-scale field; the options combined."""
+multi-scale field; the options combined; the hash model's down-weighted levels."""
 
 from __future__ import annotations
 
@@ -164,9 +164,52 @@ def test_multiscale_combines_with_appearance_transients_time_and_occupancy(tmp_p
     assert image.shape[:2] == (6, 6) and np.all(np.isfinite(image))
 
 
-def test_multiscale_with_the_hash_model_is_refused_by_name():
-    from invpbr.config import ConfigError, parse_config
+def test_hash_levels_finer_than_the_footprint_are_down_weighted():
+    """Zip-NeRF's weights erf(1 / sqrt(8 s^2 n^2)) on each hash level's features."""
+    import math
 
-    with pytest.raises(ConfigError, match=r"x/invpbr.toml: field.multiscale = true needs "
-                                          r"model = \"grid\""):
-        parse_config({"field": {"model": "hash", "multiscale": True}}, source="x/invpbr.toml")
+    import mitsuba as mi
+
+    from invpbr.estimates.field_hash import FEATURES, LEVELS, level_cells
+    from invpbr.estimates.field_multiscale import weighted_hash_features
+
+    cells = [level_cells(64, i) for i in range(LEVELS)]
+    assert cells[0] == pytest.approx(15.0) and cells[-1] == pytest.approx(63.0)
+    ones = [mi.Float(1.0)] * (LEVELS * FEATURES)
+    weights = {w: np.array([float(x[0]) for x in weighted_hash_features(ones, mi.Float(w), cells,
+                                                                         FEATURES)])
+               for w in (1e-4, 0.02, 0.2)}
+    assert np.allclose(weights[1e-4], 1.0)  # a footprint far below every level's cell
+    for w in (0.02, 0.2):  # the two features of a level alike, finer levels weigh less
+        per_level = weights[w].reshape(LEVELS, FEATURES)
+        assert np.all(per_level[:, 0] == per_level[:, 1]) and np.all(np.diff(per_level[:, 0]) < 0)
+    assert np.all(weights[0.2] < weights[0.02])
+    s = 0.2 / math.sqrt(12)
+    assert weights[0.2][0] == pytest.approx(math.erf(1 / math.sqrt(8 * s * s * cells[0] ** 2)),
+                                            rel=1e-5)
+
+
+@pytest.mark.slow  # (7 s with Dr.Jit's kernel cache warm; compiling the hash kernels: 1 min)
+def test_a_multiscale_hash_field_fits_saves_and_renders_at_another_size(tmp_path):
+    from invpbr import load_problem, optimize, save_result
+    from invpbr.capture import images
+    from invpbr.results.view import view_result
+    from invpbr.testing.field_multiscale import make_multiscale_folder
+
+    folder = make_multiscale_folder(
+        tmp_path / "h", size=16, views=4, held_out=1, spp=4,
+        toml_extra=("model = \"hash\"\nmultiscale = true\nresolution = [32]\nbatch_rays = 256\n"
+                    "occupancy_warmup = 2\noccupancy_every = 2\noccupancy_resolution = 16\n"))
+    (folder / "invpbr.toml").write_text((folder / "invpbr.toml").read_text()
+                                        + "\n[optimize]\niterations = 3\n\n[report]\n"
+                                          "gradients = false\n")
+    result = optimize(load_problem(folder), progress=False)
+    assert result.renders["view_04_d8"].shape == (2, 2, 3)
+    assert all(np.all(np.isfinite(r)) for r in result.renders.values())
+    out = save_result(result, tmp_path / "out")
+    doc = json.loads((out / "result.json").read_text())["parameters"]["field"]
+    assert doc["model"] == "hash" and doc["multiscale"] is True
+    view_result(out, folder / "transforms.json", spp=1, width=4, out=tmp_path / "v")
+    image = images.load_image(tmp_path / "v" / "view_04_d1.exr")[..., :3]
+    assert image.shape == (4, 4, 3) and np.all(np.isfinite(image))
+    assert np.abs(image - result.renders["view_04_d4"]).mean() < 1e-3

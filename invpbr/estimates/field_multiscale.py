@@ -22,6 +22,7 @@ give each pixel its own footprint; the saved field records ``multiscale``.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -255,6 +256,27 @@ def cached_levels(cache: tuple | None, model, lo, hi) -> tuple:
     if cache is not None and cache[0] == key:
         return cache
     return key, multiscale_model(model, lo, hi)
+
+
+def weighted_hash_features(features, width, cells: list[float], per_level: int) -> list:
+    """A hash encoding's ``features`` (level-major, ``per_level`` per level)
+    down-weighted as Zip-NeRF does: level ``l`` (``cells[l]`` cells along the
+    box) by ``erf(1 / sqrt(8 s^2 n_l^2))``, ``s = width / sqrt(12)`` the
+    standard deviation of a box footprint ``width`` wide (in box units): 1
+    for levels coarser than the footprint, towards 0 for finer ones."""
+    import drjit as dr
+
+    s = width * (1.0 / math.sqrt(12.0))
+    out = []
+    for level, n in enumerate(cells):
+        w = dr.erf(dr.rcp(dr.maximum(math.sqrt(8.0) * s * n, 1e-6)))
+        out += [features[level * per_level + j] * w for j in range(per_level)]
+    return out
+
+
+def is_multiscale(model) -> bool:
+    """Whether ``model`` looks up footprints (a multi-scale grid or hash field)."""
+    return isinstance(model, MultiscaleField) or bool(getattr(model, "multiscale", False))
 
 
 def pixel_footprint(cam) -> float:

@@ -343,7 +343,7 @@ def render_camera(model, cam, *, lo, hi, dt, background, occupancy=None, spp: in
     import mitsuba as mi
 
     h, w = cam.height, cam.width
-    if isinstance(model, field_multiscale.MultiscaleField):
+    if field_multiscale.is_multiscale(model):
         spp = 1  # (one ray through each pixel's centre: its footprint covers the pixel)
     ys, xs = np.mgrid[0:h, 0:w]
     xs, ys = xs.ravel().astype(np.float64), ys.ravel().astype(np.float64)
