@@ -7,6 +7,7 @@ footprints.
 Usage::
 
     python benchmarks/field_multiscale.py OUT [--size 64] [--views 40] [--iterations 400]
+        [--model grid|hash] [--resolution "[24, 48]"] [--batch-rays 4096] [--bounds "[[..], [..]]"]
 
 Prints per variant the held-out mean squared error (linear RGB clipped to
 [0, 1]) at each scale, its mean over the scales and the PSNR of that mean,
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--resolution", default="[24, 48]")
     parser.add_argument("--distance", type=float, default=1.8)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--model", default="grid", choices=("grid", "hash"))
+    parser.add_argument("--batch-rays", type=int, default=4096)
+    parser.add_argument("--bounds", default=None, help="the box, as field.bounds (default: auto)")
     args = parser.parse_args()
 
     import invpbr
@@ -59,9 +63,10 @@ def main() -> None:
                                held_out=args.held_out, spp=64, distance=args.distance)
     means = {}
     for name in args.variants.split(","):
-        folder = with_field_settings(capture, f"resolution = {args.resolution}\n"
-                                     "background = \"learned\"\n" + VARIANTS[name],
-                                     args.out / name)
+        settings = (f"model = \"{args.model}\"\nresolution = {args.resolution}\n"
+                    f"batch_rays = {args.batch_rays}\nbackground = \"learned\"\n"
+                    + (f"bounds = {args.bounds}\n" if args.bounds else "") + VARIANTS[name])
+        folder = with_field_settings(capture, settings, args.out / name)
         (folder / "invpbr.toml").write_text(
             (folder / "invpbr.toml").read_text()
             + f"\n[optimize]\niterations = {args.iterations}\n\n[report]\ngradients = false\n")
