@@ -1,22 +1,27 @@
 """A multi-scale, anti-aliased radiance field (issue 15, ``[field] multiscale = true``).
 
-Each ray carries its footprint: the width of its pixel at unit distance
-(``1 / sqrt(fx fy)`` of its photo's camera, so photos of one folder may have
-any size and field of view), and each sample along it the footprint's width
-at its distance, ``t / sqrt(fx fy)`` (a cone, Mip-NeRF). The dense grid is
-prefiltered to that width with mip levels, as Tri-MipRF and PyNeRF do: a
-pyramid built from the fitted (finest) grid by 2x box downsampling
-(``dr.resample``, differentiable, so every level's gradient reaches the
-finest values), each level looked up trilinearly (``dr.Texture3f``), and the
-density and colour blended linearly between the two levels around
-``log2(width / cell)`` (``cell``: the finest grid's cell). A sample whose
-footprint is smaller than a cell sees the finest grid: photos at one size
-fit as without the option.
+Each ray goes through its pixel's centre and carries its footprint: the
+width of the pixel at unit distance (``1 / sqrt(fx fy)`` of its photo's
+camera, so photos of one folder may have any size and field of view); each
+sample along it has the footprint's width at its distance, ``t / sqrt(fx
+fy)`` (a cone, Mip-NeRF). The dense grid is prefiltered to that width with
+mip levels, as Tri-MipRF and PyNeRF do: a pyramid built from the fitted
+(finest) grid by 2x box downsampling (``dr.resample``, differentiable, so
+every level's gradient reaches the finest values; the density averaged after
+its softplus, the colour coefficients weighted by density), stacked in one
+``dr.Texture3f`` per quantity (:class:`MipAtlas`), and the density and
+colour blended linearly between the two levels around ``log2(width / cell)
++ LEVEL_BIAS`` (``cell``: the finest grid's cell). A sample whose footprint
+is smaller than a cell sees the finest grid.
+
+The hash model has no mip levels: :func:`weighted_hash_features` multiplies
+each hash level's features by Zip-NeRF's weight for the footprint.
 
 The occupancy grid is updated from the largest density over the levels
 (a coarse level spreads density into cells the finest leaves empty).
 Renders of any camera (held-out views, ``invpbr view --width --height``)
-give each pixel its own footprint; the saved field records ``multiscale``.
+give each pixel its own footprint, one ray per pixel; the saved field
+records ``multiscale``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import numpy as np
 MAX_LEVELS = 6
 #: A level's shortest side keeps at least this many cells.
 MIN_CELLS = 2
-#: Added to log2(width / cell) (a level's lookup blurs more than a box of its cell).
+#: Added to log2(width / cell): a level's trilinear lookup blurs more than a box of
+#: its cell (-0.5 against 0: held-out error over the scales 1.90e-3 against 1.97e-3 on
+#: the 48x48 protocol folder of invpbr/testing/field_multiscale.py, 24 views, 250 steps).
 LEVEL_BIAS = -0.5
 
 
