@@ -401,8 +401,14 @@ class FieldConfig:
     """Weight of the squared difference between neighbouring moments' offsets
     (smoothness in time) and of the offsets' squares (with ``tv`` > 0)."""
     multiscale: Bool = False
-    """Anti-aliased rendering with per-sample footprints (Mip-NeRF); refused:
-    not implemented yet."""
+    """Anti-aliased fitting and rendering (Mip-NeRF): each sample carries the
+    footprint of its pixel (a cone: the pixel's width at unit distance, from
+    its photo's size and field of view, times the distance) and looks up the
+    grid's mip levels (2x box downsamplings of the fitted grid) at that width
+    (Tri-MipRF / PyNeRF); photos may then have different sizes, and a field
+    renders at any resolution without aliasing (``invpbr view --width``).
+    With ``model = "hash"``: the hash levels finer than the footprint are
+    down-weighted (Zip-NeRF) instead (see invpbr.estimates.field_multiscale)."""
 Background = Literal["envmap", "ignore"]
 
 
@@ -637,10 +643,6 @@ def _check_field(f: FieldConfig, source: str) -> None:
         raise ConfigError(f"{source}: field.appearance = \"embedding\" needs model = \"hash\" "
                           "(an appearance code feeds an MLP); a grid takes appearance = "
                           "\"affine\"")
-    for key in ("multiscale",):
-        if getattr(f, key):
-            raise ConfigError(f"{source}: field.{key} = true is not implemented yet in this "
-                              "version (see issue 15); leave it out")
 
 
 def _estimate_table(i: int, t: Any, source: str) -> EstimateConfig:

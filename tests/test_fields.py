@@ -330,13 +330,16 @@ def ring(n=6, size=8):
             for i, p in enumerate(sphere_views(n, distance=3.0))]
 
 
-def test_photos_of_mixed_sizes_are_refused_with_the_setting_to_use(tmp_path):
+def test_photos_of_mixed_sizes_are_fitted_each_at_its_size(tmp_path):
+    """(Mip-NeRF's multi-scale protocol, issue 15: tests/test_field_multiscale.py)"""
     from invpbr import load_problem, optimize
 
-    folder = write_folder(tmp_path, ring(), [8, 8, 8, 12, 8, 8])
-    problem = load_problem(folder)
-    with pytest.raises(ValueError, match=r"one size.*c3 12x12.*cameras.resolution"):
-        optimize(problem, progress=False)
+    folder = write_folder(tmp_path, ring(), [8, 8, 8, 12, 8, 4],
+                          toml="[field]\nresolution = 8\nbatch_rays = 64\n\n"
+                               "[optimize]\niterations = 3\n\n[report]\ngradients = false\n")
+    result = optimize(load_problem(folder), progress=False)
+    assert result.renders["c3"].shape == (12, 12, 3) and result.renders["c5"].shape == (4, 4, 3)
+    assert all(np.all(np.isfinite(r)) for r in result.renders.values())
 
 
 def test_bounds_no_camera_sees_are_refused_naming_the_cameras(tmp_path):

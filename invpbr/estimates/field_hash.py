@@ -32,12 +32,14 @@ checks a few table entries and weights against finite differences.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 
 from .fields import (DENSITY_SCALE, FIELD_MODELS, RAW_START, FieldEstimate, grid_dims,
                      saved_background_occupancy)
+from . import field_multiscale
 from .volume import sh_basis, softplus
 
 #: Hash-grid levels and features per level (16 features in all).
@@ -60,6 +62,11 @@ LR_FACTOR = 0.1
 def per_level_scale(finest: int) -> float:
     """The growth of the resolution from one level to the next."""
     return max(1.0, finest / BASE_RESOLUTION) ** (1.0 / (LEVELS - 1))
+
+
+def level_cells(finest: int, level: int) -> float:
+    """Cells along the box at hash ``level`` (``drjit.nn``'s level scale)."""
+    return BASE_RESOLUTION * per_level_scale(finest) ** level - 1.0
 
 
 def make_encoding(finest: int, seed: int = 0):
@@ -100,8 +107,13 @@ class HashField:
         scale: DENSITY_SCALE / box size.
     """
 
+    #: (a multi-scale field: each sample's footprint down-weights the levels finer than it)
+    width = None
+
     def __init__(self, table, density_weights, colour_weights, *, finest: int, degree: int,
-                 scale: float):
+                 scale: float, multiscale: bool = False):
+        self.multiscale = multiscale
+        self.finest = finest
         self.encoding = make_encoding(finest)
         self.encoding.data = table
         self.density_net, self.colour_net = make_networks(degree)
@@ -117,9 +129,28 @@ class HashField:
         if self._last is not None and self._last[0] is u:
             return self._last[1]
         features = self.encoding([u.x, u.y, u.z])
+        if self.width is not None:
+            features = field_multiscale.weighted_hash_features(
+                features, self.width / self.box, [level_cells(self.finest, i)
+                                                  for i in range(LEVELS)], FEATURES)
         out = list(self.density_net(nn.CoopVec(*[features[i] for i in range(len(features))])))
         self._last = (u, out)
         return out
+
+    def with_footprint(self, width) -> "HashField":
+        """The field seen by samples ``width`` wide (world units, per lane;
+        Zip-NeRF's down-weighting of the finer levels), or itself when not
+        multi-scale."""
+        if not self.multiscale:
+            return self
+        out = copy.copy(self)
+        out.width, out._last = width, None
+        return out
+
+    @property
+    def box(self) -> float:
+        """The box's longest side (world units)."""
+        return DENSITY_SCALE / self.scale
 
     def density(self, u):
         """Density (1 / world units) at ``u`` (unit cube, Array3f)."""
@@ -197,7 +228,8 @@ class HashFieldEstimate(FieldEstimate):
     def model(self, store) -> HashField:
         return HashField(store["field.hash"], store["field.mlp_density"], store["field.mlp_colour"],
                          finest=self.config.resolution[-1], degree=self.config.sh_degree,
-                         scale=DENSITY_SCALE / float((self.hi - self.lo).max()))
+                         scale=DENSITY_SCALE / float((self.hi - self.lo).max()),
+                         multiscale=self.config.multiscale)
 
     def upsample(self, store, stage: int) -> None:
         self.stage = stage  # (the hash grid has all its levels from the start)
@@ -226,6 +258,8 @@ class HashFieldEstimate(FieldEstimate):
                "log2_table": np.int32(LOG2_TABLE), "hidden": np.int32(HIDDEN)}
         if self.occupancy is not None and self.occupancy.updates:
             out["occupied"] = self.occupancy.occupied
+        if self.config.multiscale:
+            out["multiscale"] = np.bool_(True)
         return out
 
     def result_fields(self, store, problem, estimates) -> dict[str, Any]:
@@ -267,7 +301,8 @@ class HashFieldEstimate(FieldEstimate):
                           mi.Float(data["mlp_density"].astype(np.float32)),
                           mi.Float(data["mlp_colour"].astype(np.float32)),
                           finest=int(data["finest"]), degree=int(data["degree"]),
-                          scale=DENSITY_SCALE / float((hi - lo).max()))
+                          scale=DENSITY_SCALE / float((hi - lo).max()),
+                          multiscale=bool(data.get("multiscale", False)))
         return (model, lo, hi, float(data["dt"])) + saved_background_occupancy(data)
 
     @classmethod
@@ -283,6 +318,8 @@ class HashFieldEstimate(FieldEstimate):
                "files": dict(files)}
         if "occupied" in value:
             doc["occupied_fraction"] = float(np.mean(value["occupied"]))
+        if bool(value.get("multiscale", False)):
+            doc["multiscale"] = True
         return doc
 
     @classmethod

@@ -18,6 +18,10 @@ all fitted photos (:class:`RandomRays`), with an occupancy grid for
 empty-space skipping and early ray termination (NerfAcc), total variation,
 sparsity and distortion regularizers against floaters.
 
+With ``multiscale = true`` each ray carries its pixel's footprint and the
+grid is looked up in mip levels at that width (:mod:`.field_multiscale`);
+the fitted photos may then differ in size (they may without it too).
+
 The box is ``bounds`` or, by default, the region every fitted camera sees
 (:func:`auto_bounds`), cut down to the masks' visual hull where the photos
 have masks. The background is a learned colour (``learned``), a learned
@@ -40,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..capture import images
-from . import field_options, field_time
+from . import field_multiscale, field_options, field_time
 from .base import Estimate, register_kind
 from .volume import Occupancy, render_rays, sh_colour, softplus
 
@@ -254,32 +258,43 @@ def check_cameras_see_box(cameras: list, lo, hi, *, source: str) -> None:
 
 class RayTable:
     """The fitted photos' pixels and cameras as Dr.Jit arrays, from which a
-    step draws random rays: all photos of one size (``W x H``), masked
-    pixels left out."""
+    step draws random rays, masked pixels left out. Photos may differ in
+    size (the multi-scale protocol of Mip-NeRF): then each pixel is drawn
+    with a probability proportional to its area at unit distance (Mip-NeRF's
+    loss weighted by pixel area: each photo of a view at each scale weighs
+    the same), otherwise uniformly."""
 
     def __init__(self, cameras: list, photos: list[np.ndarray], masks: list, *, source: str):
         import mitsuba as mi
 
-        sizes = {(c.width, c.height) for c in cameras}
-        if len(sizes) > 1:
-            listing = ", ".join(f"{c.id} {c.width}x{c.height}" for c in cameras[:6])
-            raise ValueError(f"{source}: a field needs photos of one size; found "
-                             f"{len(sizes)} sizes ({listing}...); set cameras.resolution = "
-                             "[width, height]")
-        self.width, self.height = sizes.pop()
         self.cameras = cameras
-        hw = self.width * self.height
+        self.width, self.height = cameras[0].width, cameras[0].height  # (transient layer's size)
+        sizes = np.array([c.width * c.height for c in cameras], np.int64)
         self.photos = mi.Float(np.concatenate([p.reshape(-1, 3) for p in photos]).ravel())
-        valid = np.concatenate([np.ones(hw, bool) if m is None else m.ravel() for m in masks])
+        valid = np.concatenate([np.ones(c.width * c.height, bool) if m is None else m.ravel()
+                                for c, m in zip(cameras, masks)])
         self.valid = mi.UInt32(np.flatnonzero(valid).astype(np.uint32))
         self.count = int(valid.sum())
+        self.pixel_view = mi.UInt32(np.repeat(np.arange(len(cameras), dtype=np.uint32), sizes))
+        self.start = mi.UInt32(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint32))
+        self.widths = mi.UInt32(np.array([c.width for c in cameras], np.uint32))
+        self.scale = mi.Float(np.array([[self.width / c.width, self.height / c.height]
+                                        for c in cameras], np.float32).ravel())
+        cone = np.array([1.0 / np.sqrt(c.fx * c.fy) for c in cameras], np.float32)
+        self.cone = mi.Float(cone)  # (each photo's pixel width at unit distance)
+        self.area = None  # (pixels drawn with probability ~ their area, photos differing)
+        if not np.allclose(cone, cone[0], rtol=1e-4):
+            area = np.repeat(cone.astype(np.float64) ** 2, sizes)[valid]
+            self.area = mi.DiscreteDistribution(mi.Float(area.astype(np.float32)))
         self.rot = mi.Float(np.concatenate([c.c2w[:3, :3].ravel() for c in cameras]))
         self.pos = mi.Float(np.concatenate([c.c2w[:3, 3] for c in cameras]))
         self.intr = mi.Float(np.concatenate([[c.fx, c.fy, c.cx, c.cy] for c in cameras]))
 
-    def draw(self, n: int, seed):
+    def draw(self, n: int, seed, *, centre: bool = False):
         """``n`` random rays (origins, directions, target colours, per-ray
-        jitter along the ray) for the seed (an ``mi.UInt32``)."""
+        jitter along the ray) for the seed (an ``mi.UInt32``): through a
+        random point of a random pixel, or its centre (``centre``: rays whose
+        footprint covers the pixel, multiscale)."""
         import drjit as dr
         import mitsuba as mi
 
@@ -288,15 +303,19 @@ class RayTable:
                           else seed)
         rng = mi.PCG32(size=n, initstate=state * 0x9E3779B9 + 17,
                        initseq=dr.arange(mi.UInt64, n))
-        k = mi.UInt32(dr.minimum(rng.next_float32() * self.count, self.count - 1))
+        if self.area is None:
+            k = mi.UInt32(dr.minimum(rng.next_float32() * self.count, self.count - 1))
+        else:
+            k = self.area.sample(rng.next_float32())
         pix = dr.gather(mi.UInt32, self.valid, k)
-        hw = self.width * self.height
-        view = pix // hw
-        p = pix - view * hw
-        y = p // self.width
-        x = p - y * self.width
-        px = mi.Float(x) + rng.next_float32()
-        py = mi.Float(y) + rng.next_float32()
+        view = dr.gather(mi.UInt32, self.pixel_view, pix)
+        p = pix - dr.gather(mi.UInt32, self.start, view)
+        width = dr.gather(mi.UInt32, self.widths, view)
+        y = p // width
+        x = p - y * width
+        jx, jy = rng.next_float32(), rng.next_float32()
+        px = mi.Float(x) + (0.5 if centre else jx)
+        py = mi.Float(y) + (0.5 if centre else jy)
         intr = [dr.gather(mi.Float, self.intr, view * 4 + i) for i in range(4)]
         local = mi.Vector3f((px - intr[2]) / intr[0], (py - intr[3]) / intr[1], 1.0)
         rot = [dr.gather(mi.Float, self.rot, view * 9 + i) for i in range(9)]
@@ -306,7 +325,10 @@ class RayTable:
         o = mi.Point3f(*[dr.gather(mi.Float, self.pos, view * 3 + i) for i in range(3)])
         target = mi.Color3f(*[dr.gather(mi.Float, self.photos, pix * 3 + i) for i in range(3)])
         self.view = view  # (the rays' views, for refined cameras: .field_cameras)
-        self.last_view, self.last_pixel = view, (px, py)  # (for per-photo appearance)
+        # (for per-photo appearance; pixels in the first photo's size, the transient layer's)
+        self.last_view = view
+        self.last_pixel = (px * dr.gather(mi.Float, self.scale, view * 2),
+                           py * dr.gather(mi.Float, self.scale, view * 2 + 1))
         return o, d, target, rng.next_float32()
 
 
@@ -314,11 +336,15 @@ def render_camera(model, cam, *, lo, hi, dt, background, occupancy=None, spp: in
                   chunk: int = 1 << 14, time: float | None = None) -> dict[str, np.ndarray]:
     """Render a camera's whole image without gradients: ``rgb`` (H, W, 3),
     ``alpha`` (opacity) and ``depth`` (H, W; distance along the ray, 0 where
-    empty), ``spp`` jittered rays per pixel (the first at the centre)."""
+    empty), ``spp`` jittered rays per pixel (the first at the centre; a
+    multi-scale field: one ray through the centre, whose footprint is the
+    pixel's, :mod:`.field_multiscale`)."""
     import drjit as dr
     import mitsuba as mi
 
     h, w = cam.height, cam.width
+    if field_multiscale.is_multiscale(model):
+        spp = 1  # (one ray through each pixel's centre: its footprint covers the pixel)
     ys, xs = np.mgrid[0:h, 0:w]
     xs, ys = xs.ravel().astype(np.float64), ys.ravel().astype(np.float64)
     rng = np.random.default_rng(7)
@@ -331,9 +357,11 @@ def render_camera(model, cam, *, lo, hi, dt, background, occupancy=None, spp: in
             with dr.suspend_grad():
                 o = mi.Point3f(*(mi.Float(o_np[sl, a].astype(np.float32)) for a in range(3)))
                 d = mi.Vector3f(*(mi.Float(d_np[sl, a].astype(np.float32)) for a in range(3)))
-                times = None if time is None else dr.full(mi.Float, float(time), dr.width(o))
+                # (opaque: a literal would compile new kernels for each moment and camera)
+                times = None if time is None else dr.opaque(mi.Float, float(time), dr.width(o))
+                cone = dr.opaque(mi.Float, field_multiscale.pixel_footprint(cam), dr.width(o))
                 out = render_rays(model, o, d, lo=lo, hi=hi, dt=dt, occupancy=occupancy,
-                                  background=background, times=times)
+                                  background=background, times=times, footprints=cone)
                 rgb[sl] += np.array(out.rgb, np.float64).T  # (3, N) -> (N, 3)
                 alpha[sl] += np.array(out.opacity, np.float64)
                 depth[sl] += np.array(out.depth, np.float64)
@@ -404,6 +432,8 @@ def model_from_data(data: dict[str, Any]):
         raw=mi.Float(dens.ravel()), sh=mi.Float(data["sh"].astype(np.float32).ravel()),
         dims=(nx, ny, nz // (slices + 1 if slices > 1 else 1)), degree=int(data["degree"]),
         scale=DENSITY_SCALE / float((hi - lo).max()), **({"slices": slices} if slices > 1 else {}))
+    if bool(data.get("multiscale", False)):
+        model = field_multiscale.multiscale_model(model, lo, hi)
     return (model, lo, hi, float(data["dt"])) + saved_background_occupancy(data)
 
 
@@ -495,12 +525,15 @@ class RandomRays:
 
         c, e = self.context, self.estimate
         n = e.config.batch_rays
-        o, d, target, jitter = self.table.draw(n, seed)
+        o, d, target, jitter = self.table.draw(n, seed, centre=e.config.multiscale)
         if self.camera_rays is not None:
             latent = self.camera_rays.latent(c.latents, e.iteration, e.iterations)
             o, d = self.camera_rays.apply(latent, self.table.view, o, d)
         times = e.ray_times(self.table.last_view)
-        out = e.render(c.latents, o, d, jitter=jitter, regularize=True, times=times)
+        footprints = (dr.gather(mi.Float, self.table.cone, self.table.last_view)
+                      if e.config.multiscale else None)
+        out = e.render(c.latents, o, d, jitter=jitter, regularize=True, times=times,
+                       footprints=footprints)
         rgb = out.rgb
         if e.appearance is not None:  # (issue 15: field_options)
             rgb = e.appearance.apply(c.latents[field_options.APPEARANCE_KEY],
@@ -648,13 +681,19 @@ class FieldEstimate(Estimate):
 
     def model(self, store) -> GridField:
         if self.slices > 1:
-            return field_time.TimeGridField(
+            model = field_time.TimeGridField(
                 raw=store["field.density"], sh=store["field.sh"], dims=self.dims,
                 degree=self.config.sh_degree, slices=self.slices,
                 scale=DENSITY_SCALE / float((self.hi - self.lo).max()))
-        return GridField(raw=store["field.density"], sh=store["field.sh"], dims=self.dims,
-                         degree=self.config.sh_degree,
-                         scale=DENSITY_SCALE / float((self.hi - self.lo).max()))
+        else:
+            model = GridField(raw=store["field.density"], sh=store["field.sh"], dims=self.dims,
+                              degree=self.config.sh_degree,
+                              scale=DENSITY_SCALE / float((self.hi - self.lo).max()))
+        if self.config.multiscale:  # (mip levels, issue 15: field_multiscale)
+            self._levels = field_multiscale.cached_levels(getattr(self, "_levels", None), model,
+                                                          self.lo, self.hi)
+            return self._levels[1]
+        return model
 
     def ray_times(self, view):
         """Each ray's time (from its fitted photo ``view``), or None: static."""
@@ -682,12 +721,12 @@ class FieldEstimate(Estimate):
         return float(cell.min()) / self.config.samples
 
     def render(self, store, o, d, *, jitter=None, regularize: bool = False, occupancy=True,
-               times=None):
+               times=None, footprints=None):
         """Volume-render rays (o, d) through the current field (see :func:`render_rays`)."""
         return render_rays(self.model(store), o, d, lo=self.lo, hi=self.hi, dt=self.dt,
                            jitter=jitter, occupancy=self.occupancy if occupancy else None,
                            background=self.background(store), regularize=regularize,
-                           times=times)
+                           times=times, footprints=footprints)
 
     def render_sensor(self, sensor, spp: int) -> np.ndarray:
         """A Mitsuba sensor's image of the current field (H, W, 3), without
@@ -719,7 +758,9 @@ class FieldEstimate(Estimate):
             model = self.model(store)
             if self.slices > 1:  # (one grid for all times: each point at a random moment)
                 model = model.at(field_time.random_times(iteration))
-            if not self.occupancy.update(model.density, self.dt, threshold=cfg.occupancy_threshold,
+            # (multiscale: the largest density over the levels)
+            density = getattr(model, "occupancy_density", model.density)
+            if not self.occupancy.update(density, self.dt, threshold=cfg.occupancy_threshold,
                                          decay=cfg.occupancy_decay, seed=iteration):
                 warnings.warn(
                     f"{self.problem.source if self.problem else 'field'}: the occupancy grid "
@@ -825,6 +866,8 @@ class FieldEstimate(Estimate):
             out["occupied"] = self.occupancy.occupied
         if self.slices > 1:  # (static, then the moments' offsets, stacked along z)
             out["time_slices"] = np.int32(self.slices)
+        if self.config.multiscale:  # (renders look up mip levels at each pixel's footprint)
+            out["multiscale"] = np.bool_(True)
         if self.appearance is not None:  # each fitted photo's [M | b] (renders: the identity)
             out["appearance"] = self.appearance.matrices(store[field_options.APPEARANCE_KEY])
             out["appearance_ids"] = np.array(self.appearance.ids)
@@ -869,6 +912,8 @@ class FieldEstimate(Estimate):
             doc["occupied_fraction"] = float(np.mean(value["occupied"]))
         if "time_slices" in value:
             doc["time_slices"] = int(value["time_slices"])
+        if bool(value.get("multiscale", False)):
+            doc["multiscale"] = True
         if "appearance" in value:  # (renders are at the neutral appearance)
             doc["appearance"] = {str(i): np.round(m, 5).tolist()
                                  for i, m in zip(value["appearance_ids"], value["appearance"])}
@@ -893,7 +938,8 @@ class FieldEstimate(Estimate):
         lo, hi = (np.round(np.asarray(value[k], np.float64), 3).tolist() for k in ("lo", "hi"))
         occ = (f", {100 * float(np.mean(value['occupied'])):.1f}% occupied"
                if "occupied" in value else "")
-        return f"grid {nx}x{ny}x{nz} in {lo} - {hi}{occ}"
+        mip = ", multiscale" if bool(value.get("multiscale", False)) else ""
+        return f"grid {nx}x{ny}x{nz} in {lo} - {hi}{occ}{mip}"
 
     @classmethod
     def render_views(cls, folder, cameras, *, spp, envmap=None, out, appearance=None,

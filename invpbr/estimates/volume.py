@@ -167,7 +167,8 @@ class Rendered:
 
 
 def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occupancy | None = None,
-                background=None, regularize: bool = False, times=None) -> Rendered:
+                background=None, regularize: bool = False, times=None,
+                footprints=None) -> Rendered:
     """Volume-render rays (o, d) (Dr.Jit Array3f, unit directions) through
     ``model``'s box [lo, hi] (world units) in steps of ``dt``.
 
@@ -180,6 +181,9 @@ def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occup
         regularize: also compute the distortion and sparsity terms.
         times: per-ray time (Float) of a field that varies in time (its
             ``at(time per lane)`` gives the field at those moments); None: static.
+        footprints: per-ray width of the ray's pixel at unit distance (Float
+            or a number), for a multi-scale field (its ``with_footprint(width
+            per sample)``, :mod:`.field_multiscale`); None or another field: ignored.
     """
     import drjit as dr
     import mitsuba as mi
@@ -212,7 +216,7 @@ def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occup
             # a density-only pass: drop the samples behind opaque ones
             rc, tc, oc, dc = lanes_of(index)
             tau = dr.zeros(mi.Float, n_rays * n)
-            at = model if times is None else model.at(dr.gather(mi.Float, times, rc))
+            at = at_lanes(model, times, footprints, rc, tc)
             dr.scatter(tau, at.density((oc + dc * tc - lo3) / ext) * dt, index)
             trans = dr.exp(-dr.block_prefix_reduce(dr.ReduceOp.Add, tau, n, exclusive=True))
             keep = dr.gather(mi.Float, trans, index) > T_MIN
@@ -225,8 +229,7 @@ def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occup
         zero = dr.zeros(mi.Float, n_rays)
         return Rendered(rgb=mi.Color3f(bg), opacity=zero, depth=zero, distortion=mi.Float(0.0),
                         sparsity=mi.Float(0.0), samples=0)
-    if times is not None:
-        model = model.at(dr.gather(mi.Float, times, ray))
+    model = at_lanes(model, times, footprints, ray, t)
     sigma = model.density(u)
     colour = model.colour(u, dd)
     tau = dr.zeros(mi.Float, n_rays * n)
@@ -251,6 +254,21 @@ def render_rays(model, o, d, *, lo, hi, dt: float, jitter=None, occupancy: Occup
         out.distortion = dr.sum(dist) / n_rays
         out.sparsity = dr.sum(dr.log(1.0 + 2.0 * dr.square(sigma * dt))) / n_rays
     return out
+
+
+def at_lanes(model, times, footprints, ray, t):
+    """``model`` at each lane's time and footprint (lanes: samples at
+    distance ``t`` on rays ``ray``; see :func:`render_rays`)."""
+    import drjit as dr
+    import mitsuba as mi
+
+    if times is not None:
+        model = model.at(dr.gather(mi.Float, times, ray))
+    if footprints is not None and hasattr(model, "with_footprint"):
+        cone = footprints if isinstance(footprints, (int, float)) \
+            else dr.gather(mi.Float, footprints, ray)
+        model = model.with_footprint(cone * t)
+    return model
 
 
 def sh_colour(coeffs, d, degree: int):

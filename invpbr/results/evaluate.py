@@ -37,12 +37,15 @@ def to_srgb(image: np.ndarray) -> np.ndarray:
 def srgb_scores(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """``psnr`` and ``ssim`` of two linear RGB images compared as NeRF papers
     do: sRGB-encoded, clipped to [0, 1] (SSIM: scikit-image's, 7x7 windows,
-    or the largest odd window the image allows)."""
+    or the largest odd window the image allows; NaN for an image under 3
+    pixels on a side, which has no SSIM window)."""
     from skimage.metrics import structural_similarity
 
     a, b = to_srgb(image[..., :3]), to_srgb(reference[..., :3])
     mse = float(np.mean((a - b) ** 2))
     score = 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+    if min(a.shape[:2]) < 3:  # (a multi-scale capture's smallest photos)
+        return {"psnr": score, "ssim": float("nan")}
     win = min(7, min(a.shape[:2]) - (1 - min(a.shape[:2]) % 2))
     ssim = float(structural_similarity(a, b, channel_axis=-1, data_range=1.0,
                                        win_size=max(win, 3)))
@@ -60,7 +63,8 @@ def held_out_srgb(renders: dict[str, np.ndarray], views) -> dict[str, dict[str, 
             render = np.where(v.mask[..., None], render, v.photo)
         out[v.id] = srgb_scores(render, v.photo)
     if out:
-        out["mean"] = {k: float(np.mean([d[k] for d in out.values()])) for k in ("psnr", "ssim")}
+        out["mean"] = {k: float(np.nanmean([d[k] for d in out.values()]))
+                       for k in ("psnr", "ssim")}
     return out
 
 
