@@ -402,7 +402,7 @@ class FieldConfig:
     time_tv: NonNegative = 1e-5
     """Weight of the squared difference between neighbouring moments' offsets
     (smoothness in time) and of the offsets' squares (with ``tv`` > 0)."""
-    time_deform: NonNegativeInt = 4
+    time_deform: NonNegativeInt = 3
     """Cells along the box's longest side of a coarse displacement grid per
     moment that moves each point into one canonical grid before its lookup
     (D-NeRF's deformation field), instead of the moments' offsets; 0: the

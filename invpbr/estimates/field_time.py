@@ -4,7 +4,7 @@ Frames carry a ``"time"`` in [0, 1] in transforms.json (the D-NeRF
 convention). Two models, both with ``time_slices`` moments evenly spread
 over [0, 1] and linear in time between them:
 
-- ``time_deform = N`` (the default, N = 4): D-NeRF's deformation field. One
+- ``time_deform = N`` (the default, N = 3): D-NeRF's deformation field. One
   canonical grid (the dense grid of :mod:`.fields`, fitted by every photo)
   and a coarse grid (N cells along the box's longest side) of displacements
   per moment; a point at time t is moved by the displacement there and then
