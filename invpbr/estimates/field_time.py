@@ -145,12 +145,13 @@ class TimeGridField:
 
         if self.deform is None:
             return u
-        if self._warped is not None and self._warped[0] is u:
-            return self._warped[1]
+        key = (self.deform.index, self.deform.index_ad)  # (the same displacements, AD included)
+        if self._warped is not None and self._warped[0] is u and self._warped[1] == key:
+            return self._warped[2]
         tex = self._texture(self.deform, 3, self.deform_dims, self.slices)
         move = lerp_blocks(tex, u, time, self.deform_dims, self.slices, 0, self.slices, 3)
-        self._warped = (u, mi.Point3f(u.x + move[0], u.y + move[1], u.z + move[2]))
-        return self._warped[1]
+        self._warped = (u, key, mi.Point3f(u.x + move[0], u.y + move[1], u.z + move[2]))
+        return self._warped[2]
 
     def _lookup(self, values, channels, u):
         """Texture values at ``u`` (unit cube) and the lanes' times: the
