@@ -393,13 +393,23 @@ class FieldConfig:
     left to the layer costs)."""
     time: Bool = False
     """A field that varies in time: each frame of transforms.json carries a
-    ``time`` in [0, 1] (D-NeRF); a static grid plus an offset grid at each of
-    ``time_slices`` moments, linear in time (see invpbr.estimates.field_time)."""
+    ``time`` in [0, 1] (D-NeRF); one canonical grid and a coarse displacement
+    grid at each of ``time_slices`` moments, linear in time (``time_deform``;
+    or a static grid plus an offset grid per moment, ``time_deform = 0``; see
+    invpbr.estimates.field_time)."""
     time_slices: Annotated[int, Strict(), Field(ge=2, le=64)] = 4
     """Moments of a field in time (evenly over [0, 1])."""
     time_tv: NonNegative = 1e-5
     """Weight of the squared difference between neighbouring moments' offsets
     (smoothness in time) and of the offsets' squares (with ``tv`` > 0)."""
+    time_deform: NonNegativeInt = 3
+    """Cells along the box's longest side of a coarse displacement grid per
+    moment that moves each point into one canonical grid before its lookup
+    (D-NeRF's deformation field), instead of the moments' offsets; 0: the
+    static grid plus the offsets."""
+    time_deform_tv: NonNegative = 0.1
+    """Weight of the squared second difference in time of the displacements
+    (smoothness in time: steady motion costs nothing; with 3 or more moments)."""
     multiscale: Bool = False
     """Anti-aliased fitting and rendering (Mip-NeRF): each sample carries the
     footprint of its pixel (a cone: the pixel's width at unit distance, from

@@ -90,7 +90,7 @@ def prefiltered_levels(model) -> list[tuple[Any, Any, tuple[int, int, int]]]:
     from .volume import softplus
 
     k3 = 3 * model.k
-    blocks = model.slices + 1 if hasattr(model, "slices") else 1  # (static + moments)
+    blocks = getattr(model, "blocks", 1)  # (a field in time: static + moments, or deformed: 1)
     nx, ny, nz = model.dims
     raw = mi.TensorXf(model.raw, shape=(blocks, nz, ny, nx, 1))
     sh = mi.TensorXf(model.sh, shape=(blocks, nz, ny, nx, k3))

@@ -1,14 +1,26 @@
 """A radiance field that varies in time (issue 15, ``[field] time = true``).
 
 Frames carry a ``"time"`` in [0, 1] in transforms.json (the D-NeRF
-convention). The model is the dense grid of :mod:`.fields` (the static
-part, fitted by every photo) plus an offset grid (raw density and colour
-coefficients) at each of ``time_slices`` moments evenly spread over [0, 1],
-interpolated linearly in time (trilinear in space); the blocks are stacked
-along z in one ``dr.Texture3f`` and each lookup stays inside its block.
-Smoothness in time: the squared difference between neighbouring moments'
-offsets and the offsets' squares (``time_tv``). One occupancy grid serves
-all times (updated from random moments).
+convention). Two models, both with ``time_slices`` moments evenly spread
+over [0, 1] and linear in time between them:
+
+- ``time_deform = N`` (the default, N = 3): D-NeRF's deformation field. One
+  canonical grid (the dense grid of :mod:`.fields`, fitted by every photo)
+  and a coarse grid (N cells along the box's longest side) of displacements
+  per moment; a point at time t is moved by the displacement there and then
+  looked up in the canonical grid. Rigid motion and smooth deformation take
+  few values, and every photo, whatever its time, fits the one canonical
+  grid. Smoothness in time: the squared second difference of neighbouring
+  moments' displacements (``time_deform_tv``; steady motion costs nothing).
+- ``time_deform = 0``: the static grid plus an offset grid (raw density and
+  colour coefficients) per moment, stacked along z in one ``dr.Texture3f``
+  (each lookup stays inside its block); smoothness in time: the squared
+  difference between neighbouring moments' offsets and the offsets'
+  squares (``time_tv``). Each moment's offsets are fitted only by the photos
+  near it, so they overfit them (see README "Radiance fields in time").
+
+One occupancy grid serves all times: it is updated from random moments, so
+it holds every place the object passes through.
 """
 
 from __future__ import annotations
@@ -52,11 +64,38 @@ def read_times(camera_file: Path, ids: list[str]) -> dict[str, float]:
     return times
 
 
+#: The deformation grid's latent (``[field] time_deform`` > 0) and its Adam learning rate
+#: (displacements in units of the box).
+DEFORM_KEY = "field.deform"
+LEARNING_RATES = {DEFORM_KEY: 0.01}
+
+
+def lerp_blocks(tex, u, time, dims, slices: int, first: int, blocks: int, channels: int):
+    """Values of the moments ``first .. first + slices - 1`` of a texture
+    holding ``blocks`` grids of ``dims`` stacked along z, at ``u`` (unit
+    cube), linear in ``time`` (Float per lane, in [0, 1])."""
+    import drjit as dr
+    import mitsuba as mi
+
+    nz = dims[2]
+    x = dr.clip(time, 0.0, 1.0) * (slices - 1)
+    k = dr.minimum(dr.floor(x), slices - 2)
+    f = x - k
+    z = dr.clip(u.z * nz, 0.5, nz - 0.5)
+    a = tex.eval(mi.Point3f(u.x, u.y, ((k + first) * nz + z) / (blocks * nz)))
+    b = tex.eval(mi.Point3f(u.x, u.y, ((k + first + 1) * nz + z) / (blocks * nz)))
+    return [a[c] * (1.0 - f) + b[c] * f for c in range(channels)]
+
+
 @dataclass
 class TimeGridField:
     """The dense grid of :class:`~invpbr.estimates.fields.GridField` with
-    ``slices`` moments stacked along z (values (slices * z, y, x, C));
-    :meth:`at` binds each lane's time."""
+    ``slices`` moments: either (``deform`` None) the static grid plus an
+    offset grid per moment, stacked along z (values ((slices + 1) * z, y, x,
+    C)), or (``deform`` given) the static (canonical) grid alone (values
+    (z, y, x, C)) and a coarse displacement per moment (values (slices * z',
+    y', x', 3) of ``deform_dims``) that moves each point into it before the
+    lookup; :meth:`at` binds each lane's time."""
 
     raw: Any
     sh: Any
@@ -65,41 +104,72 @@ class TimeGridField:
     scale: float
     slices: int = 2
     time: Any = None    # Float per lane (or a scalar), in [0, 1]
+    deform: Any = None  # Float (slices * z', y', x', 3), displacements in units of the box
+    deform_dims: tuple[int, int, int] | None = None
+    _warped: Any = None  # (the last point moved, and where to: density and colour share it)
 
     @property
     def k(self) -> int:
         return (self.degree + 1) ** 2
 
+    @property
+    def blocks(self) -> int:
+        """Grids stacked along z in ``raw`` and ``sh``."""
+        return 1 if self.deform is not None else self.slices + 1
+
     def at(self, time) -> "TimeGridField":
         return TimeGridField(raw=self.raw, sh=self.sh, dims=self.dims, degree=self.degree,
-                             scale=self.scale, slices=self.slices, time=time)
+                             scale=self.scale, slices=self.slices, time=time, deform=self.deform,
+                             deform_dims=self.deform_dims)
 
-    def _texture(self, values, channels):
+    def _texture(self, values, channels, dims, blocks):
         import mitsuba as mi
 
-        nx, ny, nz = self.dims
-        return mi.Texture3f(mi.TensorXf(values, shape=((self.slices + 1) * nz, ny, nx, channels)),
+        nx, ny, nz = dims
+        return mi.Texture3f(mi.TensorXf(values, shape=(blocks * nz, ny, nx, channels)),
                             use_accel=False, migrate=False)
 
-    def _lookup(self, values, channels, u):
-        """Texture values at ``u`` (unit cube) and the lanes' times, linear in time."""
+    def _times(self, u):
         import drjit as dr
         import mitsuba as mi
 
-        nz, s = self.dims[2], self.slices
-        blocks = s + 1  # (block 0: the static field; block 1 + k: moment k's offset)
-        tex = self._texture(values, channels)
         time = self.time
         if isinstance(time, RandomTimes):
             time = mi.PCG32(size=dr.width(u), initstate=time.seed * 2654435761 + 5).next_float32()
-        x = dr.clip(mi.Float(time if time is not None else 0.5), 0.0, 1.0) * (s - 1)
-        k = dr.minimum(dr.floor(x), s - 2)
-        f = x - k
+        return mi.Float(time if time is not None else 0.5)
+
+    def warp(self, u, time):
+        """``u`` (unit cube) moved by the deformation grid at ``time`` (into
+        the canonical grid); ``u`` itself without one."""
+        import mitsuba as mi
+
+        if self.deform is None:
+            return u
+        key = (self.deform.index, self.deform.index_ad)  # (the same displacements, AD included)
+        if self._warped is not None and self._warped[0] is u and self._warped[1] == key:
+            return self._warped[2]
+        tex = self._texture(self.deform, 3, self.deform_dims, self.slices)
+        move = lerp_blocks(tex, u, time, self.deform_dims, self.slices, 0, self.slices, 3)
+        self._warped = (u, key, mi.Point3f(u.x + move[0], u.y + move[1], u.z + move[2]))
+        return self._warped[2]
+
+    def _lookup(self, values, channels, u):
+        """Texture values at ``u`` (unit cube) and the lanes' times: the
+        canonical grid's at the moved point, or the static grid's plus the
+        moments' offsets, linear in time."""
+        import drjit as dr
+        import mitsuba as mi
+
+        nz, blocks = self.dims[2], self.blocks
+        time = self._times(u)
+        u = self.warp(u, time)
+        tex = self._texture(values, channels, self.dims, blocks)
         z = dr.clip(u.z * nz, 0.5, nz - 0.5)
         base = tex.eval(mi.Point3f(u.x, u.y, z / (blocks * nz)))
-        a = tex.eval(mi.Point3f(u.x, u.y, ((k + 1) * nz + z) / (blocks * nz)))
-        b = tex.eval(mi.Point3f(u.x, u.y, ((k + 2) * nz + z) / (blocks * nz)))
-        return [base[c] + a[c] * (1.0 - f) + b[c] * f for c in range(channels)]
+        if blocks == 1:
+            return [base[c] for c in range(channels)]
+        offset = lerp_blocks(tex, u, time, self.dims, self.slices, 1, blocks, channels)
+        return [base[c] + offset[c] for c in range(channels)]
 
     def density(self, u):
         from .volume import softplus
@@ -110,6 +180,28 @@ class TimeGridField:
         from .volume import sh_colour
 
         return sh_colour(self._lookup(self.sh, 3 * self.k, u), d, self.degree)
+
+
+def saved_blocks(data: dict[str, Any]) -> int:
+    """Grids stacked along z in a saved (or fitted) field's ``density``: one
+    for a static field or one with a deformation grid, else the static grid
+    and each moment's offset."""
+    slices = int(data.get("time_slices", 1))
+    return 1 if slices == 1 or "deform" in data else slices + 1
+
+
+def saved_options(data: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`TimeGridField` options of a saved field (``data``, see
+    :func:`~invpbr.estimates.fields.load_field`): moments, deformation grid."""
+    import mitsuba as mi
+
+    slices = int(data["time_slices"])
+    out: dict[str, Any] = {"slices": slices}
+    if "deform" in data:
+        deform = np.asarray(data["deform"], np.float32)
+        out["deform"] = mi.Float(deform.ravel())
+        out["deform_dims"] = (deform.shape[2], deform.shape[1], deform.shape[0] // slices)
+    return out
 
 
 def frame_times(camera_file: Path) -> dict[str, float]:
@@ -157,4 +249,21 @@ def time_tv(store, dims, slices: int, k3: int, n: int, seed: int):
         a = dr.gather(mi.Float, store["field.sh"], (cell + step) * k3 + ch)
         b = dr.gather(mi.Float, store["field.sh"], cell * k3 + ch)
         total += dr.mean(dr.square(a - b)) + dr.mean(dr.square(b))
+    return total
+
+
+def deform_tv(deform, dims, slices: int):
+    """Smoothness in time of the deformation grid (values (slices * z, y, x,
+    3)): the mean squared second difference between neighbouring moments'
+    displacements (motion at a steady speed costs nothing; 0 for 2 moments)."""
+    import drjit as dr
+    import mitsuba as mi
+
+    nx, ny, nz = dims
+    step = nx * ny * nz * 3
+    total = mi.Float(0.0)
+    idx = dr.arange(mi.UInt32, step)
+    blocks = [dr.gather(mi.Float, deform, idx + k * step) for k in range(slices)]
+    for k in range(1, slices - 1):
+        total += dr.mean(dr.square(blocks[k - 1] - 2.0 * blocks[k] + blocks[k + 1]))
     return total

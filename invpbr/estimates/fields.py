@@ -411,7 +411,7 @@ def load_field(path: Path) -> dict[str, Any]:
     missing = [k for k in required if k not in data]
     if missing:
         raise ValueError(f"{path}: not a field file (lacks {', '.join(missing)})")
-    for k in ("density", "sh", "background", "table", "mlp_density", "mlp_colour"):
+    for k in ("density", "sh", "background", "table", "mlp_density", "mlp_colour", "deform"):
         if k in data and not np.all(np.isfinite(data[k])):
             raise ValueError(f"{path}: the field's {k} has NaN or infinite values")
     return data
@@ -430,8 +430,9 @@ def model_from_data(data: dict[str, Any]):
     slices = int(data.get("time_slices", 1))  # (a field in time: static + slices along z)
     model = (GridField if slices == 1 else field_time.TimeGridField)(
         raw=mi.Float(dens.ravel()), sh=mi.Float(data["sh"].astype(np.float32).ravel()),
-        dims=(nx, ny, nz // (slices + 1 if slices > 1 else 1)), degree=int(data["degree"]),
-        scale=DENSITY_SCALE / float((hi - lo).max()), **({"slices": slices} if slices > 1 else {}))
+        dims=(nx, ny, nz // field_time.saved_blocks(data)), degree=int(data["degree"]),
+        scale=DENSITY_SCALE / float((hi - lo).max()), **(field_time.saved_options(data)
+                                                          if slices > 1 else {}))
     if bool(data.get("multiscale", False)):
         model = field_multiscale.multiscale_model(model, lo, hi)
     return (model, lo, hi, float(data["dt"])) + saved_background_occupancy(data)
@@ -587,9 +588,11 @@ class FieldEstimate(Estimate):
         self.iteration, self.iterations = 0, 1
         self.appearance = self.transient = None
         self.slices = int(config.time_slices) if config.time else 1
-        self.blocks = self.slices + 1 if config.time else 1  # (static + one per moment)
+        # (static + an offset per moment; one canonical grid with a deformation grid)
+        self.blocks = self.slices + 1 if config.time and not config.time_deform else 1
         self.times: dict[str, float] = {}
         self.fitted_times = None
+        self.deform_dims = None  # (field_time: the deformation grid's cells, time_deform > 0)
 
     @classmethod
     def from_config(cls, config, context) -> list["FieldEstimate"]:
@@ -640,6 +643,8 @@ class FieldEstimate(Estimate):
         if self.camera_estimate is not None:  # translations in units of the box's diagonal
             self.camera_estimate.model.size = float(np.linalg.norm(self.hi - self.lo))
         self.dims = grid_dims(self.lo, self.hi, self.config.resolution[0])
+        if self.config.time and self.config.time_deform > 0:
+            self.deform_dims = grid_dims(self.lo, self.hi, self.config.time_deform)
         if self.config.occupancy:
             self.occupancy = Occupancy(dims=grid_dims(self.lo, self.hi,
                                                       self.config.occupancy_resolution))
@@ -652,6 +657,7 @@ class FieldEstimate(Estimate):
         names = ["field.density", "field.sh"]
         names += [field_options.APPEARANCE_KEY] if self.appearance is not None else []
         names += [field_options.TRANSIENT_KEY] if self.transient is not None else []
+        names += [field_time.DEFORM_KEY] if self.deform_dims is not None else []
         return names + (["field.background"] if self.fixed_background is None else [])
 
     def initial_latents(self) -> dict[str, Any]:
@@ -672,11 +678,15 @@ class FieldEstimate(Estimate):
             out[field_options.APPEARANCE_KEY] = self.appearance.initial()
         if self.transient is not None:
             out[field_options.TRANSIENT_KEY] = self.transient.initial()
+        if self.deform_dims is not None:  # (no displacement at the start)
+            out[field_time.DEFORM_KEY] = mi.Float(np.zeros(
+                self.slices * int(np.prod(self.deform_dims)) * 3, np.float32))
         return out
 
     def start(self, store) -> None:
         for name, value in self.initial_latents().items():
-            store.add(name, value, lr=field_options.LEARNING_RATES.get(name, self.config.lr))
+            lr = field_options.LEARNING_RATES | field_time.LEARNING_RATES
+            store.add(name, value, lr=lr.get(name, self.config.lr))
         self.store = store
 
     def model(self, store) -> GridField:
@@ -684,7 +694,9 @@ class FieldEstimate(Estimate):
             model = field_time.TimeGridField(
                 raw=store["field.density"], sh=store["field.sh"], dims=self.dims,
                 degree=self.config.sh_degree, slices=self.slices,
-                scale=DENSITY_SCALE / float((self.hi - self.lo).max()))
+                scale=DENSITY_SCALE / float((self.hi - self.lo).max()),
+                deform=store[field_time.DEFORM_KEY] if self.deform_dims else None,
+                deform_dims=self.deform_dims)
         else:
             model = GridField(raw=store["field.density"], sh=store["field.sh"], dims=self.dims,
                               degree=self.config.sh_degree,
@@ -844,10 +856,14 @@ class FieldEstimate(Estimate):
                 a = dr.gather(mi.Float, store["field.sh"], (cell + step) * k3 + ch)
                 b = dr.gather(mi.Float, store["field.sh"], cell * k3 + ch)
                 total += dr.mean(dr.square(a - b))
-        if self.slices > 1:  # smoothness in time (field_time)
+        if self.blocks > 1:  # smoothness in time of the moments' offsets (field_time)
             total += (self.config.time_tv / self.config.tv) * field_time.time_tv(
                 store, self.dims, self.slices, k3, n, self._tv_calls)
-        return self.config.tv * total
+        total = self.config.tv * total
+        if self.deform_dims is not None and self.slices > 2:  # (of the displacements)
+            total += self.config.time_deform_tv * field_time.deform_tv(
+                store[field_time.DEFORM_KEY], self.deform_dims, self.slices)
+        return total
 
     # -- results -------------------------------------------------------------------------------
 
@@ -868,6 +884,10 @@ class FieldEstimate(Estimate):
             out["time_slices"] = np.int32(self.slices)
         if self.config.multiscale:  # (renders look up mip levels at each pixel's footprint)
             out["multiscale"] = np.bool_(True)
+        if self.deform_dims is not None:  # (the moments' displacements, stacked along z)
+            dx, dy, dz = self.deform_dims
+            out["deform"] = np.array(store[field_time.DEFORM_KEY], np.float32).reshape(
+                self.slices * dz, dy, dx, 3)
         if self.appearance is not None:  # each fitted photo's [M | b] (renders: the identity)
             out["appearance"] = self.appearance.matrices(store[field_options.APPEARANCE_KEY])
             out["appearance_ids"] = np.array(self.appearance.ids)
@@ -914,6 +934,9 @@ class FieldEstimate(Estimate):
             doc["time_slices"] = int(value["time_slices"])
         if bool(value.get("multiscale", False)):
             doc["multiscale"] = True
+        if "deform" in value:  # (the deformation grid's cells along x, y, z)
+            shape = np.shape(value["deform"])
+            doc["time_deform"] = [shape[2], shape[1], shape[0] // int(value["time_slices"])]
         if "appearance" in value:  # (renders are at the neutral appearance)
             doc["appearance"] = {str(i): np.round(m, 5).tolist()
                                  for i, m in zip(value["appearance_ids"], value["appearance"])}
@@ -922,8 +945,7 @@ class FieldEstimate(Estimate):
     @classmethod
     def write_files(cls, key, value, result, folder: Path) -> dict[str, str]:
         files = {"field": save_field(folder / FIELD_FILE, value).name}
-        slices = int(value.get("time_slices", 1))  # (a field in time: its static part's mesh)
-        blocks = slices + 1 if slices > 1 else 1
+        blocks = field_time.saved_blocks(value)  # (a field in time: its static part's mesh)
         first = value | {"density": value["density"][:len(value["density"]) // blocks]}
         mesh = field_mesh(first) if np.all(np.isfinite(value["density"])) else None
         if mesh is not None:
