@@ -105,6 +105,18 @@ def mesh_arrays(params, key: str) -> tuple[np.ndarray, np.ndarray]:
     return vertices, faces
 
 
+def motion_groups(adam: str, motions: int, *, scale: bool = False) -> tuple[int, ...] | None:
+    """Adam's groups (see :meth:`invpbr.optimization.latents.Latents.add`) for the
+    latent of ``motions`` rigid motions of 6 components ``[t, w]`` each (then a log
+    scale when ``scale``): None for ``adam = "component"`` (plain Adam; also
+    ``"auto"``), a group per translation and per rotation for ``"group"``, a group per
+    motion for ``"motion"``."""
+    if adam in ("component", "auto"):
+        return None
+    per = (3, 3) if adam == "group" else (6,)
+    return per * motions + ((1,) if scale else ())
+
+
 def rotation_matrix(w):
     """Rotation matrix (``mi.Matrix3f``) of the axis-angle vector ``w``
     (Rodrigues' formula, differentiable also at ``w = 0``)."""

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..config import EstimateConfig
 from .base import Estimate, ResolveContext, close_match_hint, match_keys, register_kind
-from .meshes import (TO_WORLD, VERTICES, PoseModel, geometry_errors, mesh_arrays, rotation_numpy,
-                     scene_numpy, shape_name, warn_traps, write_ply)
+from .meshes import (TO_WORLD, VERTICES, PoseModel, geometry_errors, mesh_arrays, motion_groups,
+                     rotation_numpy, scene_numpy, shape_name, warn_traps, write_ply)
 from .textures import file_name
 
 def pose_matrix(pose: dict[str, Any]) -> np.ndarray:
@@ -182,7 +182,8 @@ class Pose(Geometry):
     def start(self, store) -> None:
         import mitsuba as mi
 
-        store.add(self.key, mi.Float(np.ravel(self.model.initial_latent())), lr=self.config.lr)
+        store.add(self.key, mi.Float(np.ravel(self.model.initial_latent())), lr=self.config.lr,
+                  groups=motion_groups(self.config.adam, 1, scale=self.model.scale))
 
     def errors(self, value, problem):
         truth = self.truth_points(problem)
