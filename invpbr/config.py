@@ -163,7 +163,9 @@ class EstimateConfig:
     steps by about the learning rate whatever its gradient's size), ``group``
     (a pose's or each camera's translation, and its rotation, each one step size),
     ``motion`` (a pose's or each camera's six components one step size: a
-    component's step is its gradient's share). ``auto``: ``component``."""
+    component's step is its gradient's share: less drift of a weakly seen rotation,
+    slower to turn one that starts far off). ``auto``: ``component`` (measurements:
+    BENCHMARKS.md, issue 13)."""
     lambda_: NonNegative = 19.0
     """``kind = "shape"``: large-steps smoothness lambda (TOML: ``lambda``);
     larger is smoother and slower to reach detail."""

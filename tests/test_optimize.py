@@ -389,6 +389,7 @@ def test_grouped_adam_steps_a_weak_component_by_its_share(mi):
     from invpbr.optimization.latents import grouped_adam
 
     assert motion_groups("component", 2) is None and motion_groups("auto", 1) is None
+    assert motion_groups("auto", 1, auto="motion") == (6,)
     assert motion_groups("group", 2) == (3, 3, 3, 3)
     assert motion_groups("motion", 1, scale=True) == (6, 1)
     # gradient scales: a strong and two weak translation components, weak rotations
