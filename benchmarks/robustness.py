@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -50,9 +51,8 @@ def run_scene(folder: Path, out: Path, run_seed: int | None = None,
     """``invpbr run`` on ``folder``; (result.json, exit code, seconds)."""
     if run_seed is not None:
         toml = folder / "invpbr.toml"
-        text = toml.read_text()
-        if "seed =" not in text:
-            toml.write_text(text.replace("[optimize]\n", f"[optimize]\nseed = {run_seed}\n"))
+        text = re.sub(r"(?m)^seed = .*\n", "", toml.read_text())  # the previous run's
+        toml.write_text(text.replace("[optimize]\n", f"[optimize]\nseed = {run_seed}\n"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "invpbr", "run", str(folder), "--out", str(out),
