@@ -14,10 +14,12 @@ Usage::
 
     python benchmarks/robustness.py --kind camera --n 20 --seed 0 [--size 48]
         [--iterations 100] [--spp 8] [--max-cameras 12] [--repeat] [--json out.json]
-        [--keep DIR]
+        [--keep DIR] [--set estimate.adam='"motion"' --set optimize.lr_decay=0.01 ...]
 
 ``--repeat`` runs every scene twice (different run seeds) and reports the ratio of the
-two final errors (goal: within 2x). Prints one line per scene, then the summary.
+two final errors (goal: within 2x). ``--set TABLE.KEY=VALUE`` (VALUE in TOML) adds a
+setting to every scene's ``invpbr.toml`` (``estimate``: the ``[[estimate]]`` table),
+to compare options on the same scenes. Prints one line per scene, then the summary.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,9 +51,8 @@ def run_scene(folder: Path, out: Path, run_seed: int | None = None,
     """``invpbr run`` on ``folder``; (result.json, exit code, seconds)."""
     if run_seed is not None:
         toml = folder / "invpbr.toml"
-        text = toml.read_text()
-        if "seed =" not in text:
-            toml.write_text(text.replace("[optimize]\n", f"[optimize]\nseed = {run_seed}\n"))
+        text = re.sub(r"(?m)^seed = .*\n", "", toml.read_text())  # the previous run's
+        toml.write_text(text.replace("[optimize]\n", f"[optimize]\nseed = {run_seed}\n"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "invpbr", "run", str(folder), "--out", str(out),
@@ -62,6 +64,22 @@ def run_scene(folder: Path, out: Path, run_seed: int | None = None,
         print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
         return {}, proc.returncode, seconds
     return json.loads(path.read_text()), proc.returncode, seconds
+
+
+def add_settings(toml: Path, settings: list[str]) -> None:
+    """Add ``TABLE.KEY=VALUE`` settings (VALUE in TOML) to an ``invpbr.toml``."""
+    text = toml.read_text()
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        table, _, key = name.partition(".")
+        if not key or not value:
+            raise ValueError(f"--set {setting!r}: expected TABLE.KEY=VALUE, e.g. "
+                             "estimate.adam='\"group\"'")
+        header = "[[estimate]]\n" if table == "estimate" else f"[{table}]\n"
+        if header not in text:
+            text += f"\n{header}"
+        text = text.replace(header, f"{header}{key} = {value}\n", 1)
+    toml.write_text(text)
 
 
 def camera_rows(result: dict, diagonal: float) -> list[dict]:
@@ -106,6 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-cameras", type=int, default=12,
                         help="at most this many cameras per scene (the draw is 3 to this)")
     parser.add_argument("--repeat", action="store_true", help="run every scene twice")
+    parser.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                        help="add a setting (VALUE in TOML) to every scene's invpbr.toml")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--keep", help="keep scenes and results in this folder")
     parser.add_argument("--summarize", metavar="JSON",
@@ -127,6 +147,7 @@ def main(argv=None) -> int:
                                  iterations=args.iterations, max_depth=args.max_depth,
                                  n_cameras=(3, args.max_cameras if args.kind == "camera"
                                             else min(6, args.max_cameras)))
+        add_settings(folder / "invpbr.toml", args.set)
         diagonal = info["diagonal"]
         finals = []
         for r in range(2 if args.repeat else 1):
@@ -180,7 +201,8 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
     what = "cameras" if kind == "camera" else "runs"
     print(f"\n{kind}: {n_scenes} scenes (seed {args['seed']}..{args['seed'] + n_scenes - 1}), "
           f"{args['size']}x{args['size']}, spp {args['spp']}, max_depth {args['max_depth']}, "
-          f"{args['iterations']} iterations")
+          f"{args['iterations']} iterations"
+          + "".join(f", {x}" for x in args.get("set") or []))
     print(f"success: {ok}/{n_units} {what} ({100.0 * ok / max(n_units, 1):.1f} %) within "
           f"{rot_goal} deg and {100 * pos_goal:g} % of the diagonal")
     improved = sum(u["rotation_deg"] < u["start_rotation_deg"]

@@ -90,6 +90,7 @@ Precision = Literal["single", "half"]
 Guiding = Literal["none", "grid", "octree"]
 Space = Literal["auto", "linear", "log"]
 EnvmapModel = Literal["texels", "sh", "sun_sky"]
+AdamMoments = Literal["auto", "component", "group", "motion"]
 Integrator = Literal["auto", "prb", "prb_basic", "direct_projective", "prb_projective",
                      "path", "scene"]
 
@@ -156,6 +157,15 @@ class EstimateConfig:
     refined by moving the scene relative to the camera (see invpbr.estimates.cameras)."""
     scale: Bool = False
     """``kind = "pose"``: also estimate a uniform scale."""
+    adam: AdamMoments = "auto"
+    """``kind = "pose"`` and ``"camera"``: what shares Adam's second moment (which
+    sets each component's step size): ``component`` (plain Adam: every component
+    steps by about the learning rate whatever its gradient's size), ``group``
+    (a pose's or each camera's translation, and its rotation, each one step size),
+    ``motion`` (a pose's or each camera's six components one step size: a
+    component's step is its gradient's share: less drift of a weakly seen rotation,
+    slower to turn one that starts far off). ``auto``: ``component`` (measurements:
+    BENCHMARKS.md, issue 13)."""
     lambda_: NonNegative = 19.0
     """``kind = "shape"``: large-steps smoothness lambda (TOML: ``lambda``);
     larger is smoother and slower to reach detail."""

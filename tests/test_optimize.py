@@ -375,3 +375,43 @@ def test_lr_decay_is_validated():
     with pytest.raises(ConfigError, match="optimize.lr_decay must be"):
         parse_config({"optimize": {"lr_decay": 0}}, source="x.toml")
     assert parse_config({"optimize": {"lr_decay": 0.1}}).optimize.lr_decay == 0.1
+
+
+def test_grouped_adam_steps_a_weak_component_by_its_share(mi):
+    """Rigid motions (adam = "group" / "motion"): a component whose gradient is 1000x
+    smaller than its group's largest steps ~1000x less than the learning rate, where
+    plain Adam steps every component by about the learning rate; groups are separate
+    (the translation's strong gradient does not slow the rotation's own); the groups
+    must cover the latent."""
+    import drjit as dr
+
+    from invpbr.estimates.meshes import motion_groups
+    from invpbr.optimization.latents import grouped_adam
+
+    assert motion_groups("component", 2) is None and motion_groups("auto", 1) is None
+    assert motion_groups("auto", 1, auto="motion") == (6,)
+    assert motion_groups("group", 2) == (3, 3, 3, 3)
+    assert motion_groups("motion", 1, scale=True) == (6, 1)
+    # gradient scales: a strong and two weak translation components, weak rotations
+    weight = mi.Float([1.0, 1e-6, 1e-6, 1e-6, 1e-6, 1e-6])
+
+    def steps(opt) -> np.ndarray:
+        opt["x"] = mi.Float(np.zeros(6))
+        for _ in range(3):
+            dr.backward(dr.sum(weight * dr.square(opt["x"] - 1.0)))
+            opt.step()
+        return np.array(opt["x"])
+
+    plain = steps(mi.ad.Adam(lr=0.1))
+    assert plain == pytest.approx(np.full(6, 0.3), rel=0.03)  # ~lr per step, all of them
+    for groups, rotation in (((3, 3), 0.3), ((6,), 3e-7)):
+        opt = grouped_adam(0.1)
+        opt.groups["x"] = groups
+        x = steps(opt)
+        assert x[0] == pytest.approx(0.3, rel=0.01)
+        assert np.all(x[1:3] < 1e-6), (groups, x)  # weak within the strong one's group
+        assert x[3:] == pytest.approx(np.full(3, rotation), rel=0.1), (groups, x)
+    opt = grouped_adam(0.1)
+    opt.groups["x"] = (3, 2)
+    with pytest.raises(ValueError, match="'x' has 6 components, its groups"):
+        opt["x"] = mi.Float(np.zeros(6))

@@ -54,7 +54,8 @@ import numpy as np
 
 from ..capture.cameras import OPENCV_TO_MITSUBA, camera_from_sensor, write_transforms
 from .base import Estimate, register_kind
-from .meshes import TRAP_SHAPES, VERTICES, dr_width, rotation_matrix, rotation_numpy
+from .meshes import (TRAP_SHAPES, VERTICES, dr_width, motion_groups, rotation_matrix,
+                     rotation_numpy)
 
 #: Default learning rate of camera latents (per step: about 0.3 degree of
 #: rotation and 0.5 % of the scene size of translation).
@@ -362,7 +363,8 @@ class Cameras(Estimate):
         import mitsuba as mi
 
         store.add(self.key, mi.Float(np.ravel(self.model.initial_latent())),
-                  lr=CAMERA_LR if self.config.lr is None else self.config.lr)
+                  lr=CAMERA_LR if self.config.lr is None else self.config.lr,
+                  groups=motion_groups(self.config.adam, len(self.model.ids)))
 
     def view_values(self, store, values, view_index):
         return self.model.scene_values(store[self.key], view_index, values)

@@ -105,6 +105,20 @@ def mesh_arrays(params, key: str) -> tuple[np.ndarray, np.ndarray]:
     return vertices, faces
 
 
+def motion_groups(adam: str, motions: int, *, scale: bool = False,
+                  auto: str = "component") -> tuple[int, ...] | None:
+    """Adam's groups (see :meth:`invpbr.optimization.latents.Latents.add`) for the
+    latent of ``motions`` rigid motions of 6 components ``[t, w]`` each (then a log
+    scale when ``scale``): None for ``adam = "component"`` (plain Adam), a group per
+    translation and per rotation for ``"group"``, a group per motion for ``"motion"``;
+    ``"auto"`` is the estimate's ``auto``."""
+    adam = auto if adam == "auto" else adam
+    if adam == "component":
+        return None
+    per = (3, 3) if adam == "group" else (6,)
+    return per * motions + ((1,) if scale else ())
+
+
 def rotation_matrix(w):
     """Rotation matrix (``mi.Matrix3f``) of the axis-angle vector ``w``
     (Rodrigues' formula, differentiable also at ``w = 0``)."""

@@ -1,6 +1,7 @@
 """The optimizer's variables: every estimate's latents in one store, stepped
-by Adam (``mi.ad.Adam``; large-steps shapes by a uniform Adam), written into
-the scene through each estimate's own mapping.
+by Adam (``mi.ad.Adam``; large-steps shapes by a uniform Adam; rigid motions by
+a grouped Adam, :class:`GroupedAdam`), written into the scene through each
+estimate's own mapping.
 
 The store knows no kind: it asks the estimates (see
 :class:`invpbr.estimates.Estimate`) for their latents, scene values, bounds,
@@ -15,6 +16,57 @@ import numpy as np
 
 from ..estimates import Estimate
 from ..estimates.meshes import dr_width
+
+
+def grouped_adam(lr: float):
+    """A :class:`GroupedAdam` (built here: Dr.Jit's classes are not bound at import)."""
+    import drjit as dr
+    import mitsuba as mi
+
+    class GroupedAdam(dr.opt.Adam):
+        """Adam whose second moment is shared within groups of a latent's components:
+        each component's step is normalized by the largest second moment of its group
+        (UniformAdam, Nicolet et al. 2021, within each group instead of over the whole
+        latent). ``groups[name]`` (set before the latent is registered) gives the sizes
+        of consecutive groups, e.g. ``(3, 3)``: a translation and a rotation vector.
+
+        Why (rigid motions): per-component Adam scales every component's step to about
+        the learning rate whatever its gradient's size, so a component the images hardly
+        constrain (the rotation of a small or roundish object) takes learning-rate-sized
+        steps of Monte Carlo noise; within a group its step is its gradient's share.
+        """
+
+        def __init__(self, lr):
+            super().__init__(lr)
+            self.groups: dict[str, tuple[int, ...]] = {}
+
+        def _reset(self, key, value, promoted, /):
+            sizes = self.groups[key]
+            if sum(sizes) != dr.width(value.array):
+                raise ValueError(f"GroupedAdam: latent {key!r} has {dr.width(value.array)} "
+                                 f"components, its groups {sizes} add up to {sum(sizes)}")
+            super()._reset(key, value, promoted)
+            t, m, v, _ = self.state[key][3]
+            # the group of each component, kept where AMSGrad keeps its maximum (unused here)
+            index = mi.UInt32(np.repeat(np.arange(len(sizes)), sizes).astype(np.uint32))
+            self.state[key] = (*self.state[key][:3], (t, m, v, index))
+
+        def _step(self, cache, value, grad, lr, extra, /):
+            t_p, m_tp, v_tp, index = extra
+            t = t_p + 1
+            m_t = dr.lerp(grad, m_tp, self.beta_1)
+            v_t = dr.lerp(dr.square(grad), v_tp, self.beta_2)
+            high = dr.float64_array_t(dr.leaf_t(grad))
+            ema_factor = dr.leaf_t(grad)(-dr.sqrt(1 - high(self.beta_2) ** t)
+                                         / (1 - high(self.beta_1) ** t))
+            scale = cache.product(dr.leaf_t(grad), lr, ema_factor)
+            largest = dr.zeros(type(v_t), dr.width(v_t))  # (at most one group per component)
+            dr.scatter_reduce(dr.ReduceOp.Max, largest, v_t, index)
+            v_group = dr.gather(type(v_t), largest, index)
+            step = m_t * dr.rsqrt(v_group + self.epsilon ** 2)
+            return dr.fma(step, scale, value), (t, m_t, v_t, index)
+
+    return GroupedAdam(lr)
 
 
 class Latents:
@@ -42,6 +94,8 @@ class Latents:
         self.opt = mi.ad.Adam(lr=lr)
         # Large-steps shapes step with one step size for all coordinates (Nicolet et al.).
         self.uniform_opt = mi.ad.Adam(lr=lr, uniform=True)
+        # Rigid motions step with one step size per group (translation, rotation).
+        self.grouped_opt = grouped_adam(lr)
         # Scales the loss against float16 gradients underflowing (and backs off on overflow).
         self.scaler = dr.opt.GradScaler() if half else None
         self.own_lr: dict[str, float] = {}
@@ -53,10 +107,19 @@ class Latents:
 
     # -- the store protocol (invpbr.estimates.LatentStore) -----------------------------------
 
-    def add(self, name: str, value, *, lr: float | None = None, uniform: bool = False) -> None:
+    def add(self, name: str, value, *, lr: float | None = None, uniform: bool = False,
+            groups: tuple[int, ...] | None = None) -> None:
         """Register (or replace, resetting its optimizer state if its shape
-        changed) the latent ``name`` with its own learning rate ``lr``."""
-        opt = self.uniform_opt if uniform else self.opt
+        changed) the latent ``name`` with its own learning rate ``lr``; Adam
+        normalizes each component's step by its own second moment, or by the
+        largest of the whole latent (``uniform``), or of its group (``groups``:
+        sizes of consecutive groups of components, see :func:`grouped_adam`)."""
+        if uniform and groups is not None:
+            raise ValueError(f"Latents.add(): latent {name!r}: uniform and groups exclude "
+                             "each other")
+        opt = self.uniform_opt if uniform else self.grouped_opt if groups is not None else self.opt
+        if groups is not None:
+            opt.groups[name] = tuple(int(g) for g in groups)
         opt[name] = value
         if lr is not None:
             self.own_lr[name] = lr
@@ -127,10 +190,14 @@ class Latents:
             self.scaler.step(self.opt)
             if len(self.uniform_opt):
                 self.uniform_opt.step(grad_scale=unscale)
+            if len(self.grouped_opt):
+                self.grouped_opt.step(grad_scale=unscale)
         else:
             self.opt.step()
             if len(self.uniform_opt):
                 self.uniform_opt.step()
+            if len(self.grouped_opt):
+                self.grouped_opt.step()
         for e in self.estimates:
             e.project(self)
         self.write_scene()
@@ -139,6 +206,7 @@ class Latents:
         """Set every learning rate to ``factor`` times its start (``lr_decay``)."""
         self.opt.set_learning_rate(self.lr * factor)
         self.uniform_opt.set_learning_rate(self.lr * factor)
+        self.grouped_opt.set_learning_rate(self.lr * factor)
         for name, lr in self.own_lr.items():
             self.where[name].set_learning_rate({name: lr * factor})
 
@@ -176,7 +244,7 @@ class Latents:
     def optimizer_state(self) -> dict[str, dict[str, Any]]:
         """name -> each latent and its Adam state (numpy arrays and floats),
         for a checkpoint: ``value``, ``t`` (step count), ``m``, ``v`` (moments),
-        ``lr`` (its own learning rate, or None) and ``uniform``."""
+        ``lr`` (its own learning rate, or None), ``uniform`` and ``groups``."""
         out: dict[str, dict[str, Any]] = {}
         for name in self.names():
             opt = self.where[name]
@@ -184,7 +252,8 @@ class Latents:
             out[name] = {"value": np.array(value), "shape": list(value.shape),
                          "t": int(np.array(t).ravel()[0]), "m": np.array(m), "v": np.array(v),
                          "lr": None if lr is None else float(np.array(lr).ravel()[0]),
-                         "promoted": bool(promoted), "uniform": opt is self.uniform_opt}
+                         "promoted": bool(promoted), "uniform": opt is self.uniform_opt,
+                         "groups": list(getattr(opt, "groups", {}).get(name, [])) or None}
         return out
 
     def load_optimizer_state(self, state: dict[str, dict[str, Any]]) -> None:
@@ -288,7 +357,7 @@ class Latents:
                 if key not in written:
                     self.params[key] = value
         self.params.update()
-        self.opt = self.uniform_opt = None
+        self.opt = self.uniform_opt = self.grouped_opt = None
         self.where = {}
 
     def move_for_view(self, view_index: int | None) -> None:
