@@ -357,6 +357,10 @@ class FieldConfig:
     """Samples per grid cell along a ray (of the current stage's cells)."""
     lr: NonNegative = 0.1
     """Adam learning rate of the field's latents."""
+    shrink: Bool = True
+    """At the end of the first stage, shrink the box to the occupancy grid's
+    occupied cells (plus 4 % of the box on each side; DVGO): the finer stages
+    spend their cells on the content and leave no empty margin for floaters."""
     occupancy: Bool = True
     """Skip empty space with an occupancy grid (NerfAcc), and stop rays whose
     transmittance is negligible."""
@@ -373,6 +377,9 @@ class FieldConfig:
     """Decay of the moving average of each cell's density at an update."""
     tv: NonNegative = 1e-4
     """Weight of the total variation of density and colour (grid model)."""
+    background_tv: NonNegative = 5e-2
+    """Weight of the total variation of the learned background (``envmap``;
+    squared differences of neighbouring texels' logits)."""
     sparsity: NonNegative = 1e-4
     """Weight of a sparsity prior on the sampled opacities (against floaters)."""
     distortion: NonNegative = 1e-3

@@ -52,6 +52,9 @@ RAW_START = -6.5
 #: cells of the grid is MESH_OPACITY.
 MESH_OPACITY = 0.5
 MESH_CELLS = 4
+#: Margin of a box shrunk to its occupied cells (``shrink``), per side, as a
+#: fraction of the old box's longest side.
+SHRINK_MARGIN = 0.04
 FIELD_FILE = "field.npz"
 #: Field models besides the dense grid, by ``[field] model``: FieldEstimate
 #: subclasses that their modules register (``hash``: :mod:`.field_hash`).
@@ -108,23 +111,39 @@ class GridField:
         return sh_colour(self._texture(self.sh, 3 * self.k).eval(u), d, self.degree)
 
 
-def resample_grid(values: np.ndarray, dims: tuple[int, int, int]) -> np.ndarray:
+def resample_grid(values: np.ndarray, dims: tuple[int, int, int], part=None, *,
+                  order: int = 1) -> np.ndarray:
     """A (z, y, x, C) grid trilinearly resampled to ``dims`` (x, y, z) cells,
-    cell centres kept in place (coarse to fine)."""
+    cell centres kept in place (coarse to fine); ``part``: (lo, hi) in the
+    grid's unit cube, the part of it that the new grid covers (a shrunk box)."""
     from scipy.ndimage import map_coordinates
 
     nz, ny, nx, c = values.shape
-    tx, ty, tz = dims
-    coords = np.meshgrid((np.arange(tz) + 0.5) * nz / tz - 0.5, (np.arange(ty) + 0.5) * ny / ty - 0.5,
-                         (np.arange(tx) + 0.5) * nx / tx - 0.5, indexing="ij")
-    return np.stack([map_coordinates(values[..., i], coords, order=1, mode="nearest")
-                     for i in range(c)], -1).astype(np.float32)
+    lo, hi = (np.zeros(3), np.ones(3)) if part is None else part
+    axes = [(lo[a] + (np.arange(t) + 0.5) / t * (hi[a] - lo[a])) * n - 0.5
+            for a, t, n in zip((2, 1, 0), dims[::-1], (nz, ny, nx))]
+    coords = np.meshgrid(*axes, indexing="ij")
+    return np.stack([map_coordinates(values[..., i], coords, order=order, mode="nearest")
+                     for i in range(c)], -1).astype(values.dtype)
+
+
+def occupied_box(occupied: np.ndarray, lo, hi, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """The box of the occupied cells of a (z, y, x) occupancy grid over
+    [lo, hi], widened by ``margin`` of the box's size on each side (within [lo, hi])."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    ext = hi - lo
+    cells = np.argwhere(occupied)[:, ::-1]  # (x, y, z)
+    dims = np.array(occupied.shape[::-1], float)
+    a = lo + cells.min(0) / dims * ext - margin * ext.max()
+    b = lo + (cells.max(0) + 1) / dims * ext + margin * ext.max()
+    return np.maximum(a, lo), np.minimum(b, hi)
 
 
 # -- background --------------------------------------------------------------------------------
 
 #: Height of the learned lat-long background (``background = "envmap"``); width twice that.
-ENVMAP_HEIGHT = 16
+#: (16 before its total variation, ``background_tv``: finer, it took the object's colour.)
+ENVMAP_HEIGHT = 32
 
 
 def background_values(spec) -> np.ndarray | None:
@@ -136,7 +155,7 @@ def background_values(spec) -> np.ndarray | None:
 
 def make_background(kind: str, values, fixed: np.ndarray | None):
     """``background(d)`` -> Color3f for ``kind`` (``learned``: ``values`` is 3
-    logits; ``envmap``: ENVMAP_HEIGHT x 2 ENVMAP_HEIGHT x 3 logits; else fixed)."""
+    logits; ``envmap``: ENVMAP_HEIGHT (or any h) x 2 h x 3 logits; else fixed)."""
     import drjit as dr
     import mitsuba as mi
 
@@ -148,7 +167,8 @@ def make_background(kind: str, values, fixed: np.ndarray | None):
             logits = [dr.gather(mi.Float, values, i) for i in range(3)]
             return mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in logits])
         return learned
-    tex = mi.Texture2f(mi.TensorXf(values, shape=(ENVMAP_HEIGHT, 2 * ENVMAP_HEIGHT, 3)),
+    h = int(round(math.sqrt(dr.width(values) / 6)))  # (ENVMAP_HEIGHT; older files: 16)
+    tex = mi.Texture2f(mi.TensorXf(values, shape=(h, 2 * h, 3)),
                        use_accel=False, migrate=False, wrap_mode=dr.WrapMode.Clamp)
 
     def envmap(d):
@@ -157,6 +177,25 @@ def make_background(kind: str, values, fixed: np.ndarray | None):
         logits = tex.eval(mi.Point2f(u, v))
         return mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in logits])
     return envmap
+
+
+def envmap_tv(values):
+    """The mean squared difference between neighbouring texels' logits of a
+    learned lat-long background (``values``, ENVMAP_HEIGHT x 2 ENVMAP_HEIGHT x
+    3; around in longitude): directions that the object hides from most
+    photos take their neighbours' colour instead of the object's."""
+    import drjit as dr
+    import mitsuba as mi
+
+    h, w = ENVMAP_HEIGHT, 2 * ENVMAP_HEIGHT
+    idx = np.arange(h * w * 3).reshape(h, w, 3)
+    pairs = [(idx, np.roll(idx, -1, axis=1)), (idx[:-1], idx[1:])]
+    total = mi.Float(0.0)
+    for a, b in pairs:
+        diff = (dr.gather(mi.Float, values, mi.UInt32(a.ravel()))
+                - dr.gather(mi.Float, values, mi.UInt32(b.ravel())))
+        total += dr.sum(dr.sqrt(dr.square(diff) + 1e-4))
+    return total / sum(a.size for a, _ in pairs)
 
 
 # -- cameras, bounds and rays ------------------------------------------------------------------
@@ -517,6 +556,8 @@ class RandomRays:
             loss = loss + e.config.distortion * out.distortion
         if e.config.sparsity > 0:
             loss = loss + e.config.sparsity * out.sparsity
+        if e.config.background_tv > 0 and e.background_kind == "envmap":
+            loss = loss + e.config.background_tv * envmap_tv(c.latents["field.background"])
         e.samples.append(out.samples)
         c.latents.backward(loss)
         return dr.detach(loss)
@@ -730,7 +771,8 @@ class FieldEstimate(Estimate):
         return False
 
     def upsample(self, store, stage: int) -> None:
-        """Move the grid to the resolution of ``stage`` (new latents, Adam reset)."""
+        """Move the grid to the resolution of ``stage`` (new latents, Adam
+        reset), in the box shrunk to the occupied cells (``shrink``)."""
         import mitsuba as mi
 
         k3 = 3 * (self.config.sh_degree + 1) ** 2
@@ -738,18 +780,50 @@ class FieldEstimate(Estimate):
         s = self.blocks
         dens = np.array(store["field.density"], np.float32).reshape(s, nz, ny, nx, 1)
         sh = np.array(store["field.sh"], np.float32).reshape(s, nz, ny, nx, k3)
+        part = self.shrink_box()
+        if part is not None:  # the same density in the smaller box (sigma scales with its size)
+            ratio = float((part[1] - part[0]).max())
+            dens = np.log(np.expm1(np.maximum(np.logaddexp(0.0, dens) * ratio, 1e-30)))
         self.stage = stage
         self.dims = grid_dims(self.lo, self.hi, self.config.resolution[stage])
         store.add("field.density", mi.Float(np.concatenate(
-            [resample_grid(x, self.dims).ravel() for x in dens])))
+            [resample_grid(x, self.dims, part).ravel() for x in dens])))
         store.add("field.sh", mi.Float(np.concatenate(
-            [resample_grid(x, self.dims).ravel() for x in sh])))
+            [resample_grid(x, self.dims, part).ravel() for x in sh])))
+
+    def shrink_box(self):
+        """Shrink the box to its occupied cells' box plus SHRINK_MARGIN at the
+        end of the first stage (DVGO), the occupancy grid with it; the part of the old box (unit cube) the new
+        one covers, or None where it stays (``shrink`` off, no occupancy yet,
+        a field in time, or less than a cell to gain)."""
+        import mitsuba as mi
+
+        occ = self.occupancy
+        if (not self.config.shrink or self.stage != 0 or occ is None or not occ.updates
+                or self.slices > 1):
+            return None
+        ext = self.hi - self.lo
+        lo, hi = occupied_box(occ.occupied, self.lo, self.hi, SHRINK_MARGIN)
+        cell = ext.max() / self.config.resolution[self.stage]
+        if np.all(ext - (hi - lo) < cell):
+            return None
+        part = ((lo - self.lo) / ext, (hi - self.lo) / ext)
+        self.lo, self.hi = lo, hi
+        dims = grid_dims(lo, hi, self.config.occupancy_resolution)
+        new = Occupancy(dims=dims)
+        new.ema = resample_grid(occ.ema[..., None], dims, part, order=0)[..., 0]
+        new.occupied = resample_grid(occ.occupied[..., None].astype(np.float32), dims, part,
+                                     order=0)[..., 0] > 0.5
+        new.updates, new.emptied = occ.updates, occ.emptied
+        new.mask = None if occ.mask is None else mi.Bool(new.occupied.ravel())
+        self.occupancy = new
+        return part
 
     def current_stage(self) -> Any:
         return self.stage
 
     def state(self) -> dict[str, Any]:
-        out = {"stage": self.stage}
+        out = {"stage": self.stage, "lo": np.asarray(self.lo), "hi": np.asarray(self.hi)}
         if self.occupancy is not None:
             out |= {"occupancy_ema": self.occupancy.ema, "occupied": self.occupancy.occupied,
                     "occupancy_updates": self.occupancy.updates}
@@ -760,6 +834,11 @@ class FieldEstimate(Estimate):
         import mitsuba as mi
 
         self.stage = int(state.get("stage", 0))
+        if "lo" in state:  # (a box shrunk before the checkpoint)
+            self.lo, self.hi = (np.asarray(state[k], float) for k in ("lo", "hi"))
+            if self.occupancy is not None:
+                self.occupancy = Occupancy(dims=grid_dims(self.lo, self.hi,
+                                                          self.config.occupancy_resolution))
         self.dims = grid_dims(self.lo, self.hi, self.config.resolution[self.stage])
         if self.occupancy is not None and "occupied" in state:
             occ = self.occupancy
