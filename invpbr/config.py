@@ -357,10 +357,6 @@ class FieldConfig:
     """Samples per grid cell along a ray (of the current stage's cells)."""
     lr: NonNegative = 0.1
     """Adam learning rate of the field's latents."""
-    shrink: Bool = True
-    """At the end of the first stage, shrink the box to the occupancy grid's
-    occupied cells (plus 4 % of the box on each side; DVGO): the finer stages
-    spend their cells on the content and leave no empty margin for floaters."""
     occupancy: Bool = True
     """Skip empty space with an occupancy grid (NerfAcc), and stop rays whose
     transmittance is negligible."""
@@ -379,7 +375,8 @@ class FieldConfig:
     """Weight of the total variation of density and colour (grid model)."""
     background_tv: NonNegative = 5e-2
     """Weight of the total variation of the learned background (``envmap``;
-    squared differences of neighbouring texels' logits)."""
+    nearly L1 between neighbouring texels): directions that the content hides
+    from most photos take their neighbours' colour, not the content's."""
     sparsity: NonNegative = 1e-4
     """Weight of a sparsity prior on the sampled opacities (against floaters)."""
     distortion: NonNegative = 1e-3

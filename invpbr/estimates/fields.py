@@ -52,9 +52,6 @@ RAW_START = -6.5
 #: cells of the grid is MESH_OPACITY.
 MESH_OPACITY = 0.5
 MESH_CELLS = 4
-#: Margin of a box shrunk to its occupied cells (``shrink``), per side, as a
-#: fraction of the old box's longest side.
-SHRINK_MARGIN = 0.04
 FIELD_FILE = "field.npz"
 #: Field models besides the dense grid, by ``[field] model``: FieldEstimate
 #: subclasses that their modules register (``hash``: :mod:`.field_hash`).
@@ -111,32 +108,17 @@ class GridField:
         return sh_colour(self._texture(self.sh, 3 * self.k).eval(u), d, self.degree)
 
 
-def resample_grid(values: np.ndarray, dims: tuple[int, int, int], part=None, *,
-                  order: int = 1) -> np.ndarray:
+def resample_grid(values: np.ndarray, dims: tuple[int, int, int]) -> np.ndarray:
     """A (z, y, x, C) grid trilinearly resampled to ``dims`` (x, y, z) cells,
-    cell centres kept in place (coarse to fine); ``part``: (lo, hi) in the
-    grid's unit cube, the part of it that the new grid covers (a shrunk box)."""
+    cell centres kept in place (coarse to fine)."""
     from scipy.ndimage import map_coordinates
 
     nz, ny, nx, c = values.shape
-    lo, hi = (np.zeros(3), np.ones(3)) if part is None else part
-    axes = [(lo[a] + (np.arange(t) + 0.5) / t * (hi[a] - lo[a])) * n - 0.5
-            for a, t, n in zip((2, 1, 0), dims[::-1], (nz, ny, nx))]
-    coords = np.meshgrid(*axes, indexing="ij")
-    return np.stack([map_coordinates(values[..., i], coords, order=order, mode="nearest")
-                     for i in range(c)], -1).astype(values.dtype)
-
-
-def occupied_box(occupied: np.ndarray, lo, hi, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """The box of the occupied cells of a (z, y, x) occupancy grid over
-    [lo, hi], widened by ``margin`` of the box's size on each side (within [lo, hi])."""
-    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-    ext = hi - lo
-    cells = np.argwhere(occupied)[:, ::-1]  # (x, y, z)
-    dims = np.array(occupied.shape[::-1], float)
-    a = lo + cells.min(0) / dims * ext - margin * ext.max()
-    b = lo + (cells.max(0) + 1) / dims * ext + margin * ext.max()
-    return np.maximum(a, lo), np.minimum(b, hi)
+    tx, ty, tz = dims
+    coords = np.meshgrid((np.arange(tz) + 0.5) * nz / tz - 0.5, (np.arange(ty) + 0.5) * ny / ty - 0.5,
+                         (np.arange(tx) + 0.5) * nx / tx - 0.5, indexing="ij")
+    return np.stack([map_coordinates(values[..., i], coords, order=1, mode="nearest")
+                     for i in range(c)], -1).astype(np.float32)
 
 
 # -- background --------------------------------------------------------------------------------
@@ -180,15 +162,16 @@ def make_background(kind: str, values, fixed: np.ndarray | None):
 
 
 def envmap_tv(values):
-    """The mean squared difference between neighbouring texels' logits of a
-    learned lat-long background (``values``, ENVMAP_HEIGHT x 2 ENVMAP_HEIGHT x
-    3; around in longitude): directions that the object hides from most
-    photos take their neighbours' colour instead of the object's."""
+    """The total variation of a learned lat-long background's logits
+    (``values``, h x 2h x 3; around in longitude): the mean over neighbouring
+    texels of ``sqrt(diff^2 + 1e-4)`` (nearly L1: a sharp horizon seen by many
+    rays stays sharp, while directions that the content hides from most
+    photos take their neighbours' colour instead of the content's)."""
     import drjit as dr
     import mitsuba as mi
 
-    h, w = ENVMAP_HEIGHT, 2 * ENVMAP_HEIGHT
-    idx = np.arange(h * w * 3).reshape(h, w, 3)
+    h = int(round(math.sqrt(dr.width(values) / 6)))
+    idx = np.arange(h * 2 * h * 3).reshape(h, 2 * h, 3)
     pairs = [(idx, np.roll(idx, -1, axis=1)), (idx[:-1], idx[1:])]
     total = mi.Float(0.0)
     for a, b in pairs:
@@ -771,8 +754,7 @@ class FieldEstimate(Estimate):
         return False
 
     def upsample(self, store, stage: int) -> None:
-        """Move the grid to the resolution of ``stage`` (new latents, Adam
-        reset), in the box shrunk to the occupied cells (``shrink``)."""
+        """Move the grid to the resolution of ``stage`` (new latents, Adam reset)."""
         import mitsuba as mi
 
         k3 = 3 * (self.config.sh_degree + 1) ** 2
@@ -780,50 +762,18 @@ class FieldEstimate(Estimate):
         s = self.blocks
         dens = np.array(store["field.density"], np.float32).reshape(s, nz, ny, nx, 1)
         sh = np.array(store["field.sh"], np.float32).reshape(s, nz, ny, nx, k3)
-        part = self.shrink_box()
-        if part is not None:  # the same density in the smaller box (sigma scales with its size)
-            ratio = float((part[1] - part[0]).max())
-            dens = np.log(np.expm1(np.maximum(np.logaddexp(0.0, dens) * ratio, 1e-30)))
         self.stage = stage
         self.dims = grid_dims(self.lo, self.hi, self.config.resolution[stage])
         store.add("field.density", mi.Float(np.concatenate(
-            [resample_grid(x, self.dims, part).ravel() for x in dens])))
+            [resample_grid(x, self.dims).ravel() for x in dens])))
         store.add("field.sh", mi.Float(np.concatenate(
-            [resample_grid(x, self.dims, part).ravel() for x in sh])))
-
-    def shrink_box(self):
-        """Shrink the box to its occupied cells' box plus SHRINK_MARGIN at the
-        end of the first stage (DVGO), the occupancy grid with it; the part of the old box (unit cube) the new
-        one covers, or None where it stays (``shrink`` off, no occupancy yet,
-        a field in time, or less than a cell to gain)."""
-        import mitsuba as mi
-
-        occ = self.occupancy
-        if (not self.config.shrink or self.stage != 0 or occ is None or not occ.updates
-                or self.slices > 1):
-            return None
-        ext = self.hi - self.lo
-        lo, hi = occupied_box(occ.occupied, self.lo, self.hi, SHRINK_MARGIN)
-        cell = ext.max() / self.config.resolution[self.stage]
-        if np.all(ext - (hi - lo) < cell):
-            return None
-        part = ((lo - self.lo) / ext, (hi - self.lo) / ext)
-        self.lo, self.hi = lo, hi
-        dims = grid_dims(lo, hi, self.config.occupancy_resolution)
-        new = Occupancy(dims=dims)
-        new.ema = resample_grid(occ.ema[..., None], dims, part, order=0)[..., 0]
-        new.occupied = resample_grid(occ.occupied[..., None].astype(np.float32), dims, part,
-                                     order=0)[..., 0] > 0.5
-        new.updates, new.emptied = occ.updates, occ.emptied
-        new.mask = None if occ.mask is None else mi.Bool(new.occupied.ravel())
-        self.occupancy = new
-        return part
+            [resample_grid(x, self.dims).ravel() for x in sh])))
 
     def current_stage(self) -> Any:
         return self.stage
 
     def state(self) -> dict[str, Any]:
-        out = {"stage": self.stage, "lo": np.asarray(self.lo), "hi": np.asarray(self.hi)}
+        out = {"stage": self.stage}
         if self.occupancy is not None:
             out |= {"occupancy_ema": self.occupancy.ema, "occupied": self.occupancy.occupied,
                     "occupancy_updates": self.occupancy.updates}
@@ -834,11 +784,6 @@ class FieldEstimate(Estimate):
         import mitsuba as mi
 
         self.stage = int(state.get("stage", 0))
-        if "lo" in state:  # (a box shrunk before the checkpoint)
-            self.lo, self.hi = (np.asarray(state[k], float) for k in ("lo", "hi"))
-            if self.occupancy is not None:
-                self.occupancy = Occupancy(dims=grid_dims(self.lo, self.hi,
-                                                          self.config.occupancy_resolution))
         self.dims = grid_dims(self.lo, self.hi, self.config.resolution[self.stage])
         if self.occupancy is not None and "occupied" in state:
             occ = self.occupancy
