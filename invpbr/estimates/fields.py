@@ -124,8 +124,9 @@ def resample_grid(values: np.ndarray, dims: tuple[int, int, int]) -> np.ndarray:
 # -- background --------------------------------------------------------------------------------
 
 #: Height of the learned lat-long background (``background = "envmap"``); width twice that.
-#: (16 before its total variation, ``background_tv``: finer, it took the object's colour.)
-ENVMAP_HEIGHT = 32
+#: (32 with ``background_tv``: 0.7 dB better held-out on scenes/field_object, but with few
+#: photos, 14 of 16 x 16 pixels, the background took the object's colour: BENCHMARKS.md.)
+ENVMAP_HEIGHT = 16
 
 
 def background_values(spec) -> np.ndarray | None:
