@@ -383,6 +383,12 @@ class FieldConfig:
     """Decay of the moving average of each cell's density at an update."""
     tv: NonNegative = 1e-4
     """Weight of the total variation of density and colour (grid model)."""
+    background_tv: NonNegative = 0.0
+    """Weight of the total variation of the learned background (``envmap``;
+    nearly L1 between neighbouring texels): directions that the content hides
+    from most photos take their neighbours' colour, not the content's. 0.05:
+    scenes/field_object 28.55 -> 30.81 dB held-out; off by default (it cost the
+    fox 0.7 dB and the margins of the time and appearance tests: BENCHMARKS.md)."""
     sparsity: NonNegative = 1e-4
     """Weight of a sparsity prior on the sampled opacities (against floaters)."""
     distortion: NonNegative = 1e-3

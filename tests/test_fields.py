@@ -15,7 +15,8 @@ from invpbr.backend import init_backend
 
 #: The figures README's "Radiance fields" table states (tests/test_readme.py).
 STATED = {"gradient_percent": 3, "fit_above_constant_db": 8, "held_out_above_start_db": 5,
-          "hash_held_out_above_start_db": 4}
+          "hash_held_out_above_start_db": 4, "envmap_hidden_error": 0.05,
+          "envmap_horizon_error": 0.05, "envmap_tv_weight": 0.05}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -411,3 +412,56 @@ def test_a_field_decays_its_learning_rate_unless_told_otherwise():
     assert parse_config({"field": {}}).optimize.lr_decay == FIELD_LR_DECAY == 0.1
     assert parse_config({"field": {}, "optimize": {"lr_decay": 1.0}}).optimize.lr_decay == 1.0
     assert parse_config({}).optimize.lr_decay is None  # (no field: the estimates decide)
+
+
+def fit_envmap(background_tv: float, steps: int = 150):
+    """A learned envmap fitted alone to rays of a sky over a ground, none of
+    them in a patch of directions below the horizon (as if an object hid it
+    from every photo), the patch starting dark (the object's colour): the
+    fitted sRGB colours (H, 2H, 3)."""
+    import drjit as dr
+    import mitsuba as mi
+
+    from invpbr.estimates.fields import ENVMAP_HEIGHT, envmap_tv, make_background
+
+    h = ENVMAP_HEIGHT
+    sky, ground = np.array([0.9, 0.9, 0.85]), np.array([0.25, 0.2, 0.15])
+    logit = lambda c: np.log(c / (1 - c))  # noqa: E731
+    start = np.broadcast_to(logit(np.array([0.5, 0.5, 0.5])), (h, 2 * h, 3)).copy()
+    patch = (slice(int(0.7 * h), int(0.85 * h)), slice(int(0.4 * h), int(0.6 * h)))
+    start[patch] = logit(np.array([0.02, 0.02, 0.02]))
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(40000, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    u = np.arctan2(d[:, 0], -d[:, 2]) / (2 * np.pi) + 0.5
+    v = np.arccos(d[:, 1]) / np.pi
+    hidden = ((v * h >= patch[0].start - 1) & (v * h < patch[0].stop + 1)
+              & (u * 2 * h >= patch[1].start - 1) & (u * 2 * h < patch[1].stop + 1))
+    d = d[~hidden]
+    target = np.where((d[:, 1] > 0)[:, None], sky, ground)
+    dirs = mi.Vector3f(*(mi.Float(d[:, i].astype(np.float32)) for i in range(3)))
+    goal = mi.Color3f(*(mi.Float(target[:, i].astype(np.float32)) for i in range(3)))
+    opt = mi.ad.Adam(lr=0.1)
+    opt["bg"] = mi.Float(start.astype(np.float32).ravel())
+    for _ in range(steps):
+        colour = make_background("envmap", opt["bg"], None)(dirs)
+        loss = dr.mean(dr.squared_norm(colour - goal))
+        if background_tv > 0:
+            loss = loss + background_tv * envmap_tv(opt["bg"])
+        dr.backward(loss)
+        float(loss[0])  # (a read-back per step, as the loop's)
+        opt.step()
+    values = 1 / (1 + np.exp(-np.array(opt["bg"]).reshape(h, 2 * h, 3)))
+    return values, patch, sky, ground
+
+
+def test_the_backgrounds_total_variation_fills_hidden_directions_and_keeps_the_horizon():
+    weight = STATED["envmap_tv_weight"]  # (BENCHMARKS.md's setting; off by default)
+    plain, patch, sky, ground = fit_envmap(0.0)
+    smooth, _, _, _ = fit_envmap(weight)
+    err = lambda x: np.abs(x[patch] - ground).max()  # noqa: E731
+    assert err(plain) > 0.15  # (no ray reaches the patch: it keeps its start)
+    assert err(smooth) < STATED["envmap_hidden_error"], err(smooth)
+    h = smooth.shape[0]  # the horizon stays sharp: the rows beside it keep sky and ground
+    assert np.abs(smooth[h // 2 - 2] - sky).max() < STATED["envmap_horizon_error"]
+    assert np.abs(smooth[h // 2 + 1] - ground).max() < STATED["envmap_horizon_error"]

@@ -128,6 +128,8 @@ def resample_grid(values: np.ndarray, dims: tuple[int, int, int]) -> np.ndarray:
 # -- background --------------------------------------------------------------------------------
 
 #: Height of the learned lat-long background (``background = "envmap"``); width twice that.
+#: (32 with ``background_tv``: 0.7 dB better held-out on scenes/field_object, but with few
+#: photos, 14 of 16 x 16 pixels, the background took the object's colour: BENCHMARKS.md.)
 ENVMAP_HEIGHT = 16
 
 
@@ -140,7 +142,7 @@ def background_values(spec) -> np.ndarray | None:
 
 def make_background(kind: str, values, fixed: np.ndarray | None):
     """``background(d)`` -> Color3f for ``kind`` (``learned``: ``values`` is 3
-    logits; ``envmap``: ENVMAP_HEIGHT x 2 ENVMAP_HEIGHT x 3 logits; else fixed)."""
+    logits; ``envmap``: ENVMAP_HEIGHT (or any h) x 2 h x 3 logits; else fixed)."""
     import drjit as dr
     import mitsuba as mi
 
@@ -152,7 +154,8 @@ def make_background(kind: str, values, fixed: np.ndarray | None):
             logits = [dr.gather(mi.Float, values, i) for i in range(3)]
             return mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in logits])
         return learned
-    tex = mi.Texture2f(mi.TensorXf(values, shape=(ENVMAP_HEIGHT, 2 * ENVMAP_HEIGHT, 3)),
+    h = int(round(math.sqrt(dr.width(values) / 6)))  # (ENVMAP_HEIGHT; older files: 16)
+    tex = mi.Texture2f(mi.TensorXf(values, shape=(h, 2 * h, 3)),
                        use_accel=False, migrate=False, wrap_mode=dr.WrapMode.Clamp)
 
     def envmap(d):
@@ -161,6 +164,26 @@ def make_background(kind: str, values, fixed: np.ndarray | None):
         logits = tex.eval(mi.Point2f(u, v))
         return mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in logits])
     return envmap
+
+
+def envmap_tv(values):
+    """The total variation of a learned lat-long background's logits
+    (``values``, h x 2h x 3; around in longitude): the mean over neighbouring
+    texels of ``sqrt(diff^2 + 1e-4)`` (nearly L1: a sharp horizon seen by many
+    rays stays sharp, while directions that the content hides from most
+    photos take their neighbours' colour instead of the content's)."""
+    import drjit as dr
+    import mitsuba as mi
+
+    h = int(round(math.sqrt(dr.width(values) / 6)))
+    idx = np.arange(h * 2 * h * 3).reshape(h, 2 * h, 3)
+    pairs = [(idx, np.roll(idx, -1, axis=1)), (idx[:-1], idx[1:])]
+    total = mi.Float(0.0)
+    for a, b in pairs:
+        diff = (dr.gather(mi.Float, values, mi.UInt32(a.ravel()))
+                - dr.gather(mi.Float, values, mi.UInt32(b.ravel())))
+        total += dr.sum(dr.sqrt(dr.square(diff) + 1e-4))
+    return total / sum(a.size for a, _ in pairs)
 
 
 # -- cameras, bounds and rays ------------------------------------------------------------------
@@ -551,6 +574,8 @@ class RandomRays:
             loss = loss + e.config.distortion * out.distortion
         if e.config.sparsity > 0:
             loss = loss + e.config.sparsity * out.sparsity
+        if e.config.background_tv > 0 and e.background_kind == "envmap":
+            loss = loss + e.config.background_tv * envmap_tv(c.latents["field.background"])
         e.samples.append(out.samples)
         c.latents.backward(loss)
         return dr.detach(loss)
