@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 from pathlib import Path
 from typing import Callable
 
@@ -50,3 +51,26 @@ def run(description: str, bench_scene: Callable[[Path, int | None, int | None], 
         report(row)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system, all threads) this process has used."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def field_variants_parser(variants: dict, *, size: int, views: int, held_out: int,
+                          iterations: int, resolution: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark of ``[field]`` options on a synthetic
+    capture: ``OUT``, the capture's size, views and held-out views, the fits'
+    iterations and grid resolutions, and the variants to run (default: all of
+    ``variants``); a script adds its own arguments."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--views", type=int, default=views)
+    parser.add_argument("--held-out", type=int, default=held_out)
+    parser.add_argument("--iterations", type=int, default=iterations)
+    parser.add_argument("--resolution", default=resolution)
+    parser.add_argument("--variants", default=",".join(variants))
+    return parser

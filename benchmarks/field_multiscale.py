@@ -20,32 +20,19 @@ field's mean error to each baseline's.
 
 from __future__ import annotations
 
-import argparse
 import math
-import resource
 import time
-from pathlib import Path
 
 import numpy as np
+from common import cpu_seconds, field_variants_parser
 
 VARIANTS = {"plain": "spp = 1\n", "plain_spp4": "spp = 4\n", "multiscale": "multiscale = true\n"}
 
 
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--views", type=int, default=40)
-    parser.add_argument("--held-out", type=int, default=5)
-    parser.add_argument("--iterations", type=int, default=400)
-    parser.add_argument("--resolution", default="[24, 48]")
+    parser = field_variants_parser(
+        VARIANTS, size=64, views=40, held_out=5, iterations=400, resolution="[24, 48]")
     parser.add_argument("--distance", type=float, default=1.8)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--model", default="grid", choices=("grid", "hash"))
     parser.add_argument("--batch-rays", type=int, default=4096)
     parser.add_argument("--bounds", default=None, help="the box, as field.bounds (default: auto)")
@@ -70,10 +57,10 @@ def main() -> None:
         (folder / "invpbr.toml").write_text(
             (folder / "invpbr.toml").read_text()
             + f"\n[optimize]\niterations = {args.iterations}\n\n[report]\ngradients = false\n")
-        wall, c0 = time.perf_counter(), cpu()
+        wall, c0 = time.perf_counter(), cpu_seconds()
         problem = invpbr.load_problem(folder)
         result = invpbr.optimize(problem, progress=False)
-        wall, used = time.perf_counter() - wall, cpu() - c0
+        wall, used = time.perf_counter() - wall, cpu_seconds() - c0
         errors = scale_errors(result, problem)
         means[name] = float(np.mean(list(errors.values())))
         per = ", ".join(f"1/{f} {e * 1e3:.3f}" for f, e in errors.items())

@@ -14,31 +14,18 @@ half-image score where the field has an appearance, wall and CPU seconds.
 
 from __future__ import annotations
 
-import argparse
-import resource
 import time
-from pathlib import Path
 
 import numpy as np
+from common import cpu_seconds, field_variants_parser
 
 VARIANTS = {"plain": "", "affine": 'appearance = "affine"\n', "transient": "transient = true\n",
             "both": 'appearance = "affine"\ntransient = true\n'}
 
 
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--size", type=int, default=48)
-    parser.add_argument("--views", type=int, default=40)
-    parser.add_argument("--held-out", type=int, default=5)
-    parser.add_argument("--iterations", type=int, default=400)
-    parser.add_argument("--resolution", default="[24, 32, 48]")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser = field_variants_parser(
+        VARIANTS, size=48, views=40, held_out=5, iterations=400, resolution="[24, 32, 48]")
     args = parser.parse_args()
 
     import invpbr
@@ -58,10 +45,10 @@ def main() -> None:
         (folder / "invpbr.toml").write_text(
             (folder / "invpbr.toml").read_text()
             + f"\n[optimize]\niterations = {args.iterations}\n\n[report]\ngradients = false\n")
-        wall, c0 = time.perf_counter(), cpu()
+        wall, c0 = time.perf_counter(), cpu_seconds()
         problem = invpbr.load_problem(folder)
         result = invpbr.optimize(problem, progress=False)
-        wall, used = time.perf_counter() - wall, cpu() - c0
+        wall, used = time.perf_counter() - wall, cpu_seconds() - c0
         held = [v.id for v in problem.views if v.held_out]
         score = np.mean([psnr(result.renders[v], images.load_image(capture / "truth" / f"{v}.exr"))
                          for v in held])

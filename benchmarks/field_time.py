@@ -14,32 +14,19 @@ the held-out views), the gain over the static field, wall and CPU seconds.
 
 from __future__ import annotations
 
-import argparse
-import resource
 import time
-from pathlib import Path
 
 import numpy as np
+from common import cpu_seconds, field_variants_parser
 
 VARIANTS = {"static": "", "time": "time = true\n"}
 SETTINGS = "batch_rays = 1024\nsh_degree = 1\noccupancy_warmup = 20\noccupancy_every = 8\n"
 
 
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--size", type=int, default=24)
-    parser.add_argument("--views", type=int, default=30)
-    parser.add_argument("--held-out", type=int, default=4)
-    parser.add_argument("--iterations", type=int, default=250)
-    parser.add_argument("--resolution", default="[12, 16]")
+    parser = field_variants_parser(
+        VARIANTS, size=24, views=30, held_out=4, iterations=250, resolution="[12, 16]")
     parser.add_argument("--seed", type=int, default=0, help="[optimize] seed")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--extra", action="append", default=[],
                         help="NAME=SETTINGS: a further variant (settings joined by ';')")
     args = parser.parse_args()
@@ -66,10 +53,10 @@ def main() -> None:
             (folder / "invpbr.toml").read_text()
             + f"\n[optimize]\niterations = {args.iterations}\nloss = \"l2\"\nseed = {args.seed}\n\n"
             "[report]\ngradients = false\n")
-        wall, c0 = time.perf_counter(), cpu()
+        wall, c0 = time.perf_counter(), cpu_seconds()
         problem = invpbr.load_problem(folder)
         result = invpbr.optimize(problem, progress=False)
-        wall, used = time.perf_counter() - wall, cpu() - c0
+        wall, used = time.perf_counter() - wall, cpu_seconds() - c0
         score = float(np.mean(list(result.novel_view_psnr.values())))
         fitted = float(np.mean([psnr(result.renders[v.id], v.photo) for v in problem.views
                                 if not v.held_out and v.id in result.renders]))
