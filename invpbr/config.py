@@ -399,7 +399,7 @@ class FieldConfig:
     """Per-photo appearance (NeRF-W): ``affine``: a colour transform per fitted
     photo (3 x 3 matrix and offset, relative to their mean) on the rendered
     colour; renders of views are at the neutral appearance (the mean);
-    ``embedding`` needs ``model = "hash"`` (refused: not available)."""
+    ``embedding`` (a code feeding the hash model's MLP) is refused: not available."""
     transient: Bool = False
     """Transient occluders (passers-by): a coarse RGBA layer per fitted photo
     composited over its render, with an L1 prior on its opacity (NeRF-W's
@@ -665,10 +665,10 @@ def _check_field(f: FieldConfig, source: str) -> None:
     elif bg not in ("learned", "envmap", "white", "black"):
         raise ConfigError(f"{source}: field.background = {bg!r}; expected one of learned, "
                           "envmap, white, black or [r, g, b]")
-    if f.appearance == "embedding" and f.model != "hash":
-        raise ConfigError(f"{source}: field.appearance = \"embedding\" needs model = \"hash\" "
-                          "(an appearance code feeds an MLP); a grid takes appearance = "
-                          "\"affine\"")
+    if f.appearance == "embedding":
+        raise ConfigError(f"{source}: field.appearance = \"embedding\" (a code feeding an MLP) "
+                          "is not available in this version; appearance = \"affine\" (a colour "
+                          "transform per photo) works with the grid and hash models")
 
 
 def _estimate_table(i: int, t: Any, source: str) -> EstimateConfig:

@@ -172,7 +172,9 @@ def test_nerfw_half_score_fits_the_colour_map_on_the_left_half():
 @pytest.mark.parametrize("toml, message", [
     ("[field]\ntime_slices = 1\n", r"field.time_slices"),
     ("[field]\ntime_deform = -1\n", r"field.time_deform"),
-    ("[field]\nappearance = \"embedding\"\n", r"appearance = \"embedding\" needs model = \"hash\""),
+    ("[field]\nappearance = \"embedding\"\n", r"appearance = \"embedding\".*not available"),
+    ("[field]\nmodel = \"hash\"\nappearance = \"embedding\"\n",
+     r"appearance = \"embedding\".*not available"),
     ("[field]\nappearance = \"warm\"\n", r"field.appearance"),
     ("[field]\ntransient_weight = -1\n", r"field.transient_weight"),
 ])
