@@ -665,6 +665,9 @@ def _check_field(f: FieldConfig, source: str) -> None:
     elif bg not in ("learned", "envmap", "white", "black"):
         raise ConfigError(f"{source}: field.background = {bg!r}; expected one of learned, "
                           "envmap, white, black or [r, g, b]")
+    if f.time and f.model != "grid":
+        raise ConfigError(f"{source}: field.time = true needs model = \"grid\" (a field in time "
+                          "is a deformed dense grid); the hash model is static")
     if f.appearance == "embedding":
         raise ConfigError(f"{source}: field.appearance = \"embedding\" (a code feeding an MLP) "
                           "is not available in this version; appearance = \"affine\" (a colour "

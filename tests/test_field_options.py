@@ -172,6 +172,7 @@ def test_nerfw_half_score_fits_the_colour_map_on_the_left_half():
 @pytest.mark.parametrize("toml, message", [
     ("[field]\ntime_slices = 1\n", r"field.time_slices"),
     ("[field]\ntime_deform = -1\n", r"field.time_deform"),
+    ("[field]\nmodel = \"hash\"\ntime = true\n", r"field.time = true needs model = \"grid\""),
     ("[field]\nappearance = \"embedding\"\n", r"appearance = \"embedding\".*not available"),
     ("[field]\nmodel = \"hash\"\nappearance = \"embedding\"\n",
      r"appearance = \"embedding\".*not available"),
@@ -187,3 +188,29 @@ def test_field_options_not_built_or_bad_are_refused_by_name(toml, message):
         import tomli as tomllib
     with pytest.raises(ConfigError, match=message):
         parse_config(tomllib.loads(toml), source="x/invpbr.toml")
+
+
+def test_the_hash_model_takes_appearance_and_transients(capture, tmp_path):
+    # (they were accepted and silently ignored by the hash model before)
+    from invpbr import save_result
+    from invpbr.estimates.fields import load_field
+
+    from invpbr import load_problem, optimize
+    from invpbr.testing.field_captures import with_field_settings
+
+    folder = with_field_settings(capture, SETTINGS.replace("[12, 16]", "[32]") + 'model = "hash"\n'
+                                 'appearance = "affine"\ntransient = true\n', tmp_path / "hash")
+    (folder / "invpbr.toml").write_text((folder / "invpbr.toml").read_text()
+                                        + TAIL.replace(f"= {STEPS}", "= 40"))
+    problem = load_problem(folder)
+    result = optimize(problem, progress=False)
+    out = save_result(result, tmp_path / "out")
+    data = load_field(out / "field.npz")
+    fitted = [v.id for v in problem.views if not v.held_out]
+    assert str(data["model"]) == "hash" and list(data["appearance_ids"]) == fitted
+    m = data["appearance"]
+    assert m.shape == (len(fitted), 3, 4) and np.all(np.isfinite(m))
+    assert np.abs(m[:, :, :3] - np.eye(3)).max() > 1e-3  # the photos' transforms were fitted
+    doc = json.loads((out / "result.json").read_text())
+    assert set(doc["parameters"]["field"]["appearance"]) == set(fitted)
+    assert np.isfinite(doc["novel_view_appearance"]["mean"])

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from .fields import (DENSITY_SCALE, FIELD_MODELS, RAW_START, FieldEstimate, grid_dims,
-                     saved_background_occupancy)
-from . import field_multiscale
+from . import field_multiscale, field_options
+from .fields import (DENSITY_SCALE, ENVMAP_HEIGHT, FIELD_MODELS, RAW_START, FieldEstimate,
+                     grid_dims, saved_background_occupancy)
 from .volume import sh_basis, softplus
 
 #: Hash-grid levels and features per level (16 features in all).
@@ -202,6 +202,8 @@ class HashFieldEstimate(FieldEstimate):
 
     def latent_names(self) -> list[str]:
         names = ["field.hash", "field.mlp_density", "field.mlp_colour"]
+        names += [field_options.APPEARANCE_KEY] if self.appearance is not None else []
+        names += [field_options.TRANSIENT_KEY] if self.transient is not None else []
         return names + (["field.background"] if self.fixed_background is None else [])
 
     def initial_latents(self) -> dict[str, Any]:
@@ -214,15 +216,20 @@ class HashFieldEstimate(FieldEstimate):
         out = {"field.hash": mi.Float(dr.detach(enc.data)),
                "field.mlp_density": mi.Float(dr.detach(density["weights"])),
                "field.mlp_colour": mi.Float(dr.detach(colour["weights"]))}
+        if self.appearance is not None:  # (per-photo colour transforms, as the grid's)
+            out[field_options.APPEARANCE_KEY] = self.appearance.initial()
+        if self.transient is not None:
+            out[field_options.TRANSIENT_KEY] = self.transient.initial()
         if self.fixed_background is not None:
             return out
-        bg = super().initial_latents()
-        return out | {"field.background": bg["field.background"]}
+        size = 3 if self.background_kind == "learned" else ENVMAP_HEIGHT * 2 * ENVMAP_HEIGHT * 3
+        return out | {"field.background": mi.Float(np.zeros(size, np.float32))}
 
     def start(self, store) -> None:
         lr = self.config.lr * LR_FACTOR
         for name, value in self.initial_latents().items():
-            store.add(name, value, lr=self.config.lr if name == "field.background" else lr)
+            own = field_options.LEARNING_RATES.get(name, self.config.lr)  # (appearance's own)
+            store.add(name, value, lr=lr if name.startswith(("field.hash", "field.mlp")) else own)
         self.store = store
 
     def model(self, store) -> HashField:
@@ -260,7 +267,7 @@ class HashFieldEstimate(FieldEstimate):
             out["occupied"] = self.occupancy.occupied
         if self.config.multiscale:
             out["multiscale"] = np.bool_(True)
-        return out
+        return out | self.appearance_value(store)
 
     def result_fields(self, store, problem, estimates) -> dict[str, Any]:
         notes = []
@@ -271,7 +278,7 @@ class HashFieldEstimate(FieldEstimate):
         if self.occupancy is not None and self.occupancy.emptied:
             notes.append(f"field: the occupancy grid came out empty {self.occupancy.emptied} "
                          "time(s) (see the warnings)")
-        return {"notes": notes} if notes else {}
+        return ({"notes": notes} if notes else {}) | self.appearance_result(store, problem)
 
     # -- a saved field (the class methods FieldEstimate hands a hash field to) -----------------
 
@@ -320,6 +327,9 @@ class HashFieldEstimate(FieldEstimate):
             doc["occupied_fraction"] = float(np.mean(value["occupied"]))
         if bool(value.get("multiscale", False)):
             doc["multiscale"] = True
+        if "appearance" in value:  # (renders are at the neutral appearance)
+            doc["appearance"] = {str(i): np.round(m, 5).tolist()
+                                 for i, m in zip(value["appearance_ids"], value["appearance"])}
         return doc
 
     @classmethod

@@ -913,10 +913,27 @@ class FieldEstimate(Estimate):
             dx, dy, dz = self.deform_dims
             out["deform"] = np.array(store[field_time.DEFORM_KEY], np.float32).reshape(
                 self.slices * dz, dy, dx, 3)
-        if self.appearance is not None:  # each fitted photo's [M | b] (renders: the identity)
-            out["appearance"] = self.appearance.matrices(store[field_options.APPEARANCE_KEY])
-            out["appearance_ids"] = np.array(self.appearance.ids)
-        return out
+        return out | self.appearance_value(store)
+
+    def appearance_value(self, store) -> dict[str, Any]:
+        """Each fitted photo's ``[M | b]`` for the saved field (renders: the identity)."""
+        if self.appearance is None:
+            return {}
+        return {"appearance": self.appearance.matrices(store[field_options.APPEARANCE_KEY]),
+                "appearance_ids": np.array(self.appearance.ids)}
+
+    def appearance_result(self, store, problem) -> dict[str, Any]:
+        """NeRF-W's evaluation of the held-out photos (see field_options), with
+        per-photo appearance; else nothing."""
+        held = [v for v in problem.views if v.held_out]
+        if self.appearance is None or not held:
+            return {}
+        renders = {v.id: render_camera(self.model(store), cam, lo=self.lo, hi=self.hi,
+                                       dt=self.dt, background=self.background(store),
+                                       occupancy=self.occupancy, spp=self.config.spp)["rgb"]
+                   for v, cam in zip(held, self.cameras_of(held))}
+        return {"novel_view_appearance": field_options.appearance_scores(
+            renders, {v.id: v.photo for v in held})}
 
     def gradcheck_applies(self, view_index: int) -> bool:
         return False  # (not a scene parameter: tests/test_fields.py checks its gradients)
@@ -931,15 +948,7 @@ class FieldEstimate(Estimate):
             notes.append(f"field: the occupancy grid came out empty {self.occupancy.emptied} "
                          "time(s) (see the warnings)")
         out: dict[str, Any] = {"notes": notes} if notes else {}
-        held = [v for v in problem.views if v.held_out]
-        if self.appearance is not None and held:  # NeRF-W's evaluation (field_options)
-            renders = {v.id: render_camera(self.model(store), cam, lo=self.lo, hi=self.hi,
-                                           dt=self.dt, background=self.background(store),
-                                           occupancy=self.occupancy, spp=self.config.spp)["rgb"]
-                       for v, cam in zip(held, self.cameras_of(held))}
-            out["novel_view_appearance"] = field_options.appearance_scores(
-                renders, {v.id: v.photo for v in held})
-        return out
+        return out | self.appearance_result(store, problem)
 
     def make_strategy(self, context) -> RandomRays:
         return RandomRays(context, self)
