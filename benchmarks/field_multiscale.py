@@ -38,9 +38,9 @@ def main() -> None:
     parser.add_argument("--bounds", default=None, help="the box, as field.bounds (default: auto)")
     args = parser.parse_args()
 
-    import invpbr
+    import invpbr  # noqa: F401  (sets up LLVM for Dr.Jit before anything else)
     from invpbr.backend import init_backend
-    from invpbr.testing.field_captures import with_field_settings
+    from invpbr.testing.field_captures import fit_with_settings
     from invpbr.testing.field_multiscale import make_multiscale_folder, scale_errors
 
     init_backend()
@@ -53,13 +53,10 @@ def main() -> None:
         settings = (f"model = \"{args.model}\"\nresolution = {args.resolution}\n"
                     f"batch_rays = {args.batch_rays}\nbackground = \"learned\"\n"
                     + (f"bounds = {args.bounds}\n" if args.bounds else "") + VARIANTS[name])
-        folder = with_field_settings(capture, settings, args.out / name)
-        (folder / "invpbr.toml").write_text(
-            (folder / "invpbr.toml").read_text()
-            + f"\n[optimize]\niterations = {args.iterations}\n\n[report]\ngradients = false\n")
         wall, c0 = time.perf_counter(), cpu_seconds()
-        problem = invpbr.load_problem(folder)
-        result = invpbr.optimize(problem, progress=False)
+        problem, result = fit_with_settings(
+            capture, settings, args.out / name,
+            f"\n[optimize]\niterations = {args.iterations}\n\n[report]\ngradients = false\n")
         wall, used = time.perf_counter() - wall, cpu_seconds() - c0
         errors = scale_errors(result, problem)
         means[name] = float(np.mean(list(errors.values())))

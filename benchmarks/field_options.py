@@ -28,11 +28,11 @@ def main() -> None:
         VARIANTS, size=48, views=40, held_out=5, iterations=400, resolution="[24, 32, 48]")
     args = parser.parse_args()
 
-    import invpbr
+    import invpbr  # noqa: F401  (sets up LLVM for Dr.Jit before anything else)
     from invpbr.backend import init_backend
     from invpbr.capture import images
     from invpbr.results.evaluate import psnr
-    from invpbr.testing.field_captures import make_capture_folder, with_field_settings
+    from invpbr.testing.field_captures import fit_with_settings, make_capture_folder
 
     init_backend()
     capture = args.out / "capture"
@@ -40,14 +40,10 @@ def main() -> None:
         make_capture_folder(capture, size=args.size, views=args.views, held_out=args.held_out,
                             spp=64, seed=0)
     for name in args.variants.split(","):
-        folder = with_field_settings(capture, f"resolution = {args.resolution}\n" + VARIANTS[name],
-                                     args.out / name)
-        (folder / "invpbr.toml").write_text(
-            (folder / "invpbr.toml").read_text()
-            + f"\n[optimize]\niterations = {args.iterations}\n\n[report]\ngradients = false\n")
         wall, c0 = time.perf_counter(), cpu_seconds()
-        problem = invpbr.load_problem(folder)
-        result = invpbr.optimize(problem, progress=False)
+        problem, result = fit_with_settings(
+            capture, f"resolution = {args.resolution}\n" + VARIANTS[name], args.out / name,
+            f"\n[optimize]\niterations = {args.iterations}\n\n[report]\ngradients = false\n")
         wall, used = time.perf_counter() - wall, cpu_seconds() - c0
         held = [v.id for v in problem.views if v.held_out]
         score = np.mean([psnr(result.renders[v], images.load_image(capture / "truth" / f"{v}.exr"))

@@ -31,10 +31,10 @@ def main() -> None:
                         help="NAME=SETTINGS: a further variant (settings joined by ';')")
     args = parser.parse_args()
 
-    import invpbr
+    import invpbr  # noqa: F401  (sets up LLVM for Dr.Jit before anything else)
     from invpbr.backend import init_backend
     from invpbr.results.evaluate import psnr
-    from invpbr.testing.field_captures import make_moving_folder, with_field_settings
+    from invpbr.testing.field_captures import fit_with_settings, make_moving_folder
 
     init_backend()
     variants = dict(VARIANTS)
@@ -47,15 +47,11 @@ def main() -> None:
                            spp=16, distance=1.8)
     static = None
     for name in args.variants.split(","):
-        folder = with_field_settings(capture, f"resolution = {args.resolution}\n" + SETTINGS
-                                     + variants[name], args.out / name)
-        (folder / "invpbr.toml").write_text(
-            (folder / "invpbr.toml").read_text()
-            + f"\n[optimize]\niterations = {args.iterations}\nloss = \"l2\"\nseed = {args.seed}\n\n"
-            "[report]\ngradients = false\n")
         wall, c0 = time.perf_counter(), cpu_seconds()
-        problem = invpbr.load_problem(folder)
-        result = invpbr.optimize(problem, progress=False)
+        problem, result = fit_with_settings(
+            capture, f"resolution = {args.resolution}\n" + SETTINGS + variants[name],
+            args.out / name, f"\n[optimize]\niterations = {args.iterations}\nloss = \"l2\"\n"
+            f"seed = {args.seed}\n\n[report]\ngradients = false\n")
         wall, used = time.perf_counter() - wall, cpu_seconds() - c0
         score = float(np.mean(list(result.novel_view_psnr.values())))
         fitted = float(np.mean([psnr(result.renders[v.id], v.photo) for v in problem.views

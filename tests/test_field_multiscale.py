@@ -40,13 +40,9 @@ def capture(tmp_path_factory):
 
 
 def fit(folder, settings, out):
-    from invpbr import load_problem, optimize
-    from invpbr.testing.field_captures import with_field_settings
+    from invpbr.testing.field_captures import fit_with_settings
 
-    folder = with_field_settings(folder, SETTINGS + settings, out)
-    (folder / "invpbr.toml").write_text((folder / "invpbr.toml").read_text() + TAIL)
-    problem = load_problem(folder)
-    return problem, optimize(problem, progress=False)
+    return fit_with_settings(folder, SETTINGS + settings, out, TAIL)
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,9 @@ def capture(tmp_path_factory):
 
 
 def fit(capture, settings, out):
-    from invpbr import load_problem, optimize
-    from invpbr.testing.field_captures import with_field_settings
+    from invpbr.testing.field_captures import fit_with_settings
 
-    folder = with_field_settings(capture, SETTINGS + settings, out)
-    (folder / "invpbr.toml").write_text((folder / "invpbr.toml").read_text() + TAIL)
-    problem = load_problem(folder)
-    return problem, optimize(problem, progress=False)
+    return fit_with_settings(capture, SETTINGS + settings, out, TAIL)
 
 
 @pytest.fixture(scope="module")
@@ -195,15 +191,11 @@ def test_the_hash_model_takes_appearance_and_transients(capture, tmp_path):
     from invpbr import save_result
     from invpbr.estimates.fields import load_field
 
-    from invpbr import load_problem, optimize
-    from invpbr.testing.field_captures import with_field_settings
+    from invpbr.testing.field_captures import fit_with_settings
 
-    folder = with_field_settings(capture, SETTINGS.replace("[12, 16]", "[32]") + 'model = "hash"\n'
-                                 'appearance = "affine"\ntransient = true\n', tmp_path / "hash")
-    (folder / "invpbr.toml").write_text((folder / "invpbr.toml").read_text()
-                                        + TAIL.replace(f"= {STEPS}", "= 40"))
-    problem = load_problem(folder)
-    result = optimize(problem, progress=False)
+    problem, result = fit_with_settings(
+        capture, SETTINGS.replace("[12, 16]", "[32]") + 'model = "hash"\nappearance = "affine"\n'
+        'transient = true\n', tmp_path / "hash", TAIL.replace(f"= {STEPS}", "= 40"))
     out = save_result(result, tmp_path / "out")
     data = load_field(out / "field.npz")
     fitted = [v.id for v in problem.views if not v.held_out]

@@ -35,13 +35,9 @@ def moving(tmp_path_factory):
 
 
 def fit(folder, settings, out):
-    from invpbr import load_problem, optimize
-    from invpbr.testing.field_captures import with_field_settings
+    from invpbr.testing.field_captures import fit_with_settings
 
-    folder = with_field_settings(folder, SETTINGS + settings, out)
-    (folder / "invpbr.toml").write_text((folder / "invpbr.toml").read_text() + TAIL)
-    problem = load_problem(folder)
-    return problem, optimize(problem, progress=False)
+    return fit_with_settings(folder, SETTINGS + settings, out, TAIL)
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +116,10 @@ def test_frames_without_a_time_are_named(moving, tmp_path):
 def test_time_appearance_and_transients_combine_in_one_fit(moving, tmp_path):
     """The options in one fit (with the occupancy grid): it runs, improves the
     held-out views on its start, and reports NeRF-W's half-image scores."""
-    from invpbr import load_problem, optimize
-    from invpbr.testing.field_captures import with_field_settings
+    from invpbr.testing.field_captures import fit_with_settings
 
-    folder = with_field_settings(moving, SETTINGS + 'time = true\nappearance = "affine"\n'
-                                 "transient = true\n", tmp_path / "all")
-    (folder / "invpbr.toml").write_text((folder / "invpbr.toml").read_text()
-                                        + TAIL.replace("300", "80"))
-    result = optimize(load_problem(folder), progress=False)
+    _, result = fit_with_settings(moving, SETTINGS + 'time = true\nappearance = "affine"\n'
+                                  "transient = true\n", tmp_path / "all", TAIL.replace("300", "80"))
     assert result.status == "completed"
     start = np.mean(list(result.novel_view_psnr_initial.values()))
     end = np.mean(list(result.novel_view_psnr.values()))

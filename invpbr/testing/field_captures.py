@@ -107,9 +107,10 @@ def make_capture_folder(folder: str | Path, *, size: int = 24, views: int = 24,
     return folder
 
 
-def with_field_settings(folder: Path, settings: str, out: Path) -> Path:
+def with_field_settings(folder: Path, settings: str, out: Path, tail: str = "") -> Path:
     """A copy of ``folder``'s invpbr.toml with ``settings`` added to its
-    ``[field]`` table, in a new folder ``out`` that links to the photos."""
+    ``[field]`` table (and ``tail``, further tables, at its end), in a new
+    folder ``out`` that links to the photos."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("photos", "truth"):
@@ -124,8 +125,16 @@ def with_field_settings(folder: Path, settings: str, out: Path) -> Path:
         (out / name).write_text(json.dumps(data))
     text = (Path(folder) / "invpbr.toml").read_text().replace("[field]\n", "[field]\n" + settings,
                                                                1)
-    (out / "invpbr.toml").write_text(text)
+    (out / "invpbr.toml").write_text(text + tail)
     return out
+
+
+def fit_with_settings(folder: Path, settings: str, out: Path, tail: str = ""):
+    """(problem, result) of fitting :func:`with_field_settings`' folder."""
+    from .. import load_problem, optimize
+
+    problem = load_problem(with_field_settings(folder, settings, out, tail))
+    return problem, optimize(problem, progress=False)
 
 
 # -- a moving object (field.time) ----------------------------------------------------------------
