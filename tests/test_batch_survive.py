@@ -144,6 +144,22 @@ def test_local_batch_good_broken_killed_then_resume(master, tmp_path, monkeypatc
     assert by["broken"]["status"] == "completed" and by["broken"]["attempts"] == 1
 
 
+def test_resume_keeps_a_reconstruction_that_ended_worse_than_its_hull(tmp_path):
+    """A finished run whose status is not "completed" but a kept result (a
+    [reconstruct] returning its hull) is not run again by --resume."""
+    root, out = tmp_path / "scenes", tmp_path / "out"
+    (root / "rec").mkdir(parents=True)
+    (root / "rec" / "invpbr.toml").write_text("[reconstruct]\n")  # never loaded
+    (out / "rec").mkdir(parents=True)
+    doc = {"status": "worse than the hull", "errors": {"silhouette_iou": 0.8}, "iterations": 40}
+    (out / "rec" / "result.json").write_text(json.dumps(doc))
+    rows, _ = batch(root, out, resume=True)
+    assert rows[0]["status"] == "worse than the hull" and rows[0]["attempts"] == 0
+    assert rows[0]["message"] == "finished by an earlier batch (worse than the hull)"
+    assert rows[0]["errors"] == {"silhouette_iou": 0.8}
+    assert json.loads((out / "rec" / "result.json").read_text()) == doc
+
+
 def test_a_timeout_keeps_the_partial_result(master, tmp_path, monkeypatch):
     root = tmp_path / "scenes"
     shutil.copytree(master, root / "slow")

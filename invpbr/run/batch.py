@@ -42,6 +42,10 @@ from .signals import InstallsSignalHandlers
 
 #: Statuses of a summary row.
 STATUSES = ("completed", "diverged", "interrupted", "failed", "timeout", "stopped")
+#: Statuses of a run that went to its end with a result to keep: ``--resume`` (of
+#: ``invpbr run`` and ``invpbr batch``) does not run it again. (``worse than the
+#: hull``: a ``[reconstruct]`` whose optimization lost to its hull, which it returned.)
+FINISHED = ("completed", "worse than the hull")
 #: Seconds a job has, after SIGTERM at its timeout, to write its checkpoint and
 #: partial result before it is killed.
 GRACE_SECONDS = 30.0
@@ -230,15 +234,18 @@ def run_scene_process(folder: Path, out_dir: Path, settings: JobSettings | None 
 
 
 def _completed_row(folder: Path, out_dir: Path) -> dict[str, Any] | None:
-    """The summary row of a scene an earlier batch completed (``resume``), else None."""
+    """The summary row of a scene an earlier batch finished (``resume``; a status
+    in :data:`FINISHED`), else None."""
     doc, _ = _result_doc(out_dir)
-    if doc is None or doc.get("status") != "completed" or (out_dir / "checkpoint").exists():
+    if doc is None or doc.get("status") not in FINISHED or (out_dir / "checkpoint").exists():
         return None
-    return {"scene": folder.name, "status": "completed", "errors": doc.get("errors", {}),
+    status = doc["status"]
+    return {"scene": folder.name, "status": status, "errors": doc.get("errors", {}),
             "seconds": 0.0, "seconds_per_iteration": doc.get("seconds_per_iteration"),
             "iterations": doc.get("iterations"), "skipped_steps": doc.get("skipped_steps"),
             "resumed_from": doc.get("resumed_from"), "attempts": 0,
-            "message": "completed by an earlier batch"}
+            "message": "completed by an earlier batch" if status == "completed"
+            else f"finished by an earlier batch ({status})"}
 
 
 def default_threads(jobs: int) -> int:

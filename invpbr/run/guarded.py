@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from .batch import FINISHED
 from .signals import Signals
 
 
@@ -95,7 +96,7 @@ def main_run(args, say: Callable[[str], None] = print) -> int:
             status = json.loads((out / "result.json").read_text()).get("status")
         except ValueError:
             status = None
-        if status in ("completed", "worse than the hull"):  # (the latter: a [reconstruct]'s)
+        if status in FINISHED:
             done = "completed" if status == "completed" else f"finished ({status})"
             say(f"{problem.name}: already {done} in {out} (nothing to resume)")
             return 0
