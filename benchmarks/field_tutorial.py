@@ -219,23 +219,32 @@ def plain_way(folder: Path, passes: int, every: int) -> dict:
     return {"method": "tutorial", "passes": passes, "steps": it, "curve": rows}
 
 
+def evaluated_steps(total: int, every: int, dense_until: int) -> set[int]:
+    """After which steps (1-based counts) invpbr's held-out views are scored:
+    a geometric set (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, ...: 1.25x apart) for
+    the start, every ``every``-th step up to ``dense_until``, every
+    ``4 * every``-th after, and the last."""
+    steps = {int(round(1.25 ** k)) for k in range(40)} | {total}
+    steps |= set(range(every, dense_until + 1, every)) | set(range(0, total + 1, 4 * every))
+    return {n for n in steps if 1 <= n <= total}
+
+
 def invpbr_way(folder: Path, iterations: int | None, every: int, dense_until: int) -> dict:
     """invpbr's ``[field]`` on ``folder`` (its settings), through the loop
     :func:`invpbr.optimize` runs; held-out scores from the loop's callback
-    (``StepInfo.held_out``) after every ``every``-th step up to ``dense_until``
-    steps, then every ``4 * every``-th and after the last, off the clock."""
+    (``StepInfo.held_out``) after the steps of :func:`evaluated_steps`, off the clock."""
     from invpbr.optimization.loop import finish_run, run_steps, start_run
 
     problem = invpbr.load_problem(folder)
     problem.config.report.gradients = False  # (gradient images: before and after the loop)
     run_ = start_run(problem, iterations)
-    total = run_.iterations
+    due = evaluated_steps(run_.iterations, every, dense_until)
     rows = []
     clock = StepClock()
 
     def callback(info) -> None:
         n = info.iteration + 1
-        if n % (every if n <= dense_until else 4 * every) and n != total:
+        if n not in due:
             return
         dr.eval()  # (what the step scheduled and has not run yet, on the clock)
         clock.pause()
@@ -284,7 +293,8 @@ def main() -> None:
                         help="the plain way's steps between held-out evaluations")
     parser.add_argument("--iterations", type=int, help="invpbr's steps (default: the folder's)")
     parser.add_argument("--every", type=int, default=10,
-                        help="invpbr's steps between held-out evaluations (4x after --dense-until)")
+                        help="invpbr's steps between held-out evaluations (4x after "
+                        "--dense-until; and 1.25x apart from the first step)")
     parser.add_argument("--dense-until", type=int, default=200)
     parser.add_argument("--skip-invpbr", action="store_true")
     parser.add_argument("--json", type=Path)
