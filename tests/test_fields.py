@@ -237,6 +237,33 @@ def test_a_tiny_fit_beats_a_constant_image(tiny_result):
     assert (out / "field.npz").is_file() and (out / "field.ply").is_file()
 
 
+def test_a_callback_scores_the_held_out_views_as_the_result_does(tiny_folder):
+    """``StepInfo.held_out()`` mid-run: what result.json's ``novel_view_srgb``
+    says of the estimate at that step (the last step's equals the result's)."""
+    from invpbr import load_problem, optimize
+
+    problem = load_problem(tiny_folder)
+    seen, copied = {}, []
+
+    def callback(info):
+        if info.iteration in (0, 29):
+            seen[info.iteration] = info.held_out()
+        if info.iteration == 29:
+            copied.append(dict(info.estimates))  # (read on first use)
+
+    result = optimize(problem, iterations=30, callback=callback, progress=False)
+    assert result.status == "completed" and sorted(seen) == [0, 29]
+    held = {v.id for v in problem.views if v.held_out}
+    assert set(seen[29]) == held | {"mean"}
+    for key in held | {"mean"}:
+        for score in ("psnr", "ssim"):
+            assert seen[29][key][score] == pytest.approx(result.novel_view_srgb[key][score],
+                                                         abs=1e-6), (key, score)
+    assert seen[29]["mean"]["psnr"] > seen[0]["mean"]["psnr"] + 1.0, seen
+    np.testing.assert_array_equal(copied[0]["field"]["density"],
+                                  result.estimates["field"]["density"])
+
+
 def test_view_renders_a_field_from_any_cameras(tiny_result, tiny_folder, tmp_path):
     from invpbr.capture import images
     from invpbr.results.view import view_result

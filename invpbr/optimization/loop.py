@@ -14,8 +14,9 @@ from __future__ import annotations
 import gc
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -42,21 +43,50 @@ class StepInfo:
         loss: the step's total loss (image losses averaged over views, plus
             regularizers).
         views: ids of the views rendered in this step.
-        estimates: key -> current value (numpy; textures (H, W, C)).
+        estimates: key -> current value (numpy; textures (H, W, C)); read
+            from the latents when first looked at (a step whose callback
+            does not look pays no copy).
         render: renders a view of the current estimate (see below).
         errors: the current errors against the truth (see below).
+        held_out: scores the held-out views of the current estimate (see below).
     """
 
     iteration: int
     loss: float
     views: list[str]
-    estimates: dict[str, np.ndarray]
+    estimates: Mapping[str, np.ndarray]
     render: Callable[[str], np.ndarray] | None = None
     """``render(view_id)``: that view of the current estimate, linear RGB
     (H, W, 3), as its photo saw it (one render at ``spp_final // 4``, at least
     4 samples, without gradients; costs a render per call, nothing if unused)."""
     errors: Callable[[], dict[str, float]] | None = None
     """``errors()``: key -> current error against the truth (empty without one)."""
+    held_out: Callable[[], dict[str, dict[str, float]]] | None = None
+    """``held_out()``: what result.json's ``novel_view_srgb`` would say of the
+    current estimate: held-out view id and ``"mean"`` -> sRGB ``psnr`` and
+    ``ssim`` (renders at ``spp_final``, without gradients; costs a final
+    render per held-out view, nothing if unused; empty without held-out views)."""
+
+
+class LazyValues(Mapping):
+    """The estimates' current values, read from the latents on first use."""
+
+    def __init__(self, read: Callable[[], dict[str, np.ndarray]]):
+        self._read, self._values = read, None
+
+    def _get(self) -> dict[str, np.ndarray]:
+        if self._values is None:
+            self._values = self._read()
+        return self._values
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def peak_memory_mb() -> float | None:
@@ -317,10 +347,11 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
                 if callback is not None:
                     info = StepInfo(iteration=it, loss=total,
                                     views=[run.problem.views[v].id for v in chosen],
-                                    estimates=run.latents.values(),
+                                    estimates=LazyValues(run.latents.values),
                                     render=lambda view_id: render_current(run, view_id),
                                     errors=lambda: errors_against_truth(
-                                        run.problem, run.estimates, run.latents.values())[0])
+                                        run.problem, run.estimates, run.latents.values())[0],
+                                    held_out=lambda: held_out_scores(run))
                     if callback(info):
                         run.status = "stopped"
                         break
@@ -348,9 +379,11 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
         run.checkpoints.save(run, rng)
 
 
-def render_current(run: Run, view_id: str) -> np.ndarray:
+def render_current(run: Run, view_id: str, *, spp: int | None = None,
+                   seed: int = 2**31 - 2) -> np.ndarray:
     """View ``view_id`` of the current estimate without gradients, as its photo
-    saw it (per-view estimates moved for it, gains applied); for callbacks."""
+    saw it (per-view estimates moved for it, gains applied), at ``spp``
+    (default ``spp_final // 4``, at least 4); for callbacks."""
     import drjit as dr
 
     views = run.problem.views
@@ -358,16 +391,26 @@ def render_current(run: Run, view_id: str) -> np.ndarray:
     if v is None:
         raise ValueError(f"StepInfo.render(): unknown view {view_id!r}; views: "
                          f"{', '.join(view.id for view in views)}")
-    spp = max(4, run.problem.config.render.spp_final // 4)
+    if spp is None:
+        spp = max(4, run.problem.config.render.spp_final // 4)
     per_view = any(e.per_view for e in run.estimates)
     if per_view:  # (outside suspend_grad: the scene keeps its AD graph for the next step)
         run.latents.write_scene(views[v].index)
     with dr.suspend_grad():
-        image = run.context.render_view(v, spp, 2**31 - 2)
+        image = run.context.render_view(v, spp, seed)
         out = np.array(run.latents.apply_to_image(image, v), dtype=np.float32)[..., :3]
     if per_view:
         run.latents.write_scene()
     return out
+
+
+def held_out_scores(run: Run) -> dict[str, dict[str, float]]:
+    """The held-out views of the current estimate scored as result.json's
+    ``novel_view_srgb`` (rendered as :func:`final_renders` does); for callbacks."""
+    held = [v for v in run.problem.views if v.held_out]
+    spp = run.problem.config.render.spp_final
+    renders = {v.id: render_current(run, v.id, spp=spp, seed=2**31 - 1) for v in held}
+    return evaluate.held_out_srgb(renders, held)
 
 
 def errors_against_truth(problem, estimates, values: dict[str, np.ndarray]) -> tuple[dict, dict]:
