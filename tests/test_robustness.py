@@ -327,6 +327,10 @@ def test_averaged_iterates_survive_a_checkpoint(tmp_path, mi):
     back = Watch.from_state(read_checkpoint(path)["watch"], run)
     assert back.tail_from == {"pose": 10} and len(back.tail["pose"]) == 10
     assert np.array_equal(np.stack(back.tail["pose"]), np.stack(watch.tail["pose"]))
+    watch.tail["pose"] = []  # a checkpoint before the averaged steps
+    write_checkpoint(path, {"version": VERSION, "watch": watch.state()})
+    back = Watch.from_state(read_checkpoint(path)["watch"], run)
+    assert back.tail == {"pose": []} and back.tail_from == {"pose": 10}
 
 
 def test_mean_motion_averages_rotations_not_axis_angle_vectors():

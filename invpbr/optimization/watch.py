@@ -191,7 +191,7 @@ class Watch:
                 "view_best": dict(self.view_best), "best": plain(self.best),
                 "recent": [[t, plain(state)] for t, state in self.recent],
                 "tail_from": dict(self.tail_from),
-                "tail": {k: np.array(v, dtype=np.float64).reshape(len(v), -1)
+                "tail": {k: np.array(v, dtype=np.float64) if v else np.zeros((0, 0))
                          for k, v in self.tail.items()}}
 
     @classmethod
