@@ -19,7 +19,9 @@ Usage::
 ``--repeat`` runs every scene twice (different run seeds) and reports the ratio of the
 two final errors (goal: within 2x). ``--set TABLE.KEY=VALUE`` (VALUE in TOML) adds a
 setting to every scene's ``invpbr.toml`` (``estimate``: the ``[[estimate]]`` table),
-to compare options on the same scenes. Prints one line per scene, then the summary.
+to compare options on the same scenes. Prints one line per scene, then the summary;
+with iterate averaging (``--set estimate.average=0.5``) also the same runs scored at
+their last step (result.json's ``averaged``).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def add_settings(toml: Path, settings: list[str]) -> None:
 def camera_rows(result: dict, diagonal: float) -> list[dict]:
     rows = []
     start = result.get("camera_errors_initial", {})
+    last = next((a.get("last_step_camera_errors", {})
+                 for a in (result.get("averaged") or {}).values()), {})
     for sid, e in result.get("camera_errors", {}).items():
         s = start[sid]
         rows.append({"camera": sid, "rotation_deg": e["rotation_deg"],
@@ -92,16 +96,30 @@ def camera_rows(result: dict, diagonal: float) -> list[dict]:
                      "start_rotation_deg": s["rotation_deg"], "start_position": s["position"] / diagonal,
                      "worse": bool(e["rotation_deg"] > s["rotation_deg"]
                                    or e["position"] > s["position"])})
+        if sid in last:
+            rows[-1] |= last_step(last[sid], s, diagonal)
     return rows
+
+
+def last_step(e: dict, s: dict, diagonal: float) -> dict:
+    """The errors of the last step's state where the run returned an average
+    (result.json's ``averaged``): the same inputs scored without averaging."""
+    return {"last_rotation_deg": e["rotation_deg"], "last_position": e["position"] / diagonal,
+            "last_worse": bool(e["rotation_deg"] > s["rotation_deg"]
+                               or e["position"] > s["position"])}
 
 
 def pose_row(result: dict, diagonal: float) -> dict | None:
     for key, e in result.get("geometry_errors", {}).items():
         s = result["geometry_errors_initial"][key]
-        return {"key": key, "rotation_deg": e["rotation_deg"], "position": e["position"] / diagonal,
-                "start_rotation_deg": s["rotation_deg"], "start_position": s["position"] / diagonal,
-                "worse": bool(e["rotation_deg"] > s["rotation_deg"]
-                              or e["position"] > s["position"])}
+        row = {"key": key, "rotation_deg": e["rotation_deg"], "position": e["position"] / diagonal,
+               "start_rotation_deg": s["rotation_deg"], "start_position": s["position"] / diagonal,
+               "worse": bool(e["rotation_deg"] > s["rotation_deg"]
+                             or e["position"] > s["position"])}
+        last = (result.get("averaged") or {}).get(key, {}).get("last_step_errors")
+        if last:
+            row |= last_step(last, s, diagonal)
+        return row
     return None
 
 
@@ -160,6 +178,9 @@ def main(argv=None) -> int:
                 rows = [row] if row else []
             for row in rows:
                 row["ok"] = bool(row["rotation_deg"] <= rot_goal and row["position"] <= pos_goal)
+                if "last_rotation_deg" in row:
+                    row["last_ok"] = bool(row["last_rotation_deg"] <= rot_goal
+                                          and row["last_position"] <= pos_goal)
             warnings = [w for w in result.get("warnings", []) if "diverg" in w.lower()
                         or "best" in w.lower()]
             scene = {"seed": seed, "run": r, "status": result.get("status", "failed"),
@@ -213,6 +234,13 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
     print(f"position error (diag): {distribution([u['position'] for u in units])}")
     print(f"start rotation (deg): {distribution([u['start_rotation_deg'] for u in units])}; "
           f"start position (diag): {distribution([u['start_position'] for u in units])}")
+    last = [u for u in units if "last_rotation_deg" in u]
+    if last:  # iterate averaging: the same runs scored at their last step
+        print(f"last step instead of the average ({len(last)}/{n_units}): success "
+              f"{sum(u['last_ok'] for u in last)}, worse than start "
+              f"{sum(u['last_worse'] for u in last)}; rotation (deg): "
+              f"{distribution([u['last_rotation_deg'] for u in last])}; position (diag): "
+              f"{distribution([u['last_position'] for u in last])}")
     runs = [s for s in scenes if s["run"] == 0]
     print(f"status: " + ", ".join(f"{k} {sum(s['status'] == k for s in runs)}"
                                   for k in sorted({s['status'] for s in runs}))

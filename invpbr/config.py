@@ -166,6 +166,15 @@ class EstimateConfig:
     component's step is its gradient's share: less drift of a weakly seen rotation,
     slower to turn one that starts far off). ``auto``: ``component`` (measurements:
     BENCHMARKS.md, issue 13)."""
+    average: Annotated[float, Strict(), Field(ge=0, lt=1)] | None = None
+    """``kind = "pose"`` and ``"camera"``: return the mean of the iterates of the last
+    this fraction of the run (Polyak-Ruppert iterate averaging; rotations by their
+    chordal mean) instead of the last step's: a rotation that one step's noisy
+    gradient hardly constrains jitters around its answer, and the mean of the jitter
+    lies closer to it than its last state. 0: the last step's. Default (unset):
+    ``AVERAGE`` in :mod:`invpbr.optimization.watch` (measurements: BENCHMARKS.md,
+    issue 13). The best-state watch still puts back a run (a camera) whose loss ends
+    clearly above its minimum; result.json's ``averaged`` says what was returned."""
     lambda_: NonNegative = 19.0
     """``kind = "shape"``: large-steps smoothness lambda (TOML: ``lambda``);
     larger is smoother and slower to reach detail."""
@@ -718,6 +727,9 @@ def _estimate_table(i: int, t: Any, source: str) -> EstimateConfig:
             raise ConfigError(f"{source}: {where}.resolution must be a positive integer or a list "
                               f"of them, found {e.resolution!r}")
         e.resolution = res
+    if e.kind not in ("pose", "camera") and e.average is not None:
+        raise ConfigError(f"{source}: {where}.average applies to kind = \"pose\" and "
+                          "\"camera\" only")
     if e.kind != "pose" and e.scale:
         raise ConfigError(f"{source}: {where}.scale applies to kind = \"pose\" only")
     if e.kind != "shape" and (e.remesh or "lambda_" in t):

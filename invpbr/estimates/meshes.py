@@ -119,6 +119,22 @@ def motion_groups(adam: str, motions: int, *, scale: bool = False,
     return per * motions + ((1,) if scale else ())
 
 
+def mean_motion(samples: np.ndarray, motions: int) -> np.ndarray:
+    """The mean of latents of ``motions`` rigid motions ``[t, w]`` (then any further
+    components, e.g. a log scale), one row of ``samples`` per iterate: translations
+    and further components averaged linearly, each motion's rotation by the
+    chordal L2 mean of its rotations (``scipy.spatial.transform.Rotation.mean``),
+    not of the axis-angle vectors."""
+    from scipy.spatial.transform import Rotation
+
+    samples = np.asarray(samples, dtype=np.float64)
+    out = samples.mean(axis=0)
+    for m in range(motions):
+        w = samples[:, 6 * m + 3: 6 * m + 6]
+        out[6 * m + 3: 6 * m + 6] = Rotation.from_rotvec(w).mean().as_rotvec()
+    return out
+
+
 def rotation_matrix(w):
     """Rotation matrix (``mi.Matrix3f``) of the axis-angle vector ``w``
     (Rodrigues' formula, differentiable also at ``w = 0``)."""

@@ -31,7 +31,7 @@ from .losses import image_loss
 from .strategies import StepContext, Strategy, can_freeze, choose_strategy
 from .coarse import CoarseToFine, blur_radius
 from .coarse import applies as coarse_applies
-from .watch import Watch, default_lr_decay, watched_losses
+from .watch import Watch, averaged_report, default_lr_decay, watched_losses
 
 
 @dataclass
@@ -451,8 +451,10 @@ def finish_run(run: Run) -> Result:
 
     problem, latents, cfg = run.problem, run.latents, run.problem.config
     after_start = time.perf_counter()
+    last = latents.values() if run.watch is not None and run.watch.tail else None
     if run.watch is not None and run.status == "completed":
         run.watch.finish(run)  # the best state seen where the end is clearly worse
+    averaged = averaged_report(run, last)
     latents.finish()
     estimates = latents.values()
     latents.release()
@@ -504,7 +506,7 @@ def finish_run(run: Run) -> Result:
         skipped_steps=list(run.skipped), error=run.error, resumed_from=run.resumed_from,
         checkpoints=({} if run.checkpoints is None else
                      {"written": run.checkpoints.written, "seconds": run.checkpoints.write_seconds}),
-        **fields)
+        averaged=averaged, **fields)
 
 
 def resume_run(run: Run, out, *, resume: bool = True) -> bool:

@@ -23,6 +23,17 @@ or by more than 50 % whatever the noise:
   starting loss either (the run never got better than its start), its status becomes
   ``"diverged"`` (``invpbr run`` exits 1).
 
+Iterate averaging (``[[estimate]] average``, poses and cameras): the watch also keeps
+each such estimate's latents after every step of the run's last ``average`` fraction;
+unless the run is put back whole, :meth:`Watch.finish` returns their mean (rotations by
+their chordal mean, :func:`~invpbr.estimates.meshes.mean_motion`) instead of the last
+step's state, then puts back cameras as above (a camera put back gets its best state,
+not the mean). Why: at a few dozen pixels and a few samples, one step's rotation
+gradient is mostly Monte Carlo noise, and Adam's steps make the latent jitter around
+its answer; the mean of the jitter is closer to it than any one iterate (Polyak and
+Juditsky 1992). The mean is not scored by a render of its own: the watch judges the
+losses of the states it averages. :attr:`Watch.averaged` says what was returned.
+
 The state that goes with a loss is the one before the step that measured it; the watch
 keeps references to the last ``h + 1`` steps' starting latents (free: the optimizer
 never changes a Dr.Jit array in place). Only runs that move visibility edges (cameras,
@@ -45,6 +56,27 @@ import numpy as np
 RISE = 0.02
 #: Standard errors of the difference that make a rise "clear".
 SIGMAS = 2.5
+#: ``[[estimate]] average`` where a table does not set it, by kind (0: the last step's
+#: state is returned). Off: on 6 random pose scenes (48x48) and 11 cameras (24x24) no
+#: window beat the last step on most scenes, the poses' error being set by a walk away
+#: in the blurred first half, not by the last steps' jitter (BENCHMARKS.md, issue 13,
+#: "Iterate averaging").
+AVERAGE = {"pose": 0.0, "camera": 0.0}
+
+
+def average_fraction(estimate) -> float:
+    """The fraction of the run whose iterates ``estimate`` returns the mean of."""
+    config = getattr(estimate, "config", None)
+    value = getattr(config, "average", None)
+    if value is None:
+        return AVERAGE.get(getattr(estimate, "kind", ""), 0.0)
+    return float(value)
+
+
+def motions_of(estimate) -> int:
+    """How many rigid motions ``[t, w]`` lead ``estimate``'s latent (a pose: 1; cameras:
+    one per camera)."""
+    return len(estimate.targets) if estimate.kind == "camera" else 1
 
 
 @dataclass
@@ -123,6 +155,12 @@ class Watch:
     #: Whether the run moves edges: only then does :meth:`finish` act, so only then
     #: are states kept (a field's grid, kept for every step of a window, would cost GBs).
     active: bool = True
+    #: estimate key -> the first step whose resulting state is averaged (iterate averaging)
+    tail_from: dict[str, int] = field(default_factory=dict)
+    #: estimate key -> its latents after each step from ``tail_from`` on
+    tail: dict[str, list] = field(default_factory=dict)
+    #: estimate key -> what :meth:`finish` returned for it (result.json's ``averaged``)
+    averaged: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def start(cls, run) -> "Watch":
@@ -132,6 +170,12 @@ class Watch:
         if watch.active:
             watch.best = run.latents.snapshot()
             watch.recent = deque([(0, watch.best)], maxlen=half + 2)
+            for e in run.estimates:
+                fraction = average_fraction(e)
+                if fraction > 0 and e.kind in ("pose", "camera"):
+                    steps = max(2, int(round(fraction * run.iterations)))
+                    watch.tail_from[e.key] = max(0, run.iterations - steps)
+                    watch.tail[e.key] = []
         return watch
 
     def state(self) -> dict[str, Any]:
@@ -148,7 +192,10 @@ class Watch:
                 "total": series(self.total),
                 "views": {v: series(s) for v, s in self.views.items()},
                 "view_best": dict(self.view_best), "best": plain(self.best),
-                "recent": [[t, plain(state)] for t, state in self.recent]}
+                "recent": [[t, plain(state)] for t, state in self.recent],
+                "tail_from": dict(self.tail_from),
+                "tail": {k: np.array(v, dtype=np.float64) if v else np.zeros((0, 0))
+                         for k, v in self.tail.items()}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], run) -> "Watch":
@@ -176,6 +223,9 @@ class Watch:
                     view_best={int(v): np.asarray(a) for v, a in state["view_best"].items()})
         watch.recent = deque([(int(t), latents(s)) for t, s in state["recent"]],
                              maxlen=half + 2)
+        watch.tail_from = {k: int(v) for k, v in state.get("tail_from", {}).items()}
+        watch.tail = {k: list(np.asarray(state.get("tail", {}).get(k, np.zeros((0, 0)))))
+                      for k in watch.tail_from}
         return watch
 
     def _state(self, step: int) -> dict | None:
@@ -208,6 +258,9 @@ class Watch:
                     self.view_best[v] = rows[slot].copy()
         self.step += 1
         self.recent.append((self.step, run.latents.snapshot()))
+        for key, first in self.tail_from.items():
+            if run.next_step - 1 >= first:  # the state after step next_step - 1
+                self.tail[key].append(np.array(run.latents[key], dtype=np.float64).ravel())
 
     def finish(self, run) -> None:
         """Put back the best state where the end is clearly worse (see the module);
@@ -219,6 +272,9 @@ class Watch:
             return  # measured on moving geometry and cameras only (issue 13)
         if self.total.clearly_above_best() and self.best is not None:
             latents.restore(self.best)
+            for key, samples in self.tail.items():
+                self.averaged[key] = {"returned": "best state", "from_step": self.tail_from[key],
+                                      "steps": len(samples)}
             value = self.total.final()[0]
             if self.total.clearly_below_start():
                 warnings.warn(
@@ -234,6 +290,7 @@ class Watch:
                     f"{self.total.best_step}), which is not clearly below the start; the best "
                     "state seen is returned", stacklevel=2)
             return
+        self.average(run)
         parts = per_view_parts(run)
         if parts is None:
             return
@@ -241,6 +298,8 @@ class Watch:
         back = [v for v, s in self.views.items() if s.clearly_above_best() and v in self.view_best]
         if not back:
             return
+        if estimate.key in self.averaged:
+            self.averaged[estimate.key]["best_state"] = [run.problem.views[v].id for v in back]
         rows = np.array(latents[estimate.key], dtype=np.float64).reshape(len(estimate.targets), -1)
         for v in back:
             rows[slot_of_view[v]] = self.view_best[v]
@@ -252,6 +311,49 @@ class Watch:
             f"{estimate.kind}(s) whose own view's loss rose clearly above its minimum: "
             + ", ".join(f"{n} ({self.views[v].final()[0]:.4g} > {self.views[v].best:.4g})"
                         for n, v in zip(names, back)), stacklevel=2)
+
+
+    def average(self, run) -> None:
+        """Put each averaged estimate's mean iterate into the latents (see the module)."""
+        import mitsuba as mi
+
+        from ..estimates.meshes import mean_motion
+
+        by_key = {e.key: e for e in run.estimates}
+        for key, samples in self.tail.items():
+            info = {"returned": "last step", "from_step": self.tail_from[key],
+                    "steps": len(samples)}
+            if len(samples) >= 2:
+                mean = mean_motion(np.stack(samples), motions_of(by_key[key]))
+                run.latents[key] = mi.Float(mean.astype(np.float32))
+                info["returned"] = "average"
+            self.averaged[key] = info
+        if self.tail:
+            run.latents.write_scene()
+
+
+def averaged_report(run, last: dict | None) -> dict[str, dict]:
+    """result.json's ``averaged``: estimate key -> what :meth:`Watch.finish` returned
+    (``"average"``, ``"best state"`` or ``"last step"``), the steps averaged, the
+    cameras put back to their best state, and where the truth is known the errors of
+    the last step's state (``last``: the estimates' values before :meth:`Watch.finish`),
+    so that what averaging changed can be measured on the same run."""
+    out: dict[str, dict] = {}
+    watch = run.watch
+    for e in run.estimates:
+        info = dict(watch.averaged.get(e.key, {})) if watch is not None else {}
+        if not info:
+            continue
+        if last is not None and e.key in last:
+            _, more = e.errors(last[e.key], run.problem)
+            if more:
+                info["last_step_errors"] = more
+            if e.kind == "camera":
+                cameras = e.result_fields(run.latents, run.problem, last).get("camera_errors")
+                if cameras:
+                    info["last_step_camera_errors"] = cameras
+        out[e.key] = info
+    return out
 
 
 def per_view_parts(run):

@@ -126,6 +126,11 @@ class Result:
         error: what ended a ``failed`` run (or an ``interrupted`` one early).
         resumed_from: the step a resumed run went on from (None: not resumed).
         checkpoints: ``written`` (count) and ``seconds`` (spent writing them).
+        averaged: estimate key -> what was returned under iterate averaging
+            (``[[estimate]] average``): ``returned`` (``average``, ``best state`` or
+            ``last step``), ``from_step``, ``steps``, ``best_state`` (cameras put back
+            to their best state instead), and with a truth the last step's errors
+            (``last_step_errors``, ``last_step_camera_errors``).
     """
 
     name: str
@@ -180,6 +185,7 @@ class Result:
     error: str = ""
     resumed_from: int | None = None
     checkpoints: dict[str, float] = field(default_factory=dict)
+    averaged: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def psnr(self) -> dict[str, float]:
         """view id -> PSNR (dB) of the final render against the photo, both
@@ -289,6 +295,7 @@ def result_to_json(result: Result, files: dict[str, dict] | None = None) -> dict
         "error": result.error,
         "resumed_from": result.resumed_from,
         "checkpoints": dict(result.checkpoints),
+        "averaged": strict_json(result.averaged),
     }
 
 
