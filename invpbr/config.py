@@ -391,11 +391,12 @@ class FieldConfig:
     fox 0.7 dB and the margins of the time and appearance tests: BENCHMARKS.md)."""
     leave_out_outvoted: Bool = True
     """Before each coarse-to-fine stage, leave out of the rest of the fit the
-    fitted photos that the others outvote on most of the learned background
-    (``envmap``) they see: a near occluder outside the box that fills one
-    photo's frame otherwise darkens those directions, and the object behind,
-    for every viewpoint (see invpbr.estimates.field_background; the photos
-    left out are named in result.json's notes)."""
+    fitted photos that the others outvote on the learned background
+    (``envmap``) over more than a third of their frame: a near occluder
+    outside the box that fills one photo's frame otherwise darkens those
+    directions, and the object seen from near that photo, for every viewpoint
+    (see invpbr.estimates.field_background; the photos left out are named in
+    result.json's notes)."""
     sparsity: NonNegative = 1e-4
     """Weight of a sparsity prior on the sampled opacities (against floaters)."""
     distortion: NonNegative = 1e-3

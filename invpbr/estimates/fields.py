@@ -1027,8 +1027,9 @@ class FieldEstimate(Estimate):
                          "time(s) (see the warnings)")
         if self.left_out:
             notes.append(f"field: photo(s) {', '.join(self.left_out)} left out of the fit from "
-                         f"step {self.left_out_at} on: the other photos outvote most of the "
-                         "background they show (a near occluder outside the box?); "
+                         f"step {self.left_out_at} on: the other photos outvote the background "
+                         "they show over a third of their frame (a near occluder outside "
+                         "the box?); "
                          "field.leave_out_outvoted = false keeps them")
         out: dict[str, Any] = {"notes": notes} if notes else {}
         return out | self.appearance_result(store, problem)
