@@ -435,6 +435,7 @@ def fit_envmap(background_tv: float, steps: int = 150):
     rng = np.random.default_rng(0)
     d = rng.normal(size=(40000, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
+    u = np.arctan2(d[:, 0], -d[:, 2]) / (2 * np.pi) + 0.5
     v = np.arccos(d[:, 1]) / np.pi
     hidden = ((v * h >= patch[0].start - 1) & (v * h < patch[0].stop + 1)
               & (u * 2 * h >= patch[1].start - 1) & (u * 2 * h < patch[1].stop + 1))
