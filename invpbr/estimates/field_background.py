@@ -19,7 +19,12 @@ mean over the channels) from the median of three or more votes; a photo with
 more than OUTVOTED_FRACTION of its rays (a third of its frame) outvoted is
 left out of the rest of the fit. Photos of a room seen with parallax disagree
 here and there, not over a third of a frame (the fox: up to 0.14; with "half
-of the voting rays" instead, six fox photos were left out, -0.16 dB).
+of the voting rays" instead, six fox photos were left out, -0.16 dB). When a
+photo was left out, the envmap is fitted again at the end (:func:`refit_envmap`,
+the field kept) without its rays and without the other photos' outvoted rays
+(the same occluder seen over less of their frame): field_object 31.63 ->
+32.09 dB. (That refit after every fit cost the fox 0.2 dB: only after one
+that left a photo out.)
 """
 
 from __future__ import annotations
@@ -109,3 +114,25 @@ def outvoted_photos(photo: np.ndarray, texel: np.ndarray, implied: np.ndarray,
     rays = np.bincount(photo, minlength=n)
     lost = np.bincount(photo, out, minlength=n)
     return np.flatnonzero(lost > OUTVOTED_FRACTION * np.maximum(rays, 1))
+
+
+def refit_envmap(values: np.ndarray, d, field_rgb, transmittance, target,
+                 *, steps: int = 150, lr: float = 0.05) -> np.ndarray:
+    """The envmap's logits (h, 2h, 3) fitted again, from ``values``, to rays
+    whose colour is ``field_rgb + transmittance x background(d)`` (Dr.Jit
+    arrays: Vector3f, Color3f, Float, Color3f ``target``), mean squared error."""
+    import drjit as dr
+    import mitsuba as mi
+
+    h = values.shape[0]
+    opt = mi.ad.Adam(lr=lr)
+    opt["bg"] = mi.Float(values.ravel())
+    uv = envmap_uv(d)
+    for _ in range(steps):
+        logits = envmap_texture(opt["bg"], h, 3).eval(uv)
+        rgb = field_rgb + transmittance * mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in logits])
+        loss = dr.mean(dr.square(rgb - target), axis=None)
+        dr.backward(loss)
+        opt.step()
+        loss.numpy()  # (a read-back per step, as the fit's loop)
+    return np.array(opt["bg"], np.float32).reshape(values.shape)

@@ -45,7 +45,8 @@ import numpy as np
 
 from ..capture import images
 from . import field_multiscale, field_options, field_time
-from .field_background import envmap_texture, envmap_uv, outvoted_photos, texel_of
+from .field_background import (envmap_texture, envmap_uv, outvoted_photos, outvoted_rays,
+                               refit_envmap, texel_of)
 from .base import Estimate, register_kind
 from .volume import Occupancy, render_rays, sh_colour, softplus
 
@@ -862,27 +863,46 @@ class FieldEstimate(Estimate):
 
     def finish(self, store) -> bool:
         last = len(self.config.resolution) - 1
-        if self.stage != last:
+        changed = self.stage != last
+        if changed:
             self.upsample(store, last)
-            return True
-        return False
+        if self.left_out:
+            self.refit_background(store)
+        return changed
+
+    def refit_background(self, store) -> None:
+        """After a fit that left photos out (:meth:`leave_out_outvoted`): fit
+        the envmap again, the field kept, without those photos' rays and
+        without the other photos' rays that are outvoted in their texel
+        (parts of the same occluder, seen over less of their frame)."""
+        import mitsuba as mi
+
+        view, texel, d, field_rgb, t, photo = self.background_rays(store)
+        implied = (photo - field_rgb) / np.maximum(t, 1e-3)[:, None]
+        ids = [c.id for c in self.rays.table.cameras]
+        keep = ~outvoted_rays(view, texel, implied, t)
+        keep &= ~np.isin(view, [ids.index(i) for i in self.left_out])
+        values = np.array(store["field.background"], np.float32)
+        h = int(round(math.sqrt(values.size / 6)))
+
+        def dj(x, kind):
+            return kind(*(mi.Float(np.ascontiguousarray(x[keep, a], np.float32))
+                          for a in range(3)))
+        logits = refit_envmap(values.reshape(h, 2 * h, 3), dj(d, mi.Vector3f),
+                              dj(field_rgb, mi.Color3f), mi.Float(t[keep].astype(np.float32)),
+                              dj(photo, mi.Color3f))
+        store.add("field.background", mi.Float(logits.ravel()))
 
     def leave_out_outvoted(self, store) -> None:
         """Leave the fitted photos that the others outvote on the learned
         envmap (``leave_out_outvoted``, see :mod:`.field_background`) out of
         the rest of the fit (each stage decides anew, over all the photos)."""
-        import drjit as dr
-
         rays = self.rays
         if not self.config.leave_out_outvoted or self.background_kind != "envmap" or rays is None:
             return
-        view, d, rgb, opacity, bg, photo = (np.concatenate(x) for x in
-                                            zip(*self.fitted_rays(store)))
-        h = int(round(math.sqrt(dr.width(store["field.background"]) / 6)))
-        transmittance = 1.0 - opacity
-        implied = (photo - rgb + transmittance[:, None] * bg) / np.maximum(
-            transmittance, 1e-3)[:, None]
-        bad = outvoted_photos(view, texel_of(d, h), implied, transmittance)
+        view, texel, d, field_rgb, transmittance, photo = self.background_rays(store)
+        implied = (photo - field_rgb) / np.maximum(transmittance, 1e-3)[:, None]
+        bad = outvoted_photos(view, texel, implied, transmittance)
         if len(bad) >= len(rays.table.cameras):
             bad = bad[:0]  # (all of them: nothing to go by)
         starts = np.concatenate([[0], np.cumsum(rays.table.sizes)])
@@ -892,6 +912,19 @@ class FieldEstimate(Estimate):
         if ids and ids != self.left_out:
             self.left_out_at = self.iteration
         self.left_out = ids
+
+    def background_rays(self, store) -> tuple[np.ndarray, ...]:
+        """The fitted photos' rays (:meth:`fitted_rays`, concatenated): each
+        one's photo index (N,), envmap texel (N,), direction (N, 3), the
+        field's own colour (N, 3, without the background), transmittance (N,)
+        and the photo's colour (N, 3)."""
+        import drjit as dr
+
+        view, d, rgb, opacity, bg, photo = (np.concatenate(x) for x in
+                                            zip(*self.fitted_rays(store)))
+        h = int(round(math.sqrt(dr.width(store["field.background"]) / 6)))
+        t = 1.0 - opacity
+        return view, texel_of(d, h), d, rgb - t[:, None] * bg, t, photo
 
     def fitted_rays(self, store, *, most: int = 1 << 18):
         """Rays through the fitted photos' pixels (their centres, every k-th
