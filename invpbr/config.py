@@ -398,6 +398,14 @@ class FieldConfig:
     from most photos take their neighbours' colour, not the content's. 0.05:
     scenes/field_object 28.55 -> 30.81 dB held-out; off by default (it cost the
     fox 0.7 dB and the margins of the time and appearance tests: BENCHMARKS.md)."""
+    leave_out_outvoted: Bool = True
+    """Before each coarse-to-fine stage, leave out of the rest of the fit the
+    fitted photos that the others outvote on the learned background
+    (``envmap``) over more than a third of their frame: a near occluder
+    outside the box that fills one photo's frame otherwise darkens those
+    directions, and the object seen from near that photo, for every viewpoint
+    (see invpbr.estimates.field_background; the photos left out are named in
+    result.json's notes)."""
     sparsity: NonNegative = 1e-4
     """Weight of a sparsity prior on the sampled opacities (against floaters)."""
     distortion: NonNegative = 1e-3

@@ -16,7 +16,8 @@ from invpbr.backend import init_backend
 #: The figures README's "Radiance fields" table states (tests/test_readme.py).
 STATED = {"gradient_percent": 3, "fit_above_constant_db": 8, "held_out_above_start_db": 5,
           "hash_held_out_above_start_db": 4, "envmap_hidden_error": 0.05,
-          "envmap_horizon_error": 0.05, "envmap_tv_weight": 0.05}
+          "envmap_horizon_error": 0.05, "envmap_tv_weight": 0.05, "left_out_frame_share": 0.67,
+          "kept_frame_share": 0.3}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -408,6 +409,7 @@ def test_frames_without_photos_name_the_frame(tmp_path):
     ("[field]\nbatch_rays = 0\n", r"field.batch_rays must be >= 1"),
     ("[field]\nenabled = true\n", r"unknown key field.enabled"),
     ("[field]\nocupancy = false\n", r"unknown key field.ocupancy.*did you mean occupancy"),
+    ("[field]\nleave_out_outvoted = 1\n", r"field.leave_out_outvoted must be true or false"),
 ])
 def test_bad_field_settings_name_the_key(tmp_path, toml, message):
     from invpbr.config import ConfigError, parse_config
@@ -505,3 +507,37 @@ def test_the_backgrounds_total_variation_fills_hidden_directions_and_keeps_the_h
     h = smooth.shape[0]  # the horizon stays sharp: the rows beside it keep sky and ground
     assert np.abs(smooth[h // 2 - 2] - sky).max() < STATED["envmap_horizon_error"]
     assert np.abs(smooth[h // 2 + 1] - ground).max() < STATED["envmap_horizon_error"]
+
+
+def test_a_photo_whose_background_the_others_outvote_is_left_out():
+    """Seven photos see a sky over a ground (rays at infinity, the field
+    transparent); photo 0 sees a black occluder over 2/3 of its frame (as
+    scenes/field_object's view_39 sees the back of the area light), photo 1
+    one over 3/10 of its frame elsewhere: photo 0 is left out, photo 1 and the
+    others are kept; rays behind the field (transmittance < 1/2) do not vote."""
+    from invpbr.estimates.field_background import outvoted_photos, texel_of
+
+    h = 16
+    sky, ground = np.array([0.9, 0.9, 0.85]), np.array([0.25, 0.2, 0.15])
+    rng = np.random.default_rng(0)
+    n, photos = 4000, 7
+    d = rng.normal(size=(photos * n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    photo = np.repeat(np.arange(photos), n)
+    implied = np.where((d[:, 1] > 0)[:, None], sky, ground)
+    share, kept = STATED["left_out_frame_share"], STATED["kept_frame_share"]
+    for p, fraction, lo in ((0, share, 0.6), (1, kept, 0.8)):
+        rows = np.flatnonzero(photo == p)[:int(fraction * n)]  # (its occluder: one patch)
+        band = rng.uniform(0, 1, size=(len(rows), 2)) * [0.1, 0.1] + [lo, 0.7]
+        theta, phi = band[:, 1] * np.pi, (band[:, 0] - 0.5) * 2 * np.pi
+        d[rows] = np.stack([np.sin(theta) * np.sin(phi), np.cos(theta),
+                            -np.sin(theta) * np.cos(phi)], -1)
+        implied[rows] = 0.0
+    texel = texel_of(d, h)
+    assert list(outvoted_photos(photo, texel, implied, np.ones(len(d)))) == [0]
+    # behind the field (an object in front), the same rays do not vote
+    behind = np.where(photo == 0, 0.3, 1.0)
+    assert list(outvoted_photos(photo, texel, implied, behind)) == []
+    # photos that agree everywhere: none left out
+    agree = np.where((d[:, 1] > 0)[:, None], sky, ground)
+    assert list(outvoted_photos(photo, texel, agree, np.ones(len(d)))) == []

@@ -45,6 +45,8 @@ import numpy as np
 
 from ..capture import images
 from . import field_multiscale, field_options, field_time
+from .field_background import (envmap_texture, envmap_uv, outvoted_photos, outvoted_rays,
+                               refit_envmap, texel_of)
 from .base import Estimate, register_kind
 from .volume import Occupancy, render_rays, sh_colour, softplus
 
@@ -155,13 +157,10 @@ def make_background(kind: str, values, fixed: np.ndarray | None):
             return mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in logits])
         return learned
     h = int(round(math.sqrt(dr.width(values) / 6)))  # (ENVMAP_HEIGHT; older files: 16)
-    tex = mi.Texture2f(mi.TensorXf(values, shape=(h, 2 * h, 3)),
-                       use_accel=False, migrate=False, wrap_mode=dr.WrapMode.Clamp)
+    tex = envmap_texture(values, h, 3)
 
     def envmap(d):
-        u = dr.atan2(d.x, -d.z) * (0.5 / math.pi) + 0.5
-        v = dr.safe_acos(d.y) * (1.0 / math.pi)
-        logits = tex.eval(mi.Point2f(u, v))
+        logits = tex.eval(envmap_uv(d))
         return mi.Color3f(*[dr.rcp(1.0 + dr.exp(-x)) for x in logits])
     return envmap
 
@@ -296,8 +295,7 @@ class RayTable:
         self.photos = mi.Float(np.concatenate([p.reshape(-1, 3) for p in photos]).ravel())
         valid = np.concatenate([np.ones(c.width * c.height, bool) if m is None else m.ravel()
                                 for c, m in zip(cameras, masks)])
-        self.valid = mi.UInt32(np.flatnonzero(valid).astype(np.uint32))
-        self.count = int(valid.sum())
+        self.sizes, self.masked = sizes, valid
         self.pixel_view = mi.UInt32(np.repeat(np.arange(len(cameras), dtype=np.uint32), sizes))
         self.start = mi.UInt32(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint32))
         self.widths = mi.UInt32(np.array([c.width for c in cameras], np.uint32))
@@ -305,13 +303,26 @@ class RayTable:
                                         for c in cameras], np.float32).ravel())
         cone = np.array([1.0 / np.sqrt(c.fx * c.fy) for c in cameras], np.float32)
         self.cone = mi.Float(cone)  # (each photo's pixel width at unit distance)
-        self.area = None  # (pixels drawn with probability ~ their area, photos differing)
-        if not np.allclose(cone, cone[0], rtol=1e-4):
-            area = np.repeat(cone.astype(np.float64) ** 2, sizes)[valid]
-            self.area = mi.DiscreteDistribution(mi.Float(area.astype(np.float32)))
+        self.leave_out(None)
         self.rot = mi.Float(np.concatenate([c.c2w[:3, :3].ravel() for c in cameras]))
         self.pos = mi.Float(np.concatenate([c.c2w[:3, 3] for c in cameras]))
         self.intr = mi.Float(np.concatenate([[c.fx, c.fy, c.cx, c.cy] for c in cameras]))
+
+    def leave_out(self, pixels: np.ndarray | None) -> None:
+        """Draw from the valid pixels except ``pixels`` (indices into all the
+        fitted photos' pixels, in order; None: all of them)."""
+        import mitsuba as mi
+
+        valid = self.masked.copy()
+        if pixels is not None:
+            valid[pixels] = False
+        self.valid = mi.UInt32(np.flatnonzero(valid).astype(np.uint32))
+        self.count = int(valid.sum())
+        cone = np.array(self.cone, np.float64)
+        self.area = None  # (pixels drawn with probability ~ their area, photos differing)
+        if not np.allclose(cone, cone[0], rtol=1e-4):
+            area = np.repeat(cone ** 2, self.sizes)[valid]
+            self.area = mi.DiscreteDistribution(mi.Float(area.astype(np.float32)))
 
     def draw(self, n: int, seed, *, centre: bool = False):
         """``n`` random rays (origins, directions, target colours, per-ray
@@ -618,6 +629,9 @@ class FieldEstimate(Estimate):
         self.times: dict[str, float] = {}
         self.fitted_times = None
         self.deform_dims = None  # (field_time: the deformation grid's cells, time_deform > 0)
+        self.rays: RandomRays | None = None  # (the run's strategy, once it has one)
+        self.left_out: list[str] = []  # (photos left out, leave_out_outvoted)
+        self.left_out_at = 0
 
     @classmethod
     def from_config(cls, config, context) -> list["FieldEstimate"]:
@@ -788,6 +802,7 @@ class FieldEstimate(Estimate):
         stages = self.config.resolution
         stage = min(len(stages) - 1, iteration * len(stages) // max(iterations, 1))
         if stage != self.stage:
+            self.leave_out_outvoted(store)
             self.upsample(store, stage)
         cfg = self.config
         if (self.occupancy is not None and iteration >= cfg.occupancy_warmup
@@ -848,10 +863,106 @@ class FieldEstimate(Estimate):
 
     def finish(self, store) -> bool:
         last = len(self.config.resolution) - 1
-        if self.stage != last:
+        changed = self.stage != last
+        if changed:
             self.upsample(store, last)
-            return True
-        return False
+        if self.left_out:
+            self.refit_background(store)
+        return changed
+
+    def refit_background(self, store) -> None:
+        """After a fit that left photos out (:meth:`leave_out_outvoted`): fit
+        the envmap again, the field kept, without those photos' rays and
+        without the other photos' rays that are outvoted in their texel
+        (parts of the same occluder, seen over less of their frame)."""
+        import mitsuba as mi
+
+        view, texel, d, field_rgb, t, photo = self.background_rays(store)
+        implied = (photo - field_rgb) / np.maximum(t, 1e-3)[:, None]
+        ids = [c.id for c in self.rays.table.cameras]
+        keep = ~outvoted_rays(view, texel, implied, t)
+        keep &= ~np.isin(view, [ids.index(i) for i in self.left_out])
+        values = np.array(store["field.background"], np.float32)
+        h = int(round(math.sqrt(values.size / 6)))
+
+        def dj(x, kind):
+            return kind(*(mi.Float(np.ascontiguousarray(x[keep, a], np.float32))
+                          for a in range(3)))
+        logits = refit_envmap(values.reshape(h, 2 * h, 3), dj(d, mi.Vector3f),
+                              dj(field_rgb, mi.Color3f), mi.Float(t[keep].astype(np.float32)),
+                              dj(photo, mi.Color3f))
+        store.add("field.background", mi.Float(logits.ravel()))
+
+    def leave_out_outvoted(self, store) -> None:
+        """Leave the fitted photos that the others outvote on the learned
+        envmap (``leave_out_outvoted``, see :mod:`.field_background`) out of
+        the rest of the fit (each stage decides anew, over all the photos)."""
+        rays = self.rays
+        if not self.config.leave_out_outvoted or self.background_kind != "envmap" or rays is None:
+            return
+        view, texel, d, field_rgb, transmittance, photo = self.background_rays(store)
+        implied = (photo - field_rgb) / np.maximum(transmittance, 1e-3)[:, None]
+        bad = outvoted_photos(view, texel, implied, transmittance)
+        if len(bad) >= len(rays.table.cameras):
+            bad = bad[:0]  # (all of them: nothing to go by)
+        starts = np.concatenate([[0], np.cumsum(rays.table.sizes)])
+        rays.table.leave_out(np.concatenate([np.arange(starts[v], starts[v + 1]) for v in bad])
+                             if len(bad) else None)
+        ids = [rays.table.cameras[v].id for v in bad]
+        if ids and ids != self.left_out:
+            self.left_out_at = self.iteration
+        self.left_out = ids
+
+    def background_rays(self, store) -> tuple[np.ndarray, ...]:
+        """The fitted photos' rays (:meth:`fitted_rays`, concatenated): each
+        one's photo index (N,), envmap texel (N,), direction (N, 3), the
+        field's own colour (N, 3, without the background), transmittance (N,)
+        and the photo's colour (N, 3)."""
+        import drjit as dr
+
+        view, d, rgb, opacity, bg, photo = (np.concatenate(x) for x in
+                                            zip(*self.fitted_rays(store)))
+        h = int(round(math.sqrt(dr.width(store["field.background"]) / 6)))
+        t = 1.0 - opacity
+        return view, texel_of(d, h), d, rgb - t[:, None] * bg, t, photo
+
+    def fitted_rays(self, store, *, most: int = 1 << 18):
+        """Rays through the fitted photos' pixels (their centres, every k-th
+        row and column so that at most about ``most``; masked pixels left out)
+        with the current field: per photo (numpy) its index (N,), directions
+        (N, 3), rendered colour (N, 3), opacity (N,), background colour (N, 3)
+        and the photo's colour (N, 3), linear."""
+        import drjit as dr
+        import mitsuba as mi
+
+        fitted = [v for v in self.problem.views if not v.held_out]
+        cams = self.cameras_of(fitted)
+        refined = self.camera_rays(cams)
+        if refined is not None:  # (the cameras as the run has them now, once it has latents)
+            try:
+                cams = [refined.camera(np.array(store[self.camera_estimate.key]), c)
+                        for c in cams]
+            except KeyError:
+                pass
+        stride = max(1, math.ceil(math.sqrt(sum(c.width * c.height for c in cams) / most)))
+        model, background = self.model(store), self.background(store)
+        for index, (view, cam) in enumerate(zip(fitted, cams)):
+            ys, xs = np.mgrid[0:cam.height:stride, 0:cam.width:stride]
+            keep = np.ones(xs.shape, bool) if view.mask is None else view.mask[ys, xs]
+            o_np, d_np = camera_rays_numpy(cam, xs[keep] + 0.5, ys[keep] + 0.5)
+            with dr.suspend_grad():
+                o = mi.Point3f(*(mi.Float(o_np[:, a].astype(np.float32)) for a in range(3)))
+                d = mi.Vector3f(*(mi.Float(d_np[:, a].astype(np.float32)) for a in range(3)))
+                time = self.times.get(cam.id) if self.slices > 1 else None
+                times = None if time is None else dr.opaque(mi.Float, float(time), dr.width(o))
+                cone = dr.opaque(mi.Float, field_multiscale.pixel_footprint(cam), dr.width(o))
+                out = render_rays(model, o, d, lo=self.lo, hi=self.hi, dt=self.dt,
+                                  occupancy=self.occupancy, background=background, times=times,
+                                  footprints=cone)
+                bg = background(d)
+                yield (np.full(len(d_np), index), d_np, np.array(out.rgb, np.float64).T,
+                       np.array(out.opacity, np.float64), np.array(bg, np.float64).T,
+                       view.photo[ys[keep], xs[keep]].astype(np.float64))
 
     def regularizer(self, store):
         """Total variation of density and colour between random cells and
@@ -947,11 +1058,18 @@ class FieldEstimate(Estimate):
         if self.occupancy is not None and self.occupancy.emptied:
             notes.append(f"field: the occupancy grid came out empty {self.occupancy.emptied} "
                          "time(s) (see the warnings)")
+        if self.left_out:
+            notes.append(f"field: photo(s) {', '.join(self.left_out)} left out of the fit from "
+                         f"step {self.left_out_at} on: the other photos outvote the background "
+                         "they show over a third of their frame (a near occluder outside "
+                         "the box?); "
+                         "field.leave_out_outvoted = false keeps them")
         out: dict[str, Any] = {"notes": notes} if notes else {}
         return out | self.appearance_result(store, problem)
 
     def make_strategy(self, context) -> RandomRays:
-        return RandomRays(context, self)
+        self.rays = RandomRays(context, self)
+        return self.rays
 
     @classmethod
     def to_json(cls, key, value, result, files) -> Any:

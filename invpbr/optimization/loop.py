@@ -465,6 +465,7 @@ def finish_run(run: Run) -> Result:
                 fields[name] = fields[name] | value
             else:
                 fields[name] = value
+    field_notes = list(fields.pop("notes", []))  # (an estimate's notes: NaN, occupancy, ...)
     errors, extra = errors_against_truth(problem, run.estimates, estimates)
     initial_errors, extra_initial = errors_against_truth(problem, run.estimates, run.initial)
     renders = final_renders(run)
@@ -495,7 +496,7 @@ def finish_run(run: Run) -> Result:
         relight_psnr=evaluate.relight_scores(problem, after),
         relight_psnr_initial=evaluate.relight_scores(problem, run.before),
         errors_scale_invariant=evaluate.albedo_scale_invariant_errors(estimates, problem.truth),
-        notes=evaluate.ambiguity_notes(run.estimates, problem.params),
+        notes=evaluate.ambiguity_notes(run.estimates, problem.params) + field_notes,
         scene_xml=problem.scene_xml,
         scene_folder=str(problem.folder.resolve()) if problem.folder is not None else None,
         start_renders=run.start_renders,
