@@ -238,6 +238,30 @@ def test_a_tiny_fit_beats_a_constant_image(tiny_result):
     assert (out / "field.npz").is_file() and (out / "field.ply").is_file()
 
 
+def test_photos_left_out_are_kept_in_the_checkpoint_state(tiny_result):
+    """The photos the vote left out (leave_out_outvoted) are part of the
+    field's checkpoint state: a resumed run draws no ray from them."""
+    from types import SimpleNamespace
+
+    problem = tiny_result[0]
+    field = next(e for e in problem.estimates if e.kind == "field")
+    field.setup(problem)
+    fit = [i for i, v in enumerate(problem.views) if not v.held_out]
+    table = field.make_strategy(SimpleNamespace(problem=problem, fit=fit, loss_fn=None)).table
+    everything = table.count
+    first = table.cameras[0].id
+    field.left_out, field.left_out_at = [first], 40
+    field.apply_left_out()
+    assert table.count == everything - table.sizes[0]
+    state = json.loads(json.dumps(field.state(), default=lambda a: a.tolist()))
+    field.left_out = []
+    field.apply_left_out()
+    assert table.count == everything
+    field.load_state(None, problem.params, state)  # (as a resumed run does)
+    assert field.left_out == [first] and field.left_out_at == 40
+    assert table.count == everything - table.sizes[0]
+
+
 def test_a_callback_scores_the_held_out_views_as_the_result_does(tiny_folder):
     """``StepInfo.held_out()`` mid-run: what result.json's ``novel_view_srgb``
     says of the estimate at that step (the last step's equals the result's)."""

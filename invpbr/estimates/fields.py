@@ -35,6 +35,7 @@ PNG, depth EXR), and ``field.ply``, the marching-cubes mesh of the density.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -842,7 +843,8 @@ class FieldEstimate(Estimate):
         return self.stage
 
     def state(self) -> dict[str, Any]:
-        out = {"stage": self.stage}
+        out = {"stage": self.stage, "left_out": json.dumps(self.left_out),
+               "left_out_at": self.left_out_at}
         if self.occupancy is not None:
             out |= {"occupancy_ema": self.occupancy.ema, "occupied": self.occupancy.occupied,
                     "occupancy_updates": self.occupancy.updates}
@@ -860,6 +862,20 @@ class FieldEstimate(Estimate):
             occ.occupied = np.asarray(state["occupied"], bool)
             occ.updates = int(state.get("occupancy_updates", 0))
             occ.mask = mi.Bool(occ.occupied.ravel()) if occ.updates else None
+        self.left_out = list(json.loads(state.get("left_out", "[]")))
+        self.left_out_at = int(state.get("left_out_at", 0))
+        self.apply_left_out()
+
+    def apply_left_out(self) -> None:
+        """Leave the rays of the photos in :attr:`left_out` out of the ray table."""
+        rays = self.rays
+        if rays is None:
+            return
+        ids = [c.id for c in rays.table.cameras]
+        bad = [ids.index(i) for i in self.left_out if i in ids]
+        starts = np.concatenate([[0], np.cumsum(rays.table.sizes)])
+        rays.table.leave_out(np.concatenate([np.arange(starts[v], starts[v + 1]) for v in bad])
+                             if bad else None)
 
     def finish(self, store) -> bool:
         last = len(self.config.resolution) - 1
@@ -905,13 +921,11 @@ class FieldEstimate(Estimate):
         bad = outvoted_photos(view, texel, implied, transmittance)
         if len(bad) >= len(rays.table.cameras):
             bad = bad[:0]  # (all of them: nothing to go by)
-        starts = np.concatenate([[0], np.cumsum(rays.table.sizes)])
-        rays.table.leave_out(np.concatenate([np.arange(starts[v], starts[v + 1]) for v in bad])
-                             if len(bad) else None)
         ids = [rays.table.cameras[v].id for v in bad]
         if ids and ids != self.left_out:
             self.left_out_at = self.iteration
         self.left_out = ids
+        self.apply_left_out()
 
     def background_rays(self, store) -> tuple[np.ndarray, ...]:
         """The fitted photos' rays (:meth:`fitted_rays`, concatenated): each
@@ -1069,6 +1083,8 @@ class FieldEstimate(Estimate):
 
     def make_strategy(self, context) -> RandomRays:
         self.rays = RandomRays(context, self)
+        if self.left_out:  # (a checkpoint's, loaded before the rays existed)
+            self.apply_left_out()
         return self.rays
 
     @classmethod
