@@ -238,6 +238,39 @@ def test_a_tiny_fit_beats_a_constant_image(tiny_result):
     assert (out / "field.npz").is_file() and (out / "field.ply").is_file()
 
 
+def test_a_fit_leaves_out_the_photo_a_near_occluder_fills(tmp_path):
+    """End to end: one fitted photo of a small folder (24 photos of 24 x 24, a
+    wide field of view so that three or more photos see each direction) has a
+    black occluder over the left 2/3 of its frame (as scenes/field_object's
+    view_39 sees the back of the area light); the fit leaves it out at the
+    stage boundary and result.json's notes name it; the same folder without
+    the occluder leaves none out."""
+    from invpbr import load_problem, optimize, save_result
+    from invpbr.capture import images
+    from invpbr.testing.fields import make_field_folder
+
+    folder = make_field_folder(
+        tmp_path / "ring", size=24, views=24, held_out=2, spp=16, kind="simple", distance=3.0,
+        fov_deg=80.0, toml_extra="resolution = [12, 16]\nbatch_rays = 1024\nsh_degree = 1\n"
+        "occupancy_warmup = 20\noccupancy_every = 8\n\n[optimize]\niterations = 60\n"
+        "loss = \"l2\"\nlr_decay = 1.0\n\n[report]\ngradients = false\n")
+
+    def left_out_notes(out):
+        result = optimize(load_problem(folder), progress=False)
+        assert result.status == "completed"
+        doc = json.loads((save_result(result, tmp_path / out) / "result.json").read_text())
+        return [n for n in doc.get("notes", []) if "left out of the fit" in n]
+
+    assert left_out_notes("plain") == []
+    victim = next(v for v in load_problem(folder).views if not v.held_out)
+    path = next((folder / "photos").glob(f"{victim.id}.*"))
+    image = np.array(images.load_image(path), np.float32)
+    image[:, : 2 * image.shape[1] // 3] = 0.0
+    images.save_image(path, image)
+    named = left_out_notes("occluded")
+    assert len(named) == 1 and f"photo(s) {victim.id} left out" in named[0], named
+
+
 def test_photos_left_out_are_kept_in_the_checkpoint_state(tiny_result):
     """The photos the vote left out (leave_out_outvoted) are part of the
     field's checkpoint state: a resumed run draws no ray from them."""
