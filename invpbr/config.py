@@ -90,7 +90,7 @@ Precision = Literal["single", "half"]
 Guiding = Literal["none", "grid", "octree"]
 Space = Literal["auto", "linear", "log"]
 EnvmapModel = Literal["texels", "sh", "sun_sky"]
-AdamMoments = Literal["auto", "component", "group", "motion"]
+AdamMoments = Literal["auto", "component", "group", "motion", "hybrid"]
 Integrator = Literal["auto", "prb", "prb_basic", "direct_projective", "prb_projective",
                      "path", "scene"]
 
@@ -164,8 +164,10 @@ class EstimateConfig:
     (a pose's or each camera's translation, and its rotation, each one step size),
     ``motion`` (a pose's or each camera's six components one step size: a
     component's step is its gradient's share: less drift of a weakly seen rotation,
-    slower to turn one that starts far off). ``auto``: ``component`` (measurements:
-    BENCHMARKS.md, issue 13)."""
+    slower to turn one that starts far off), ``hybrid`` (``motion`` while the loss
+    compares blurred images, the first half of the run; plain Adam after: no walk
+    of a rotation the blurred images hardly see, full-sized steps once they are
+    sharp). ``auto``: ``component`` (measurements: BENCHMARKS.md, issue 13)."""
     average: Annotated[float, Strict(), Field(ge=0, lt=1)] | None = None
     """``kind = "pose"`` and ``"camera"``: return the mean of the iterates of the last
     this fraction of the run (Polyak-Ruppert iterate averaging; rotations by their

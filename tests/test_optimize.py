@@ -415,3 +415,34 @@ def test_grouped_adam_steps_a_weak_component_by_its_share(mi):
     opt.groups["x"] = (3, 2)
     with pytest.raises(ValueError, match="'x' has 6 components, its groups"):
         opt["x"] = mi.Float(np.zeros(6))
+
+
+def test_hybrid_adam_moves_a_motion_to_plain_adam_half_way(mi):
+    """adam = "hybrid": a motion steps with one second moment (a weak component by
+    its gradient's share) until half the run, then with plain Adam (every
+    component by about the learning rate), stepped by that optimizer alone."""
+    from types import SimpleNamespace
+
+    import drjit as dr
+
+    from invpbr.estimates.meshes import motion_groups, plain_adam_from, to_plain_adam
+    from invpbr.optimization.latents import Latents
+
+    assert motion_groups("hybrid", 1) == (6,) and plain_adam_from("hybrid", 80) == 40
+    assert plain_adam_from("motion", 80) is None
+    store = Latents(SimpleNamespace(params=SimpleNamespace(update=lambda: None)), [], 4, lr=0.1)
+    store.add("x", mi.Float(np.zeros(6)), groups=(6,))
+    weight = mi.Float([1.0, 1e-6, 1e-6, 1e-6, 1e-6, 1e-6])
+    moved = []
+    for it in range(4):  # (as an estimate's advance: until it moved)
+        if True not in moved:
+            moved.append(to_plain_adam(store, "x", it, 4, "hybrid"))
+        dr.backward(dr.sum(weight * dr.square(store["x"] - 1.0)))
+        store.step()
+    x = np.array(store["x"])
+    assert moved == [False, False, True]
+    assert "x" in store.opt and "x" not in store.grouped_opt
+    # 2 shared steps (weak: ~1e-6 of lr), then 2 plain ones (~lr each, not 2x: one optimizer)
+    assert x[0] == pytest.approx(0.4, rel=0.03)
+    assert x[1:] == pytest.approx(np.full(5, 0.2), rel=0.05), x
+    assert not to_plain_adam(store, "x", 3, 4, "motion")

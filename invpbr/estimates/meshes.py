@@ -110,13 +110,33 @@ def motion_groups(adam: str, motions: int, *, scale: bool = False,
     """Adam's groups (see :meth:`invpbr.optimization.latents.Latents.add`) for the
     latent of ``motions`` rigid motions of 6 components ``[t, w]`` each (then a log
     scale when ``scale``): None for ``adam = "component"`` (plain Adam), a group per
-    translation and per rotation for ``"group"``, a group per motion for ``"motion"``;
+    translation and per rotation for ``"group"``, a group per motion for ``"motion"``
+    and ``"hybrid"`` (whose estimate moves to plain Adam half-way: :func:`plain_adam_from`);
     ``"auto"`` is the estimate's ``auto``."""
     adam = auto if adam == "auto" else adam
     if adam == "component":
         return None
     per = (3, 3) if adam == "group" else (6,)
     return per * motions + ((1,) if scale else ())
+
+
+def plain_adam_from(adam: str, iterations: int) -> int | None:
+    """The step from which an estimate with ``adam = "hybrid"`` steps with plain
+    Adam (the end of the coarse-to-fine blur, :func:`invpbr.optimization.coarse.blur_radius`:
+    half the run); None for the other settings."""
+    return max(iterations // 2, 1) if adam == "hybrid" else None
+
+
+def to_plain_adam(store, key: str, iteration: int, iterations: int, adam: str) -> bool:
+    """Move latent ``key`` to plain Adam once ``iteration`` reaches
+    :func:`plain_adam_from` (its moments start again; a resumed run moves it at
+    its first step); whether it moved now."""
+    start = plain_adam_from(adam, iterations)
+    if start is None or iteration < start:
+        return False
+    value = store[key]
+    store.add(key, type(value)(value))
+    return True
 
 
 def mean_motion(samples: np.ndarray, motions: int) -> np.ndarray:

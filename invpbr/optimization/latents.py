@@ -118,6 +118,9 @@ class Latents:
             raise ValueError(f"Latents.add(): latent {name!r}: uniform and groups exclude "
                              "each other")
         opt = self.uniform_opt if uniform else self.grouped_opt if groups is not None else self.opt
+        before = self.where.get(name)
+        if before is not None and before is not opt:  # (moved to another optimizer)
+            del before[name]
         if groups is not None:
             opt.groups[name] = tuple(int(g) for g in groups)
         opt[name] = value
