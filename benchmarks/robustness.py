@@ -98,7 +98,20 @@ def camera_rows(result: dict, diagonal: float) -> list[dict]:
                                    or e["position"] > s["position"])})
         if sid in last:
             rows[-1] |= last_step(last[sid], s, diagonal)
+        rows[-1] |= sigma_of(result, "cameras", sid, diagonal)
     return rows
+
+
+def sigma_of(result: dict, key: str, motion: str, diagonal: float) -> dict:
+    """The polish's standard deviations of a motion (result.json ``polished``): rotation
+    (deg) and position (diag); empty without a polish, None where not determined."""
+    polished = (result.get("polished") or {}).get(key)
+    if not polished:
+        return {}
+    sigma = polished["motions"].get(motion, {}).get("sigma") or {}
+    position = sigma.get("position")
+    return {"sigma_rotation_deg": sigma.get("rotation_deg"),
+            "sigma_position": None if position is None else position / diagonal}
 
 
 def last_step(e: dict, s: dict, diagonal: float) -> dict:
@@ -119,7 +132,7 @@ def pose_row(result: dict, diagonal: float) -> dict | None:
         last = (result.get("averaged") or {}).get(key, {}).get("last_step_errors")
         if last:
             row |= last_step(last, s, diagonal)
-        return row
+        return row | sigma_of(result, key, "pose", diagonal)
     return None
 
 
@@ -241,6 +254,19 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
               f"{sum(u['last_worse'] for u in last)}; rotation (deg): "
               f"{distribution([u['last_rotation_deg'] for u in last])}; position (diag): "
               f"{distribution([u['last_position'] for u in last])}")
+    sigma = [u for u in units if u.get("sigma_rotation_deg") is not None]
+    if sigma:  # the polish's uncertainty against the errors it describes
+        within = sum(u["rotation_deg"] <= 2 * u["sigma_rotation_deg"]
+                     and u["position"] <= 2 * u["sigma_position"] for u in sigma)
+        print(f"polish standard deviations ({len(sigma)}/{n_units}): rotation (deg) "
+              f"{distribution([u['sigma_rotation_deg'] for u in sigma])}; position (diag) "
+              f"{distribution([u['sigma_position'] for u in sigma])}; errors within 2 sigma "
+              f"in both: {within}/{len(sigma)}; error / sigma, rotation: "
+              f"{distribution([u['rotation_deg'] / u['sigma_rotation_deg'] for u in sigma])}")
+        undetermined = sum(u.get("sigma_rotation_deg") is None and "sigma_rotation_deg" in u
+                           for u in units)
+        if undetermined:
+            print(f"not determined by the photos (polish): {undetermined}/{n_units}")
     runs = [s for s in scenes if s["run"] == 0]
     print(f"status: " + ", ".join(f"{k} {sum(s['status'] == k for s in runs)}"
                                   for k in sorted({s['status'] for s in runs}))

@@ -177,6 +177,16 @@ class EstimateConfig:
     ``AVERAGE`` in :mod:`invpbr.optimization.watch` (measurements: BENCHMARKS.md,
     issue 13). The best-state watch still puts back a run (a camera) whose loss ends
     clearly above its minimum; result.json's ``averaged`` says what was returned."""
+    polish: NonNegativeInt | None = None
+    """``kind = "pose"`` and ``"camera"``: Levenberg-Marquardt iterations after the
+    steps, on Jacobians measured by finite differences of renders with common random
+    numbers (:mod:`invpbr.optimization.polish`): the steps' Monte Carlo gradients
+    leave a motion a degree or more off, the polish takes it to what the photos
+    determine, and result.json's ``polished`` says how well that is (a standard
+    deviation per camera or pose). 0: none. Default (unset): ``POLISH`` in
+    :mod:`invpbr.optimization.polish` (measurements: BENCHMARKS.md, issue 13)."""
+    polish_spp: PositiveInt | None = None
+    """Samples per pixel of the polish's renders (default ``POLISH_SPP`` there)."""
     lambda_: NonNegative = 19.0
     """``kind = "shape"``: large-steps smoothness lambda (TOML: ``lambda``);
     larger is smoother and slower to reach detail."""
@@ -737,6 +747,9 @@ def _estimate_table(i: int, t: Any, source: str) -> EstimateConfig:
             raise ConfigError(f"{source}: {where}.resolution must be a positive integer or a list "
                               f"of them, found {e.resolution!r}")
         e.resolution = res
+    if e.kind not in ("pose", "camera") and (e.polish is not None or e.polish_spp is not None):
+        raise ConfigError(f"{source}: {where}.polish and polish_spp apply to kind = \"pose\" "
+                          "and \"camera\" only")
     if e.kind not in ("pose", "camera") and e.average is not None:
         raise ConfigError(f"{source}: {where}.average applies to kind = \"pose\" and "
                           "\"camera\" only")

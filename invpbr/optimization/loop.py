@@ -28,6 +28,7 @@ from . import records
 from .gradient_images import run_gradient_images
 from .latents import Latents
 from .losses import image_loss
+from .polish import lowered_everywhere, polish
 from .strategies import StepContext, Strategy, can_freeze, choose_strategy
 from .coarse import CoarseToFine, blur_radius
 from .coarse import applies as coarse_applies
@@ -455,6 +456,16 @@ def finish_run(run: Run) -> Result:
     if run.watch is not None and run.status == "completed":
         run.watch.finish(run)  # the best state seen where the end is clearly worse
     averaged = averaged_report(run, last)
+    polished = {}
+    if run.status in ("completed", "diverged") and run.history:  # (not after Ctrl-C or a failure)
+        diverged = run.status == "diverged"
+        polished = polish(run)
+        if diverged and lowered_everywhere(polished):
+            run.status = "completed"
+            warnings.warn(f"optimize(): {problem.name}: the steps did not get better than the "
+                          "start, but the Gauss-Newton polish after them lowered the loss of "
+                          "every pose and camera (result.json: polished); status: completed",
+                          stacklevel=2)
     latents.finish()
     estimates = latents.values()
     latents.release()
@@ -507,7 +518,7 @@ def finish_run(run: Run) -> Result:
         skipped_steps=list(run.skipped), error=run.error, resumed_from=run.resumed_from,
         checkpoints=({} if run.checkpoints is None else
                      {"written": run.checkpoints.written, "seconds": run.checkpoints.write_seconds}),
-        averaged=averaged, **fields)
+        averaged=averaged, polished=polished, **fields)
 
 
 def resume_run(run: Run, out, *, resume: bool = True) -> bool:

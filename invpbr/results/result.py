@@ -131,6 +131,12 @@ class Result:
             ``last step``), ``from_step``, ``steps``, ``best_state`` (cameras put back
             to their best state instead), and with a truth the last step's errors
             (``last_step_errors``, ``last_step_camera_errors``).
+        polished: estimate key -> its Gauss-Newton polish after the steps
+            (``[[estimate]] polish``, :mod:`invpbr.optimization.polish`):
+            ``iterations``, ``spp``, ``seconds``, ``returned``, and per motion (a
+            camera's sensor id, or ``pose``) ``loss_before``, ``loss_after``,
+            ``steps_kept`` and ``sigma`` (standard deviations of its rotation, degrees,
+            and position, scene units; None where the photos do not determine it).
     """
 
     name: str
@@ -186,6 +192,7 @@ class Result:
     resumed_from: int | None = None
     checkpoints: dict[str, float] = field(default_factory=dict)
     averaged: dict[str, dict[str, Any]] = field(default_factory=dict)
+    polished: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def psnr(self) -> dict[str, float]:
         """view id -> PSNR (dB) of the final render against the photo, both
@@ -296,6 +303,7 @@ def result_to_json(result: Result, files: dict[str, dict] | None = None) -> dict
         "resumed_from": result.resumed_from,
         "checkpoints": dict(result.checkpoints),
         "averaged": strict_json(result.averaged),
+        "polished": strict_json(result.polished),
     }
 
 

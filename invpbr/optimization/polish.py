@@ -1,0 +1,334 @@
+"""Gauss-Newton polish of rigid motions (poses, cameras) after the steps.
+
+A pose or camera a degree off moves the edges and textures of its views by a fraction
+of a pixel. Adam steps on Monte Carlo gradients of such a motion are mostly noise
+(BENCHMARKS.md, issue 13: at 48x48 and 8 samples one step's rotation gradient of a
+pose carries about 7 degrees' worth of noise), so the steps end a degree or several
+off wherever they stop. A motion has only six numbers, though, and what each does to
+the images can be measured directly: render the views with the number moved by a
+little (about half a pixel of image motion) and back, with the same random numbers
+for both (the difference keeps the image's change and most of its noise cancels);
+the differences are the columns of the Jacobian of the images. Levenberg-Marquardt
+iterations then solve the linearized least-squares problem between the photos and
+the renders:
+
+- the residual (photo - render) is rendered with other random numbers than the
+  Jacobian, so its noise is independent of the Jacobian's and the iteration's fixed
+  point is the loss's minimum, not a point that noise pulls;
+- a step is kept only where it lowers the loss of its views, before and after
+  rendered with the same random numbers (each camera on its own view);
+- pixels far off (fireflies of the photo or the render, what the model does not have)
+  weigh less: Huber weights with a scale from the residuals' median absolute deviation;
+- the finite differences hold everything the images do: silhouettes, occlusion as
+  camera rays slide over surfaces, shading, analytic shapes whose boundary terms
+  Mitsuba 3.9 gets wrong; any integrator;
+- the returned motion is the mean of the iterates of the last half of the iterations
+  (each iterate's noise is that of its own renders).
+
+It also says how well the photos determine each motion: the covariance of the
+estimate, ``A^-1 B A^-1`` with ``A = J^T W J`` and ``B = J^T diag(w^2 r^2) J``, each
+product taken between the Jacobians of two iterations (independent noise: their
+product is not inflated by it, as ``J^T J`` of one noisy Jacobian is); a direction
+whose ``A`` is not positive is not determined by the photos at all.
+
+Cost per iteration: ``2 + 2 x 6`` renders of a pose's fitted views (of each view once
+for all cameras together: each view shows only its own camera's change) at ``spp``
+samples, without gradients.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Image motion of a finite-difference step, in pixels.
+FD_PIXELS = 0.5
+#: Largest finite-difference step of a latent component (radians; sizes).
+MAX_STEP = 0.05
+#: Huber weights: residuals beyond this many robust standard deviations weigh less.
+HUBER = 2.0
+#: A step below this fraction of the finite-difference step in every component is small;
+#: the polish ends once every motion's last two steps were small or not kept (after at
+#: least ``MIN_ITERATIONS``).
+SETTLED = 0.25
+MIN_ITERATIONS = 4
+#: Seeds of the polish's renders start here (away from the steps' and the final renders').
+SEED_BASE = 1 << 29
+#: ``[[estimate]] polish`` (iterations) where a table does not set it, by kind.
+POLISH = {"pose": 10, "camera": 10}
+#: ``[[estimate]] polish_spp`` where a table does not set it.
+POLISH_SPP = 256
+
+
+@dataclass
+class Block:
+    """One rigid motion: ``size`` components of latent ``name`` from ``start``, the
+    fitted views (numbers into ``problem.views``) it changes, its finite-difference
+    steps, and the label the report gives it (a camera's sensor id, or ``pose``)."""
+
+    name: str
+    start: int
+    size: int
+    views: list[int]
+    steps: np.ndarray
+    label: str
+    unit: float  # scene units of one latent translation unit
+    lam: float = 1e-3
+    threshold: float | None = None  # the first iteration's Huber threshold (the report's)
+    loss_before: float | None = None
+    loss_after: float | None = None
+    moved: int = 0
+    settled: int = 0  # iterations in a row whose step was not kept or was small
+    jacobians: list = field(default_factory=list)  # the last two (and their weights)
+    residual: Any = None
+    weights: Any = None
+
+
+def polish_iterations(estimate) -> int:
+    """``[[estimate]] polish`` of ``estimate``, or its kind's default (0: none)."""
+    value = getattr(getattr(estimate, "config", None), "polish", None)
+    return POLISH.get(estimate.kind, 0) if value is None else int(value)
+
+
+def polish_spp(estimate) -> int:
+    value = getattr(getattr(estimate, "config", None), "polish_spp", None)
+    return POLISH_SPP if value is None else int(value)
+
+
+def pixel_angle(scene, sensor_index: int) -> float:
+    """The angle one pixel spans at the image centre of a perspective sensor
+    (radians; a 40-degree field of view where the sensor has none)."""
+    import mitsuba as mi
+
+    sensor = scene.sensors()[sensor_index]
+    width = int(sensor.film().crop_size()[0])
+    params = mi.traverse(sensor)
+    fov = float(np.ravel(np.array(params["x_fov"]))[0]) if "x_fov" in params else 40.0
+    return float(np.radians(fov)) / max(width, 1)
+
+
+def camera_centre(scene, sensor_index: int) -> np.ndarray:
+    m = scene.sensors()[sensor_index].world_transform().matrix
+    return np.array(m, dtype=np.float64).reshape(4, 4)[:3, 3]
+
+
+def blocks_of(run) -> list[list[Block]]:
+    """The rigid motions of ``run``'s estimates that are polished, in groups moved at
+    once (all cameras: each view shows only its own; each pose alone)."""
+    problem, scene, fit = run.problem, run.problem.scene, run.context.fit
+    by_sensor = {problem.views[v].index: v for v in fit}
+    groups: list[list[Block]] = []
+    for e in run.estimates:
+        if e.kind not in POLISH or polish_iterations(e) <= 0:
+            continue
+        model = e.model
+        if e.kind == "camera":
+            bbox = scene.bbox()
+            centre = 0.5 * (np.array(bbox.min, np.float64) + np.array(bbox.max, np.float64))
+            group = []
+            for j, (sid, index) in enumerate(zip(model.ids, model.indices)):
+                h = FD_PIXELS * pixel_angle(scene, index)
+                d = float(np.linalg.norm(model.c2w[j][:3, 3] - centre))
+                steps = np.minimum([h * d / model.size] * 3 + [h] * 3, MAX_STEP)
+                group.append(Block(e.key, 6 * j, 6, [by_sensor[index]], steps, sid, model.size))
+            groups.append(group)
+        else:
+            views = list(fit)
+            h = min(FD_PIXELS * pixel_angle(scene, problem.views[v].index)
+                    * float(np.linalg.norm(camera_centre(scene, problem.views[v].index)
+                                           - model.centre)) / model.size for v in views)
+            groups.append([Block(e.key, 0, model.latent_size, views,
+                                 np.full(model.latent_size, min(h, MAX_STEP)), "pose",
+                                 model.size)])
+    return groups
+
+
+class Renderer:
+    """Residuals (photo - render) of fitted views for given latents, no gradients."""
+
+    def __init__(self, run, spp: int):
+        views = run.problem.views
+        self.run = run
+        self.spp = spp
+        self.per_view = any(e.per_view for e in run.estimates)
+        self.photos = {v: views[v].photo[..., :3].astype(np.float64) for v in run.context.fit}
+        self.masks = {v: None if views[v].mask is None else views[v].mask.astype(bool)
+                      for v in run.context.fit}
+
+    def set(self, values: dict[str, np.ndarray]) -> None:
+        import mitsuba as mi
+
+        for name, value in values.items():
+            self.run.latents[name] = mi.Float(np.asarray(value, np.float32).ravel())
+
+    def residuals(self, values: dict[str, np.ndarray], views: list[int], seed: int) -> dict:
+        """view number -> photo - render (H, W, 3) for ``views`` at the latents ``values``."""
+        import drjit as dr
+        import mitsuba as mi
+
+        run = self.run
+        self.set(values)
+        out = {}
+        with dr.suspend_grad():
+            if not self.per_view:
+                run.latents.write_scene()
+            for v in views:
+                if self.per_view:
+                    run.latents.write_scene(run.problem.views[v].index)
+                s = dr.opaque(mi.UInt32, (seed * 7919 + v) % (2**31))
+                image = run.latents.apply_to_image(run.context.render_view(v, self.spp, s), v)
+                out[v] = self.photos[v] - np.array(image, dtype=np.float64)[..., :3]
+        return out
+
+    def flat(self, residuals: dict, views: list[int]) -> np.ndarray:
+        parts = []
+        for v in views:
+            r, m = residuals[v], self.masks[v]
+            parts.append((r[m] if m is not None else r.reshape(-1, 3)).ravel())
+        return np.concatenate(parts)
+
+
+def huber_weights(r: np.ndarray) -> tuple[np.ndarray, float]:
+    """IRLS weights of residuals ``r`` and the Huber threshold."""
+    sigma = 1.4826 * float(np.median(np.abs(r - np.median(r)))) + 1e-8
+    c = HUBER * sigma
+    a = np.abs(r)
+    return np.where(a <= c, 1.0, c / np.maximum(a, 1e-30)), c
+
+
+def huber_loss(r: np.ndarray, c: float) -> float:
+    a = np.abs(r)
+    return float(np.sum(np.where(a <= c, 0.5 * a * a, c * (a - 0.5 * c))))
+
+
+def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[int],
+               seed: int) -> None:
+    """Each block's Jacobian of its views' residuals (central differences, common
+    random numbers), kept as its newest in ``block.jacobians``."""
+    columns = []
+    for k in range(group[0].size):
+        plus = {n: t.copy() for n, t in theta.items()}
+        minus = {n: t.copy() for n, t in theta.items()}
+        for b in group:
+            plus[b.name][b.start + k] += b.steps[k]
+            minus[b.name][b.start + k] -= b.steps[k]
+        columns.append((renderer.residuals(plus, views, seed),
+                        renderer.residuals(minus, views, seed)))
+    for b in group:
+        # (residual = photo - render: its derivative is minus the render's)
+        jac = np.stack([(renderer.flat(rp, b.views) - renderer.flat(rm, b.views))
+                        / (2 * b.steps[k]) for k, (rp, rm) in enumerate(columns)], axis=1)
+        b.jacobians = (b.jacobians + [jac])[-2:]
+
+
+def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[int, int]) -> None:
+    """One Levenberg-Marquardt iteration of ``group`` (updates ``theta`` in place)."""
+    views = sorted({v for b in group for v in b.views})
+    base = renderer.residuals(theta, views, seeds[0])
+    _jacobians(renderer, theta, group, views, seeds[1])
+    trial = {n: t.copy() for n, t in theta.items()}
+    thresholds = []
+    for b in group:
+        r = renderer.flat(base, b.views)
+        w, c = huber_weights(r)
+        thresholds.append(c)
+        b.residual, b.weights = r, w
+        jac = b.jacobians[-1]
+        a = jac.T @ (jac * w[:, None])
+        damped = a + b.lam * np.diag(np.maximum(np.diag(a), 1e-12))
+        try:
+            delta = np.linalg.solve(damped, jac.T @ (w * r))
+        except np.linalg.LinAlgError:
+            delta = np.zeros(b.size)
+        trial[b.name][b.start:b.start + b.size] -= delta
+        if b.threshold is None:
+            b.threshold = c
+            b.loss_before = huber_loss(r, c) / r.size
+        b.loss_after = huber_loss(r, b.threshold) / r.size  # (the newest base render's)
+    after = renderer.residuals(trial, views, seeds[0])
+    for b, c in zip(group, thresholds):
+        before_loss = huber_loss(b.residual, c)
+        after_loss = huber_loss(renderer.flat(after, b.views), c)
+        step = trial[b.name][b.start:b.start + b.size] - theta[b.name][b.start:b.start + b.size]
+        if after_loss < before_loss:
+            theta[b.name][b.start:b.start + b.size] += step
+            b.lam = max(b.lam / 4.0, 1e-6)
+            b.moved += 1
+        else:
+            b.lam = min(b.lam * 8.0, 1e6)
+        small = after_loss >= before_loss or bool(np.all(np.abs(step) < SETTLED * b.steps))
+        b.settled = b.settled + 1 if small else 0
+
+
+def uncertainty(b: Block) -> dict[str, float | None]:
+    """Standard deviations of a block's rotation (degrees, the norm of the three
+    components') and position (scene units) from its last two Jacobians; None where
+    the photos do not determine the motion (see the module)."""
+    if len(b.jacobians) < 2 or b.residual is None:
+        return {"rotation_deg": None, "position": None}
+    j0, j1 = b.jacobians
+    w, r = b.weights, b.residual
+    a = 0.5 * (j0.T @ (j1 * w[:, None]) + j1.T @ (j0 * w[:, None]))
+    m = 0.5 * (j0.T @ (j1 * (w * w * r * r)[:, None]) + j1.T @ (j0 * (w * w * r * r)[:, None]))
+    if not np.all(np.isfinite(a)) or np.linalg.eigvalsh(a).min() <= 0:
+        return {"rotation_deg": None, "position": None}
+    inv = np.linalg.inv(a)
+    cov = inv @ m @ inv
+    var = np.clip(np.diag(cov), 0.0, None)
+    return {"rotation_deg": float(np.degrees(np.sqrt(var[3:6].sum()))),
+            "position": float(np.sqrt(var[0:3].sum()) * b.unit)}
+
+
+def polish(run, *, callback=None) -> dict[str, Any]:
+    """Levenberg-Marquardt iterations on the rigid motions of ``run`` (see the
+    module); leaves the polished latents in ``run.latents`` (and the scene);
+    returns result.json's ``polished``: latent name -> report."""
+    groups = blocks_of(run)
+    if not groups:
+        return {}
+    start_time = time.perf_counter()
+    by_name = {e.key: e for e in run.estimates}
+    names = sorted({b.name for g in groups for b in g})
+    iterations = max(polish_iterations(by_name[n]) for n in names)
+    spp = max(polish_spp(by_name[n]) for n in names)
+    renderer = Renderer(run, spp)
+    theta = {n: np.array(run.latents[n], dtype=np.float64).ravel() for n in names}
+    iterates = []
+    seed = SEED_BASE + 1009 * int(run.problem.config.optimize.seed)
+    for it in range(iterations):
+        for gi, group in enumerate(groups):
+            base = seed + 2 * (it * len(groups) + gi)
+            _iterate(renderer, theta, group, (base, base + 1))
+        iterates.append({n: t.copy() for n, t in theta.items()})
+        if callback is not None:
+            renderer.set(theta)
+            run.latents.write_scene()
+            callback(it)
+        if it + 1 >= MIN_ITERATIONS and all(b.settled >= 2 for g in groups for b in g):
+            break
+    tail = iterates[len(iterates) // 2:]
+    final = {n: np.mean([t[n] for t in tail], axis=0) for n in names}
+    renderer.set(final)
+    run.latents.write_scene()
+    seconds = time.perf_counter() - start_time
+    report = {}
+    for n in names:
+        blocks = [b for g in groups for b in g if b.name == n]
+        report[n] = {"iterations": len(iterates), "spp": spp, "seconds": seconds,
+                     "returned": f"mean of the last {len(tail)} iterates",
+                     "motions": {b.label: {"loss_before": b.loss_before,
+                                           "loss_after": b.loss_after, "steps_kept": b.moved,
+                                           "sigma": uncertainty(b)} for b in blocks}}
+    return report
+
+
+def lowered_everywhere(report: dict[str, Any]) -> bool:
+    """Whether a :func:`polish` report kept a step of every motion, each lowering its
+    loss (a run whose steps ended no better than its start is then better)."""
+    motions = [m for r in report.values() for m in r["motions"].values()]
+    return bool(motions) and all(
+        m["steps_kept"] > 0 and m["loss_before"] is not None and m["loss_after"] is not None
+        and np.isfinite(m["loss_after"]) and m["loss_after"] < m["loss_before"] for m in motions)
