@@ -119,6 +119,8 @@ def blocks_of(run) -> list[list[Block]]:
     """The rigid motions of ``run``'s estimates that are polished, in groups moved at
     once (all cameras: each view shows only its own; each pose alone)."""
     problem, scene, fit = run.problem, run.problem.scene, run.context.fit
+    if any(hasattr(e, "make_strategy") for e in run.estimates):
+        return []  # (a radiance field renders its own rays, not the Mitsuba scene: not polished)
     by_sensor = {problem.views[v].index: v for v in fit}
     groups: list[list[Block]] = []
     for e in run.estimates:
@@ -238,9 +240,10 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
         b.residual, b.weights = r, w
         jac = b.jacobians[-1]
         a = jac.T @ (jac * w[:, None])
+        g = jac.T @ (w * r)
         damped = a + b.lam * np.diag(np.maximum(np.diag(a), 1e-12))
         try:
-            delta = np.linalg.solve(damped, jac.T @ (w * r))
+            delta = np.linalg.solve(damped, g)
         except np.linalg.LinAlgError:
             delta = np.zeros(b.size)
         trial[b.name][b.start:b.start + b.size] -= delta
