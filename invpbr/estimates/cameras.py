@@ -413,7 +413,7 @@ class Cameras(Estimate):
 
     @classmethod
     def summary(cls, key, value, result) -> str:
-        return f"{len(value)} cameras refined"
+        return f"{len(value)} cameras refined" + polish_summary(result, key)
 
     @classmethod
     def write_xml(cls, scene, key, value, result, files) -> bool:
@@ -460,6 +460,26 @@ class Cameras(Estimate):
 
 
 register_kind(Cameras)
+
+
+def polish_summary(result, key: str) -> str:
+    """What the Gauss-Newton polish says of how well the photos determine the motions of
+    estimate ``key`` (result.json ``polished``): the largest standard deviations, named."""
+    report = (getattr(result, "polished", None) or {}).get(key)
+    if not report:
+        return ""
+    motions = report["motions"]
+    blind = [m for m, r in motions.items() if r["sigma"]["rotation_deg"] is None]
+    known = {m: r["sigma"] for m, r in motions.items() if r["sigma"]["rotation_deg"] is not None}
+    parts = []
+    if known:
+        worst = max(known, key=lambda m: known[m]["rotation_deg"])
+        label = "" if len(motions) == 1 else f" ({worst})"
+        parts.append(f"standard deviation up to {known[worst]['rotation_deg']:.2f} deg, "
+                     f"{known[worst]['position']:.3g} in position{label}")
+    if blind:
+        parts.append("not determined by the photos: " + ", ".join(blind))
+    return "; polish: " + "; ".join(parts) if parts else ""
 
 
 def refined_cameras(problem, c2w: dict[str, np.ndarray]) -> list:

@@ -21,6 +21,7 @@ from ..config import EstimateConfig
 from .base import Estimate, ResolveContext, close_match_hint, match_keys, register_kind
 from .meshes import (TO_WORLD, VERTICES, PoseModel, geometry_errors, mesh_arrays, motion_groups,
                      rotation_numpy, to_plain_adam, scene_numpy, shape_name, warn_traps, write_ply)
+from .cameras import polish_summary
 from .textures import file_name
 
 def pose_matrix(pose: dict[str, Any]) -> np.ndarray:
@@ -221,7 +222,7 @@ class Pose(Geometry):
         if pose is None:
             return super().summary(key, value, result)
         return (f"pose: translation {', '.join(f'{v:.4f}' for v in pose['translation'])}, "
-                f"rotation {pose['rotation_deg']:.2f} deg")
+                f"rotation {pose['rotation_deg']:.2f} deg" + polish_summary(result, key))
 
     def gradcheck_writer(self, params, view_index: int, store=None):
         import mitsuba as mi
