@@ -178,7 +178,7 @@ class EstimateConfig:
     issue 13). The best-state watch still puts back a run (a camera) whose loss ends
     clearly above its minimum; result.json's ``averaged`` says what was returned."""
     polish: NonNegativeInt | None = None
-    """``kind = "pose"`` and ``"camera"``: Levenberg-Marquardt iterations after the
+    """``kind = "pose"`` and ``"camera"``: Levenberg-Marquardt iterations (at most) after the
     steps, on Jacobians measured by finite differences of renders with common random
     numbers (:mod:`invpbr.optimization.polish`): the steps' Monte Carlo gradients
     leave a motion a degree or more off, the polish takes it to what the photos

@@ -22,8 +22,10 @@ the renders:
 - the finite differences hold everything the images do: silhouettes, occlusion as
   camera rays slide over surfaces, shading, analytic shapes whose boundary terms
   Mitsuba 3.9 gets wrong; any integrator;
-- the returned motion is the mean of the iterates of the last half of the iterations
-  (each iterate's noise is that of its own renders).
+- it ends once every motion's last two steps were small (a quarter of the
+  finite-difference step) or not kept, after at least ``MIN_ITERATIONS``, and returns
+  the mean of the iterates of the last half of its iterations (each iterate's noise is
+  that of its own renders).
 
 It also says how well the photos determine each motion: the covariance of the
 estimate, ``A^-1 B A^-1`` with ``A = J^T W J`` and ``B = J^T diag(w^2 r^2) J``, each
