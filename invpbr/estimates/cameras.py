@@ -55,7 +55,7 @@ import numpy as np
 from ..capture.cameras import OPENCV_TO_MITSUBA, camera_from_sensor, write_transforms
 from .base import Estimate, register_kind
 from .meshes import (TRAP_SHAPES, VERTICES, dr_width, motion_groups, rotation_matrix,
-                     rotation_numpy, to_plain_adam)
+                     rotation_numpy, HybridAdam)
 
 #: Default learning rate of camera latents (per step: about 0.3 degree of
 #: rotation and 0.5 % of the scene size of translation).
@@ -307,7 +307,7 @@ def camera_errors(estimated: dict[str, np.ndarray],
     return out
 
 
-class Cameras(Estimate):
+class Cameras(HybridAdam, Estimate):
     """The camera poses of the fitted photos whose sensor ids match ``key``
     (a glob, default ``*``), refined by moving the scene (see the module)."""
 
@@ -366,15 +366,6 @@ class Cameras(Estimate):
                   lr=CAMERA_LR if self.config.lr is None else self.config.lr,
                   groups=motion_groups(self.config.adam, len(self.model.ids)))
         self.plain_adam = False
-
-    def advance(self, store, params, iteration: int, iterations: int) -> bool:
-        if getattr(self, "plain_adam", True):
-            return False
-        self.plain_adam = to_plain_adam(store, self.key, iteration, iterations, self.config.adam)
-        return self.plain_adam
-
-    def current_stage(self):
-        return int(getattr(self, "plain_adam", False))
 
     def view_values(self, store, values, view_index):
         return self.model.scene_values(store[self.key], view_index, values)

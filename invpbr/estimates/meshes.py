@@ -139,6 +139,21 @@ def to_plain_adam(store, key: str, iteration: int, iterations: int, adam: str) -
     return True
 
 
+class HybridAdam:
+    """For estimates of rigid motions (a latent ``key``, ``config.adam``):
+    with ``adam = "hybrid"``, move the latent to plain Adam at
+    :func:`plain_adam_from` (``start`` sets ``plain_adam = False``)."""
+
+    def advance(self, store, params, iteration: int, iterations: int) -> bool:
+        if getattr(self, "plain_adam", True):
+            return False
+        self.plain_adam = to_plain_adam(store, self.key, iteration, iterations, self.config.adam)
+        return self.plain_adam
+
+    def current_stage(self):
+        return int(getattr(self, "plain_adam", False))
+
+
 def mean_motion(samples: np.ndarray, motions: int) -> np.ndarray:
     """The mean of latents of ``motions`` rigid motions ``[t, w]`` (then any further
     components, e.g. a log scale), one row of ``samples`` per iterate: translations

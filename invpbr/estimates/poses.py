@@ -20,7 +20,7 @@ import numpy as np
 from ..config import EstimateConfig
 from .base import Estimate, ResolveContext, close_match_hint, match_keys, register_kind
 from .meshes import (TO_WORLD, VERTICES, PoseModel, geometry_errors, mesh_arrays, motion_groups,
-                     rotation_numpy, to_plain_adam, scene_numpy, shape_name, warn_traps, write_ply)
+                     rotation_numpy, HybridAdam, scene_numpy, shape_name, warn_traps, write_ply)
 from .cameras import polish_summary
 from .textures import file_name
 
@@ -175,7 +175,7 @@ class Geometry(Estimate):
         return written
 
 
-class Pose(Geometry):
+class Pose(HybridAdam, Geometry):
     """A rigid transform (and scale) of one or more meshes or analytic shapes."""
 
     kind = "pose"
@@ -195,15 +195,6 @@ class Pose(Geometry):
                   groups=motion_groups(self.config.adam, 1, scale=self.model.scale,
                                        auto=POSE_ADAM))
         self.plain_adam = False
-
-    def advance(self, store, params, iteration: int, iterations: int) -> bool:
-        if getattr(self, "plain_adam", True):
-            return False
-        self.plain_adam = to_plain_adam(store, self.key, iteration, iterations, self.config.adam)
-        return self.plain_adam
-
-    def current_stage(self):
-        return int(getattr(self, "plain_adam", False))
 
     def errors(self, value, problem):
         truth = self.truth_points(problem)
