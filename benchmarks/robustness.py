@@ -13,7 +13,8 @@ scene's ``invpbr.toml``), then scored against its truth:
 Usage::
 
     python benchmarks/robustness.py --kind camera --n 20 --seed 0 [--size 48]
-        [--iterations 100] [--spp 8] [--max-cameras 12] [--repeat] [--json out.json]
+        [--iterations 100] [--spp 8] [--max-cameras 12] [--photo-spp 128] [--repeat]
+        [--json out.json]
         [--keep DIR] [--set estimate.adam='"motion"' --set optimize.lr_decay=0.01 ...]
 
 ``--repeat`` runs every scene twice (different run seeds) and reports the ratio of the
@@ -152,6 +153,9 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--spp", type=int, default=8)
     parser.add_argument("--max-depth", type=int, default=2)
+    parser.add_argument("--photo-spp", type=int, default=128,
+                        help="samples per pixel of the simulated photos (before their sensor "
+                             "noise and 8-bit rounding)")
     parser.add_argument("--max-cameras", type=int, default=12,
                         help="at most this many cameras per scene (the draw is 3 to this)")
     parser.add_argument("--repeat", action="store_true", help="run every scene twice")
@@ -176,6 +180,7 @@ def main(argv=None) -> int:
         folder = work / f"{args.kind}_{seed}"
         info = make_random_scene(folder, args.kind, seed, size=args.size, spp=args.spp,
                                  iterations=args.iterations, max_depth=args.max_depth,
+                                 photo_spp=args.photo_spp,
                                  n_cameras=(3, args.max_cameras if args.kind == "camera"
                                             else min(6, args.max_cameras)))
         add_settings(folder / "invpbr.toml", args.set)
@@ -235,7 +240,7 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
     what = "cameras" if kind == "camera" else "runs"
     print(f"\n{kind}: {n_scenes} scenes (seed {args['seed']}..{args['seed'] + n_scenes - 1}), "
           f"{args['size']}x{args['size']}, spp {args['spp']}, max_depth {args['max_depth']}, "
-          f"{args['iterations']} iterations"
+          f"{args['iterations']} iterations, photos at {args.get('photo_spp', 128)} spp"
           + "".join(f", {x}" for x in args.get("set") or []))
     print(f"success: {ok}/{n_units} {what} ({100.0 * ok / max(n_units, 1):.1f} %) within "
           f"{rot_goal} deg and {100 * pos_goal:g} % of the diagonal")

@@ -444,3 +444,80 @@ def test_polish_settings_apply_to_poses_and_cameras_only():
                      source="x/invpbr.toml")
     with pytest.raises(ConfigError, match="polish"):
         parse_config({"estimate": [{"kind": "pose", "key": "a", "polish": -1}]})
+
+
+def test_polish_step_is_not_shortened_by_jacobian_noise():
+    """The Gauss-Newton step's normal matrix from two Jacobians with independent noise
+    (the newest and the mean of the older ones) goes the whole way to the minimum of a
+    linear problem; ``J^T J`` of one noisy Jacobian carries the noise's variance on its
+    diagonal and stops short (at 48x48 a pose's steps went about a fifth of the way)."""
+    from invpbr.optimization.polish import normal_matrix
+
+    rng = np.random.default_rng(5)
+    n = 6000
+    signal = rng.normal(size=(n, 6)) * np.array([2.0, 1.0, 1.5, 0.5, 0.4, 0.3])
+    truth = np.array([0.1, -0.2, 0.05, 0.3, -0.25, 0.4])
+    residual = signal @ truth + 0.01 * rng.normal(size=n)
+    noise = 0.6  # per pixel: more than the rotation columns' signal, as at 48x48
+    noisy = [signal + noise * rng.normal(size=(n, 6)) for _ in range(4)]
+    w = np.ones(n)
+    mean = np.mean(noisy, axis=0)
+    step = np.linalg.solve(normal_matrix(np.mean(noisy[:3], axis=0), noisy[3], w),
+                           mean.T @ residual)
+    assert np.allclose(step, truth, atol=0.04), step
+    one = np.linalg.solve(noisy[3].T @ noisy[3], noisy[3].T @ residual)
+    assert np.all(np.abs(one[3:]) < 0.6 * np.abs(truth[3:])), one  # the old step: short
+    # without older Jacobians (the first iteration) it is J^T J of the one it has
+    assert np.allclose(normal_matrix(None, noisy[0], w), noisy[0].T @ noisy[0])
+
+
+def test_polish_step_minimizes_the_linearized_huber_loss():
+    """The polish's step is the minimum of the Huber loss of the linearized residuals
+    ``r - J step`` (reweighted on the linear model), not one weighted least-squares
+    solve with the weights of ``r``: those count the pixels a misaligned edge leaves
+    off, which the step is to move, as outliers. Fireflies the model cannot explain
+    still weigh little: the step is far closer to the truth than least squares'."""
+    from scipy.optimize import minimize
+
+    from invpbr.optimization.polish import Block, huber_loss, huber_step, huber_weight
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    jac = np.zeros((n, 6))
+    edges = rng.choice(n, 400, replace=False)  # most pixels: flat, no change
+    jac[edges] = rng.normal(size=(400, 6))
+    truth = np.array([0.3, -0.2, 0.1, 0.25, -0.1, 0.2])
+    r = jac @ truth + 0.01 * rng.normal(size=n)
+    fireflies = rng.choice(np.setdiff1d(np.arange(n), edges), 30, replace=False)
+    r[fireflies] += 2.0
+    jac[fireflies] += 0.3 * rng.normal(size=(30, 6))  # (noise of the Jacobian there)
+    c = 0.02
+    b = Block("pose", 0, 6, [0], np.full(6, 0.01), "pose", 1.0, lam=1e-9)
+    b.jacobians, b.jacobian_sum, b.jacobian_count = [jac], jac, 1
+    step = huber_step(b, r, c)
+    best = minimize(lambda d: huber_loss(r - jac @ d, c), np.zeros(6), method="BFGS",
+                    jac=lambda d: -jac.T @ (huber_weight(r - jac @ d, c) * (r - jac @ d)))
+    assert np.allclose(step, best.x, atol=2e-3), (step, best.x)
+    assert np.allclose(step, truth, atol=0.01), step
+    one_round = np.linalg.solve(jac.T @ (huber_weight(r, c)[:, None] * jac),
+                                jac.T @ (huber_weight(r, c) * r))
+    least_squares = np.linalg.lstsq(jac, r, rcond=None)[0]
+    error = np.abs(step - truth).max()
+    assert np.abs(least_squares - truth).max() > 5 * error
+    # one round gives the edges about the fireflies' weight: they pull it further off
+    assert np.abs(one_round - truth).max() > 2 * error
+    assert huber_loss(r - jac @ step, c) <= huber_loss(r - jac @ one_round, c) + 1e-9
+
+
+def test_polish_step_stays_within_its_trust_region():
+    """A Gauss-Newton step along a flat valley is shortened, in the same direction, to
+    at most ``TRUST`` finite-difference steps in any component; a short one is kept."""
+    from invpbr.optimization.polish import TRUST, within_trust
+
+    steps = np.array([0.01, 0.01, 0.01, 0.002, 0.002, 0.002])
+    far = np.array([0.0, 0.05, 0.0, 0.03, 0.0, -0.001])
+    short = within_trust(far, steps)
+    assert np.max(np.abs(short) / steps) == pytest.approx(TRUST)
+    assert np.allclose(short / np.linalg.norm(short), far / np.linalg.norm(far))
+    near = 0.5 * TRUST * steps * np.array([1, -1, 1, -1, 1, 1])
+    assert np.array_equal(within_trust(near, steps), near)
