@@ -98,7 +98,6 @@ class Block:
     jacobians: list = field(default_factory=list)  # the last two (and their weights)
     jacobian_sum: Any = None  # of every iteration's Jacobian, and their number
     jacobian_count: int = 0
-    older: Any = None  # the mean of the Jacobians before the newest
     residual: Any = None
     weights: Any = None
 
@@ -244,9 +243,14 @@ def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[
         jac = np.stack([(renderer.flat(rp, b.views) - renderer.flat(rm, b.views))
                         / (2 * b.steps[k]) for k, (rp, rm) in enumerate(columns)], axis=1)
         b.jacobians = (b.jacobians + [jac])[-2:]
-        b.older = None if b.jacobian_count == 0 else b.jacobian_sum / b.jacobian_count
         b.jacobian_sum = jac if b.jacobian_sum is None else b.jacobian_sum + jac
         b.jacobian_count += 1
+
+
+def cross_product(j0: np.ndarray, j1: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``J^T diag(w) J`` from two Jacobians with independent noise (symmetrized):
+    not inflated by their noise, as one Jacobian's product with itself is."""
+    return 0.5 * (j0.T @ (j1 * w[:, None]) + j1.T @ (j0 * w[:, None]))
 
 
 def normal_matrix(older, newest: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -256,7 +260,7 @@ def normal_matrix(older, newest: np.ndarray, w: np.ndarray) -> np.ndarray:
     every step by the ratio of signal to signal plus noise: at 48x48 the steps of a pose
     went a fifth of the way. Jacobians with independent noise do not.)"""
     if older is not None:
-        a = 0.5 * (older.T @ (newest * w[:, None]) + newest.T @ (older * w[:, None]))
+        a = cross_product(older, newest, w)
         if np.all(np.isfinite(a)) and np.linalg.eigvalsh(a).min() > 0:
             return a
     return newest.T @ (newest * w[:, None])
@@ -270,10 +274,13 @@ def huber_step(b: Block, r: np.ndarray, c: float) -> np.ndarray:
     should move, as outliers: a camera two pixels off stalled at 1.9 degrees with
     them, where the loss at its truth was 40 % lower.)"""
     jac = b.jacobian_sum / b.jacobian_count  # (the mean: less noise in the gradient)
+    newest = b.jacobians[-1]
+    older = (None if b.jacobian_count < 2
+             else (b.jacobian_sum - newest) / (b.jacobian_count - 1))
     w = huber_weight(r, c)
     delta = np.zeros(b.size)
     for _ in range(IRLS_ROUNDS):
-        a = normal_matrix(b.older, b.jacobians[-1], w)
+        a = normal_matrix(older, newest, w)
         damped = a + b.lam * np.diag(np.maximum(np.diag(a), 1e-12))
         try:
             delta = np.linalg.solve(damped, jac.T @ (w * r))
@@ -337,8 +344,8 @@ def uncertainty(b: Block) -> dict[str, float | None]:
         return {"rotation_deg": None, "position": None}
     j0, j1 = b.jacobians
     w, r = b.weights, b.residual
-    a = 0.5 * (j0.T @ (j1 * w[:, None]) + j1.T @ (j0 * w[:, None]))
-    m = 0.5 * (j0.T @ (j1 * (w * w * r * r)[:, None]) + j1.T @ (j0 * (w * w * r * r)[:, None]))
+    a = cross_product(j0, j1, w)
+    m = cross_product(j0, j1, w * w * r * r)
     if not np.all(np.isfinite(a)) or np.linalg.eigvalsh(a).min() <= 0:
         return {"rotation_deg": None, "position": None}
     inv = np.linalg.inv(a)
