@@ -187,6 +187,9 @@ class EstimateConfig:
     :mod:`invpbr.optimization.polish` (measurements: BENCHMARKS.md, issue 13)."""
     polish_spp: PositiveInt | None = None
     """Samples per pixel of the polish's renders (default ``POLISH_SPP`` there)."""
+    polish_blur: NonNegative | None = None
+    """Gaussian blur (pixels) of the residual images the polish's steps fit (default
+    ``POLISH_BLUR`` there: 1 for cameras, 0 for poses)."""
     lambda_: NonNegative = 19.0
     """``kind = "shape"``: large-steps smoothness lambda (TOML: ``lambda``);
     larger is smoother and slower to reach detail."""
@@ -747,9 +750,10 @@ def _estimate_table(i: int, t: Any, source: str) -> EstimateConfig:
             raise ConfigError(f"{source}: {where}.resolution must be a positive integer or a list "
                               f"of them, found {e.resolution!r}")
         e.resolution = res
-    if e.kind not in ("pose", "camera") and (e.polish is not None or e.polish_spp is not None):
-        raise ConfigError(f"{source}: {where}.polish and polish_spp apply to kind = \"pose\" "
-                          "and \"camera\" only")
+    if e.kind not in ("pose", "camera") and (e.polish is not None or e.polish_spp is not None
+                                             or e.polish_blur is not None):
+        raise ConfigError(f"{source}: {where}.polish, polish_spp and polish_blur apply to "
+                          "kind = \"pose\" and \"camera\" only")
     if e.kind not in ("pose", "camera") and e.average is not None:
         raise ConfigError(f"{source}: {where}.average applies to kind = \"pose\" and "
                           "\"camera\" only")

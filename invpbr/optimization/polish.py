@@ -21,9 +21,15 @@ the renders:
   weigh less: the step minimizes the Huber loss (scale from the residuals' median
   absolute deviation) of the linearized residuals, reweighted on the linear model, so
   pixels the step itself would fix (a misaligned edge) keep their weight;
-- the gradient uses the mean of every iteration's Jacobian (less noise), and the
-  normal matrix the product of the newest with the mean of the older ones, whose
-  noises are independent (one noisy Jacobian's ``J^T J`` shortens every step);
+- a camera's steps fit the residual images blurred by a pixel (``POLISH_BLUR``): sharp
+  images are far from linear in a motion over half a pixel (a long edge crosses pixel
+  borders), and along a valley (a camera's sideways move against the turn that nearly
+  undoes it) the Jacobian's columns then did not add up and the steps went a tenth of
+  the way; a pose's are not blurred (its turn shows in the fine detail);
+- the gradient uses the mean of the Jacobians taken near the current position (less
+  noise), and the normal matrix the product of the newest with the mean of the older
+  of those, whose noises are independent (one noisy Jacobian's ``J^T J`` shortens
+  every step);
 - a step moves no component by more than ``TRUST`` finite-difference steps;
 - the finite differences hold everything the images do: silhouettes, occlusion as
   camera rays slide over surfaces, shading, analytic shapes whose boundary terms
@@ -34,7 +40,8 @@ the renders:
   that of its own renders).
 
 It also says how well the photos determine each motion: the covariance of the
-estimate, ``A^-1 B A^-1`` with ``A = J^T W J`` and ``B = J^T diag(w^2 r^2) J``, each
+estimate, ``A^-1 B A^-1`` with ``A = J^T W J`` and ``B = J^T diag(w^2 r^2) J`` of the
+plain (not blurred: their pixels' noise is independent) residuals and Jacobians, each
 product taken between the Jacobians of two iterations (independent noise: their
 product is not inflated by it, as ``J^T J`` of one noisy Jacobian is); a direction
 whose ``A`` is not positive is not determined by the photos at all.
@@ -59,6 +66,18 @@ MAX_STEP = 0.05
 #: A step moves no component by more than this many finite-difference steps (about a
 #: pixel of image motion).
 TRUST = 2.0
+#: ``[[estimate]] polish_blur`` where a table does not set it, by kind: the Gaussian blur
+#: (standard deviation, pixels) of the residual images the steps fit. An image at 48x48
+#: is far from linear in a camera's motion over half a pixel (edges cross pixel
+#: borders): the finite-difference columns of a sideways move and of the turn that
+#: nearly undoes it did not add up to what the two did together (off by 60 % of the
+#: change), and in such a valley the steps went a tenth of the way (see :func:`blurred`).
+#: A pose's turn shows in fine detail (shading, texture, the silhouette of a round
+#: object) that a blur takes away: on poses it doubled the errors (BENCHMARKS.md).
+POLISH_BLUR = {"pose": 0.0, "camera": 1.0}
+#: Jacobians taken within this many finite-difference steps (every component) of the
+#: current position are averaged (see :func:`nearby_jacobians`).
+NEAR = 1.0
 #: Rounds of reweighting within one step's linear model (see :func:`huber_step`).
 IRLS_ROUNDS = 8
 #: Huber weights: residuals beyond this many robust standard deviations weigh less.
@@ -89,15 +108,15 @@ class Block:
     steps: np.ndarray
     label: str
     unit: float  # scene units of one latent translation unit
+    blur: float = 0.0  # of the residual images the steps fit (pixels; see POLISH_BLUR)
     lam: float = 1e-3
     threshold: float | None = None  # the first iteration's Huber threshold (the report's)
     loss_before: float | None = None
     loss_after: float | None = None
     moved: int = 0
     settled: int = 0  # iterations in a row whose step was not kept or was small
-    jacobians: list = field(default_factory=list)  # the last two (and their weights)
-    jacobian_sum: Any = None  # of every iteration's Jacobian, and their number
-    jacobian_count: int = 0
+    jacobians: list = field(default_factory=list)  # the last two
+    history: list = field(default_factory=list)  # (position, Jacobian) of every iteration
     residual: Any = None
     weights: Any = None
 
@@ -111,6 +130,11 @@ def polish_iterations(estimate) -> int:
 def polish_spp(estimate) -> int:
     value = getattr(getattr(estimate, "config", None), "polish_spp", None)
     return POLISH_SPP if value is None else int(value)
+
+
+def polish_blur(estimate) -> float:
+    value = getattr(getattr(estimate, "config", None), "polish_blur", None)
+    return POLISH_BLUR.get(estimate.kind, 0.0) if value is None else float(value)
 
 
 def pixel_angle(scene, sensor_index: int) -> float:
@@ -150,7 +174,8 @@ def blocks_of(run) -> list[list[Block]]:
                 h = FD_PIXELS * pixel_angle(scene, index)
                 d = float(np.linalg.norm(model.c2w[j][:3, 3] - centre))
                 steps = np.minimum([h * d / model.size] * 3 + [h] * 3, MAX_STEP)
-                group.append(Block(e.key, 6 * j, 6, [by_sensor[index]], steps, sid, model.size))
+                group.append(Block(e.key, 6 * j, 6, [by_sensor[index]], steps, sid, model.size,
+                                   blur=polish_blur(e)))
             groups.append(group)
         else:
             views = list(fit)
@@ -159,7 +184,7 @@ def blocks_of(run) -> list[list[Block]]:
                                            - model.centre)) / model.size for v in views)
             groups.append([Block(e.key, 0, model.latent_size, views,
                                  np.full(model.latent_size, min(h, MAX_STEP)), "pose",
-                                 model.size)])
+                                 model.size, blur=polish_blur(e))])
     return groups
 
 
@@ -200,12 +225,33 @@ class Renderer:
                 out[v] = self.photos[v] - np.array(image, dtype=np.float64)[..., :3]
         return out
 
-    def flat(self, residuals: dict, views: list[int]) -> np.ndarray:
+    def flat(self, residuals: dict, views: list[int], blur: float = 0.0) -> np.ndarray:
+        """The residuals of ``views`` (each blurred by ``blur`` pixels) as one vector of
+        their masked pixels."""
         parts = []
         for v in views:
-            r, m = residuals[v], self.masks[v]
+            r, m = blurred(residuals[v], self.masks[v], blur), self.masks[v]
             parts.append((r[m] if m is not None else r.reshape(-1, 3)).ravel())
         return np.concatenate(parts)
+
+
+def blurred(image: np.ndarray, mask: np.ndarray | None, sigma: float) -> np.ndarray:
+    """``image`` (H, W, 3) blurred by a Gaussian of ``sigma`` pixels, from the pixels
+    of ``mask`` alone (normalized convolution) where there is one. Blurred, an image
+    changes smoothly as edges cross pixel borders, so the Jacobian of finite differences
+    half a pixel wide predicts moves of a pixel or two: camera seed 118 of the benchmark
+    at 48x48, two cameras 0.5-0.9 degrees off after 20 iterations without, both within
+    0.3 degrees after 6 with a pixel's blur."""
+    if sigma <= 0:
+        return image
+    from scipy.ndimage import gaussian_filter
+
+    if mask is None:
+        return gaussian_filter(image, sigma=(sigma, sigma, 0), mode="nearest")
+    m = mask.astype(np.float64)[..., None]
+    total = gaussian_filter(image * m, sigma=(sigma, sigma, 0), mode="constant")
+    weight = gaussian_filter(m, sigma=(sigma, sigma, 0), mode="constant")
+    return total / np.maximum(weight, 1e-6)
 
 
 def huber_weights(r: np.ndarray) -> tuple[np.ndarray, float]:
@@ -228,7 +274,8 @@ def huber_loss(r: np.ndarray, c: float) -> float:
 def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[int],
                seed: int) -> None:
     """Each block's Jacobian of its views' residuals (central differences, common
-    random numbers), kept as its newest in ``block.jacobians``."""
+    random numbers): of the blurred residuals (the steps') appended to ``block.history``,
+    of the plain ones (the uncertainty's) kept as its newest in ``block.jacobians``."""
     columns = []
     for k in range(group[0].size):
         plus = {n: t.copy() for n, t in theta.items()}
@@ -240,11 +287,27 @@ def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[
                         renderer.residuals(minus, views, seed)))
     for b in group:
         # (residual = photo - render: its derivative is minus the render's)
-        jac = np.stack([(renderer.flat(rp, b.views) - renderer.flat(rm, b.views))
-                        / (2 * b.steps[k]) for k, (rp, rm) in enumerate(columns)], axis=1)
-        b.jacobians = (b.jacobians + [jac])[-2:]
-        b.jacobian_sum = jac if b.jacobian_sum is None else b.jacobian_sum + jac
-        b.jacobian_count += 1
+        def jacobian(blur):
+            return np.stack([(renderer.flat(rp, b.views, blur) - renderer.flat(rm, b.views, blur))
+                             / (2 * b.steps[k]) for k, (rp, rm) in enumerate(columns)], axis=1)
+
+        b.jacobians = (b.jacobians + [jacobian(0.0)])[-2:]
+        b.history.append((theta[b.name][b.start:b.start + b.size].copy(), jacobian(b.blur)))
+
+
+def nearby_jacobians(b: Block) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mean of the Jacobians of block ``b`` taken within ``NEAR`` finite-difference
+    steps of its newest position, and the mean of those besides the newest (None where
+    there are none). Averaging lowers their noise; Jacobians from farther away have
+    their edges where the images had them then, and would blur the newest one's (a
+    camera that went 3 degrees off and back took 30 iterations to return with the mean
+    of all)."""
+    here, newest = b.history[-1]
+    near = [jac for position, jac in b.history[:-1]
+            if np.max(np.abs(position - here) / b.steps) <= NEAR]
+    older = np.mean(near, axis=0) if near else None
+    mean = newest if older is None else (older * len(near) + newest) / (len(near) + 1)
+    return mean, older
 
 
 def cross_product(j0: np.ndarray, j1: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -273,10 +336,8 @@ def huber_step(b: Block, r: np.ndarray, c: float) -> np.ndarray:
     the pixels that a misaligned edge or texture leaves off, the very pixels the step
     should move, as outliers: a camera two pixels off stalled at 1.9 degrees with
     them, where the loss at its truth was 40 % lower.)"""
-    jac = b.jacobian_sum / b.jacobian_count  # (the mean: less noise in the gradient)
-    newest = b.jacobians[-1]
-    older = (None if b.jacobian_count < 2
-             else (b.jacobian_sum - newest) / (b.jacobian_count - 1))
+    jac, older = nearby_jacobians(b)  # (the mean: less noise in the gradient)
+    newest = b.history[-1][1]
     w = huber_weight(r, c)
     delta = np.zeros(b.size)
     for _ in range(IRLS_ROUNDS):
@@ -308,12 +369,13 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
     base = renderer.residuals(theta, views, seeds[0])
     _jacobians(renderer, theta, group, views, seeds[1])
     trial = {n: t.copy() for n, t in theta.items()}
-    thresholds = []
+    residuals = []
     for b in group:
-        r = renderer.flat(base, b.views)
-        w, c = huber_weights(r)
-        thresholds.append(c)
-        b.residual, b.weights = r, w
+        b.residual = renderer.flat(base, b.views)  # (plain: the uncertainty's)
+        b.weights = huber_weights(b.residual)[0]
+        r = renderer.flat(base, b.views, b.blur)
+        c = huber_weights(r)[1]
+        residuals.append((r, c))
         delta = huber_step(b, r, c)
         delta = within_trust(delta, b.steps)
         trial[b.name][b.start:b.start + b.size] -= delta
@@ -322,9 +384,9 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
             b.loss_before = huber_loss(r, c) / r.size
         b.loss_after = huber_loss(r, b.threshold) / r.size  # (the newest base render's)
     after = renderer.residuals(trial, views, seeds[0])
-    for b, c in zip(group, thresholds):
-        before_loss = huber_loss(b.residual, c)
-        after_loss = huber_loss(renderer.flat(after, b.views), c)
+    for b, (r, c) in zip(group, residuals):
+        before_loss = huber_loss(r, c)
+        after_loss = huber_loss(renderer.flat(after, b.views, b.blur), c)
         step = trial[b.name][b.start:b.start + b.size] - theta[b.name][b.start:b.start + b.size]
         if after_loss < before_loss:
             theta[b.name][b.start:b.start + b.size] += step
