@@ -72,9 +72,14 @@ TRUST = 2.0
 #: borders): the finite-difference columns of a sideways move and of the turn that
 #: nearly undoes it did not add up to what the two did together (off by 60 % of the
 #: change), and in such a valley the steps went a tenth of the way (see :func:`blurred`).
-#: A pose's turn shows in fine detail (shading, texture, the silhouette of a round
-#: object) that a blur takes away: on poses it doubled the errors (BENCHMARKS.md).
+#: The blurred iterations come first, at most ``BLURRED`` of them (fewer where every
+#: motion settles sooner), then the polish goes on with the sharp images: a blur also
+#: takes away detail that pins a motion down (at 24x24, cameras blurred to the end
+#: missed the goal 1.5 times as often as sharp ones; a pose's turn shows in fine
+#: shading, texture and the silhouette of a round object, and blurred poses ended
+#: twice as far off: BENCHMARKS.md).
 POLISH_BLUR = {"pose": 0.0, "camera": 1.0}
+BLURRED = 6
 #: Jacobians taken within this many finite-difference steps (every component) of the
 #: current position are averaged (see :func:`nearby_jacobians`).
 NEAR = 1.0
@@ -108,7 +113,7 @@ class Block:
     steps: np.ndarray
     label: str
     unit: float  # scene units of one latent translation unit
-    blur: float = 0.0  # of the residual images the steps fit (pixels; see POLISH_BLUR)
+    blur: float = 0.0  # of the residual images the steps fit now (pixels; see POLISH_BLUR)
     lam: float = 1e-3
     threshold: float | None = None  # the first iteration's Huber threshold (the report's)
     loss_before: float | None = None
@@ -371,8 +376,8 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
     trial = {n: t.copy() for n, t in theta.items()}
     residuals = []
     for b in group:
-        b.residual = renderer.flat(base, b.views)  # (plain: the uncertainty's)
-        b.weights = huber_weights(b.residual)[0]
+        b.residual = renderer.flat(base, b.views)  # (sharp: the uncertainty's, the report's)
+        b.weights, sharp_c = huber_weights(b.residual)
         r = renderer.flat(base, b.views, b.blur)
         c = huber_weights(r)[1]
         residuals.append((r, c))
@@ -380,9 +385,9 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
         delta = within_trust(delta, b.steps)
         trial[b.name][b.start:b.start + b.size] -= delta
         if b.threshold is None:
-            b.threshold = c
-            b.loss_before = huber_loss(r, c) / r.size
-        b.loss_after = huber_loss(r, b.threshold) / r.size  # (the newest base render's)
+            b.threshold = sharp_c
+            b.loss_before = huber_loss(b.residual, sharp_c) / r.size
+        b.loss_after = huber_loss(b.residual, b.threshold) / r.size  # (the newest base render's)
     after = renderer.residuals(trial, views, seeds[0])
     for b, (r, c) in zip(group, residuals):
         before_loss = huber_loss(r, c)
@@ -396,6 +401,19 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
             b.lam = min(b.lam * 8.0, 1e6)
         small = after_loss >= before_loss or bool(np.all(np.abs(step) < SETTLED * b.steps))
         b.settled = b.settled + 1 if small else 0
+
+
+def sharpen(group: list[Block], iteration: int) -> bool:
+    """End the blurred iterations of ``group`` (see ``POLISH_BLUR``) once there have
+    been ``BLURRED`` of them or every motion's last two steps were small: its blocks go
+    on with the sharp images, and the blurred Jacobians leave their average. True where
+    the group is sharp (now or already)."""
+    blurred_now = [b for b in group if b.blur > 0]
+    if blurred_now and (iteration >= BLURRED or all(b.settled >= 2 for b in group)):
+        for b in blurred_now:
+            b.blur, b.history, b.settled, b.lam = 0.0, [], 0, Block.lam
+        return True
+    return not blurred_now
 
 
 def uncertainty(b: Block) -> dict[str, float | None]:
@@ -431,19 +449,25 @@ def polish(run, *, callback=None) -> dict[str, Any]:
     spp = max(polish_spp(by_name[n]) for n in names)
     renderer = Renderer(run, spp)
     theta = {n: np.array(run.latents[n], dtype=np.float64).ravel() for n in names}
-    iterates = []
+    iterates = []  # (of the sharp iterations)
     seed = SEED_BASE + 1009 * int(run.problem.config.optimize.seed)
+    done = 0
     for it in range(iterations):
+        done = it + 1
+        sharp = all([sharpen(group, it) for group in groups])
         for gi, group in enumerate(groups):
             base = seed + 2 * (it * len(groups) + gi)
             _iterate(renderer, theta, group, (base, base + 1))
-        iterates.append({n: t.copy() for n, t in theta.items()})
+        if sharp:
+            iterates.append({n: t.copy() for n, t in theta.items()})
         if callback is not None:
             renderer.set(theta)
             run.latents.write_scene()
             callback(it)
-        if it + 1 >= MIN_ITERATIONS and all(b.settled >= 2 for g in groups for b in g):
+        if (sharp and len(iterates) >= MIN_ITERATIONS
+                and all(b.settled >= 2 for g in groups for b in g)):
             break
+    iterates = iterates or [{n: t.copy() for n, t in theta.items()}]
     tail = iterates[len(iterates) // 2:]
     final = {n: np.mean([t[n] for t in tail], axis=0) for n in names}
     renderer.set(final)
@@ -452,7 +476,7 @@ def polish(run, *, callback=None) -> dict[str, Any]:
     report = {}
     for n in names:
         blocks = [b for g in groups for b in g if b.name == n]
-        report[n] = {"iterations": len(iterates), "spp": spp, "seconds": seconds,
+        report[n] = {"iterations": done, "spp": spp, "seconds": seconds,
                      "returned": f"mean of the last {len(tail)} iterates",
                      "motions": {b.label: {"loss_before": b.loss_before,
                                            "loss_after": b.loss_after, "steps_kept": b.moved,
