@@ -21,11 +21,13 @@ the renders:
   weigh less: the step minimizes the Huber loss (scale from the residuals' median
   absolute deviation) of the linearized residuals, reweighted on the linear model, so
   pixels the step itself would fix (a misaligned edge) keep their weight;
-- a camera's steps fit the residual images blurred by a pixel (``POLISH_BLUR``): sharp
-  images are far from linear in a motion over half a pixel (a long edge crosses pixel
-  borders), and along a valley (a camera's sideways move against the turn that nearly
-  undoes it) the Jacobian's columns then did not add up and the steps went a tenth of
-  the way; a pose's are not blurred (its turn shows in the fine detail);
+- a camera's first steps (at most ``BLURRED``) fit the residual images blurred by a
+  pixel (``POLISH_BLUR``), the rest the sharp ones: sharp images are far from linear
+  in a motion over half a pixel (a long edge crosses pixel borders), and along a
+  valley (a camera's sideways move against the turn that nearly undoes it) the
+  Jacobian's columns then did not add up and the steps went a tenth of the way; the
+  blur takes detail away, though, so the polish ends sharp (a pose's are never
+  blurred: its turn shows in the fine detail);
 - the gradient uses the mean of the Jacobians taken near the current position (less
   noise), and the normal matrix the product of the newest with the mean of the older
   of those, whose noises are independent (one noisy Jacobian's ``J^T J`` shortens
@@ -35,9 +37,9 @@ the renders:
   camera rays slide over surfaces, shading, analytic shapes whose boundary terms
   Mitsuba 3.9 gets wrong; any integrator;
 - it ends once every motion's last two steps were small (a quarter of the
-  finite-difference step) or not kept, after at least ``MIN_ITERATIONS``, and returns
-  the mean of the iterates of the last half of its iterations (each iterate's noise is
-  that of its own renders).
+  finite-difference step) or not kept, after at least ``MIN_ITERATIONS`` sharp ones,
+  and returns the mean of the iterates of the last half of its sharp iterations (each
+  iterate's noise is that of its own renders).
 
 It also says how well the photos determine each motion: the covariance of the
 estimate, ``A^-1 B A^-1`` with ``A = J^T W J`` and ``B = J^T diag(w^2 r^2) J`` of the
