@@ -302,8 +302,10 @@ def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[
             return np.stack([(renderer.flat(rp, b.views, blur) - renderer.flat(rm, b.views, blur))
                              / (2 * b.steps[k]) for k, (rp, rm) in enumerate(columns)], axis=1)
 
-        b.jacobians = (b.jacobians + [jacobian(0.0)])[-2:]
-        b.history.append((theta[b.name][b.start:b.start + b.size].copy(), jacobian(b.blur)))
+        sharp = jacobian(0.0)
+        b.jacobians = (b.jacobians + [sharp])[-2:]
+        b.history.append((theta[b.name][b.start:b.start + b.size].copy(),
+                          jacobian(b.blur) if b.blur > 0 else sharp))
 
 
 def nearby_jacobians(b: Block) -> tuple[np.ndarray, np.ndarray | None]:
@@ -384,8 +386,10 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
     for b in group:
         b.residual = renderer.flat(base, b.views)  # (sharp: the uncertainty's, the report's)
         b.weights, sharp_c = huber_weights(b.residual)
-        r = renderer.flat(base, b.views, b.blur)
-        c = huber_weights(r)[1]
+        r, c = b.residual, sharp_c  # (the steps' too, unless blurred)
+        if b.blur > 0:
+            r = renderer.flat(base, b.views, b.blur)
+            c = huber_weights(r)[1]
         residuals.append((r, c))
         delta = huber_step(b, r, c)
         delta = within_trust(delta, b.steps)
