@@ -1,4 +1,4 @@
-"""Camera and pose refinement on random scenes nobody tuned them for.
+"""Camera, pose and light-pose refinement on random scenes nobody tuned them for.
 
 Each scene is drawn by :func:`invpbr.testing.random_scenes.make_random_scene` (seed
 ``S + i``) and run through ``invpbr run`` as a user would (a separate process, the
@@ -9,10 +9,12 @@ scene's ``invpbr.toml``), then scored against its truth:
   its start. Success rate over all cameras of all scenes.
 - ``pose``: a run succeeds when the pose ends within 0.5 degrees and 0.5 % of the
   diagonal. Success rate over runs.
+- ``light``: the pose of a rectangle area light (``lamp.to_world``), seen through the
+  shading and shadows it casts and, from some cameras, its own outline; scored as a pose.
 
 Usage::
 
-    python benchmarks/robustness.py --kind camera --n 20 --seed 0 [--size 48]
+    python benchmarks/robustness.py --kind camera|pose|light --n 20 --seed 0 [--size 48]
         [--iterations 100] [--spp 8] [--max-cameras 12] [--photo-spp 128] [--repeat]
         [--json out.json]
         [--keep DIR] [--set estimate.adam='"motion"' --set optimize.lr_decay=0.01 ...]
@@ -46,7 +48,7 @@ import invpbr  # noqa: E402,F401  (sets up LLVM before Mitsuba)
 from invpbr.testing.random_scenes import make_random_scene  # noqa: E402
 
 #: Success thresholds (degrees, fraction of the diagonal).
-GOALS = {"camera": (0.3, 0.01), "pose": (0.5, 0.005)}
+GOALS = {"camera": (0.3, 0.01), "pose": (0.5, 0.005), "light": (0.5, 0.005)}
 
 
 def run_scene(folder: Path, out: Path, run_seed: int | None = None,
@@ -146,7 +148,7 @@ def distribution(values) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=("camera", "pose"), required=True)
+    parser.add_argument("--kind", choices=("camera", "pose", "light"), required=True)
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=48)

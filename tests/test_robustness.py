@@ -27,6 +27,8 @@ STATED = {
     "small benchmark: worst rotation, times its start": 0.6,      # measured 0.32 (1.17 before the polish)
     "small benchmark: worst position, fraction of the diagonal": 0.01,  # measured 0.0065
     "polish alone: worst camera rotation (deg)": 0.4,
+    "small light benchmark: rotation, fraction of start": 0.2,   # measured 0.072 (3.95 -> 0.28 deg)
+    "small light benchmark: position, fraction of start": 0.25,  # measured 0.027
 }
 
 
@@ -56,6 +58,32 @@ def test_random_scene_is_seeded_and_complete(tmp_path, mi):
         (tmp_path / "b" / "photos" / photos[0].name).read_bytes()
     with pytest.raises(ValueError, match="kind"):
         make_random_scene(tmp_path / "c", "shape", 0)
+
+
+def test_random_light_scene_moves_only_its_lamp(tmp_path, mi):
+    """``kind = "light"``: the area light starts off its true pose by the drawn rotation
+    and translation (about its centre); nothing else in scene.xml differs from truth.xml."""
+    import re
+
+    from invpbr.testing.random_scenes import make_random_scene
+
+    info = make_random_scene(tmp_path, "light", 5, size=16, photo_spp=8)
+    assert info["lighting"] == "area (estimated)"
+    assert 'key = "lamp.to_world"' in (tmp_path / "invpbr.toml").read_text()
+    scene, truth = ((tmp_path / n).read_text() for n in ("scene.xml", "truth.xml"))
+    lamp = re.compile(r'<shape type="rectangle" id="lamp"><transform name="to_world">'
+                      r'<matrix value="([^"]+)"/>')
+    assert lamp.sub("", scene) == lamp.sub("", truth)
+
+    def matrix(text):
+        return np.array([float(v) for v in lamp.search(text).group(1).split(",")]).reshape(4, 4)
+
+    start, true = matrix(scene), matrix(truth)
+    motion = start @ np.linalg.inv(true)
+    angle = np.degrees(np.arccos(np.clip((np.trace(motion[:3, :3]) - 1) / 2, -1, 1)))
+    assert angle == pytest.approx(info["perturbation"]["rotation_deg"], rel=1e-3)
+    moved = np.linalg.norm(start[:3, 3] - true[:3, 3]) / info["diagonal"]
+    assert moved == pytest.approx(info["perturbation"]["translation"], rel=1e-3)
 
 
 def _derivative_error(folder, view_id: str, component: int, hide: bool) -> float:
@@ -146,6 +174,40 @@ def test_rectangles_are_loaded_as_meshes_when_cameras_move(lamp_scene, mi):
     assert across < 1.25 * noise, (across, noise)
 
 
+def test_posed_rectangle_is_loaded_as_a_mesh_and_scored_against_its_truth(tmp_path, mi):
+    """A pose of an analytic rectangle's ``to_world`` (a lamp): Mitsuba 3.9.1's AD
+    derivative of its out-of-plane turn is wrong (gradcheck on `--kind light` seed 109,
+    two views at 48x48: median relative image-sum error 0.5 analytic, 0.09 meshed), so
+    that rectangle alone is loaded as a mesh, the pose moves its vertices (the key
+    renamed, with a warning naming the file and the key), and truth.xml's lamp is meshed
+    the same way, so the result is still scored against it."""
+    import warnings
+
+    from invpbr.problem.folder import load_problem
+    from invpbr.testing.random_scenes import make_random_scene
+
+    make_random_scene(tmp_path, "light", 3, size=16, photo_spp=8, n_cameras=(3, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        problem = load_problem(tmp_path)
+    said = " ".join(str(w.message) for w in caught)
+    assert "invpbr.toml" in said and "'lamp.to_world'" in said and "loaded as meshes" in said
+    keys = set(problem.params.keys())
+    assert "lamp.vertex_positions" in keys and "lamp.to_world" not in keys
+    floors = [k for k in keys if k.startswith("floor.")]
+    assert ("floor.to_world" in keys) == ("floor.vertex_positions" not in keys), floors
+    (pose,) = problem.estimates
+    assert pose.key == "lamp.vertex_positions"
+    start, truth = pose.value(None, problem.params), pose.truth_points(problem)
+    assert truth is not None and start.shape == truth.shape == (4, 3)
+    assert np.linalg.norm(start - truth, axis=1).max() > 0.005 * problem_diagonal(problem)
+
+
+def problem_diagonal(problem) -> float:
+    bbox = problem.scene.bbox()
+    return float(np.linalg.norm(np.array(bbox.max) - np.array(bbox.min)))
+
+
 def test_smoothed_loss_detects_a_rise():
     from invpbr.optimization.watch import Series
 
@@ -204,6 +266,8 @@ def test_retired_reparam_integrator_is_refused_with_the_reason():
 #: The small version of benchmarks/robustness.py: three fixed random camera scenes
 #: (seeds 100-102 of the benchmark, 3 cameras each, 24x24, 30 iterations).
 SMALL = {"seeds": (100, 101, 102), "size": 24, "iterations": 30}
+#: The small light benchmark: a seed of ``--kind light``, 3 cameras, 24x24, 30 iterations.
+LIGHT = {"seeds": (100,), "size": 24, "iterations": 30}
 
 
 @pytest.mark.slow
@@ -236,6 +300,33 @@ def test_small_camera_benchmark(tmp_path, mi):
     assert worst < STATED["small benchmark: worst rotation, times its start"], rows
     position = max(r["position"] for r in rows)
     assert position < STATED["small benchmark: worst position, fraction of the diagonal"], rows
+
+
+@pytest.mark.slow
+def test_small_light_benchmark(tmp_path, mi):
+    """An area light's pose from the shading and shadows it casts (and its silhouette
+    where a camera sees it), on a random scene as `--kind light` draws it, defaults
+    otherwise: it ends closer than the stated fraction of its start, in rotation and in
+    position (seed 100: 3.95 -> 0.28 deg, 3.3 -> 0.09 % of the diagonal, 75 s)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from robustness import pose_row, run_scene
+
+    from invpbr.testing.random_scenes import make_random_scene
+
+    rows = []
+    for seed in LIGHT["seeds"]:
+        folder = tmp_path / f"light_{seed}"
+        info = make_random_scene(folder, "light", seed, size=LIGHT["size"], spp=8,
+                                 iterations=LIGHT["iterations"], n_cameras=(3, 3),
+                                 photo_spp=64)
+        result, code, _ = run_scene(folder, tmp_path / f"out_{seed}")
+        assert result["status"] == "completed" and code == 0, (result.get("status"), code)
+        rows.append(pose_row(result, info["diagonal"]))
+    for row in rows:
+        assert row["rotation_deg"] < STATED["small light benchmark: rotation, fraction of start"] \
+            * row["start_rotation_deg"], rows
+        assert row["position"] < STATED["small light benchmark: position, fraction of start"] \
+            * row["start_position"], rows
 
 
 def _noisy_pose_run(mi, seed: int, average: float, iterations: int = 100,

@@ -14,6 +14,10 @@ seen by 3 to 12 cameras at random positions around the objects.
   cameras are in ``transforms_truth.json``. Everything else is known.
 - ``kind = "pose"``: one asymmetric mesh object starts rotated by 1-6 degrees and moved
   by 1-4 % of the diagonal from its true pose; the cameras are exact.
+- ``kind = "light"``: the scene is lit by an area light (a rectangle above the objects,
+  and a dim sky) that starts rotated and moved as a pose does (about its centre); its
+  pose (``lamp.to_world``) is estimated from the shading and the shadows it casts; the
+  cameras are exact (some may see the light itself).
 
 ``truth.json`` records what was drawn. Nothing here is imported by the library.
 """
@@ -28,7 +32,7 @@ import numpy as np
 
 from . import procedural
 
-KINDS = ("camera", "pose")
+KINDS = ("camera", "pose", "light")
 
 #: Ranges of the starting errors (degrees, fraction of the scene diagonal).
 CAMERA_PERTURBATION = {"rotation_deg": (0.5, 3.0), "translation": (0.005, 0.03)}
@@ -187,13 +191,26 @@ def _lighting(rng: np.random.Generator, folder: Path, extent: float) -> tuple[st
         return ('<emitter type="envmap" id="sky"><string name="filename" '
                 'value="envmaps/sky.exr"/></emitter>'), kind
     # an area light: a rectangle mesh-free analytic emitter above the scene, and a dim sky
+    m, power = _lamp(rng, extent)
+    return lamp_xml(m, power) + SKY, kind
+
+
+#: The dim sky beside an area light.
+SKY = '<emitter type="constant" id="sky"><rgb name="radiance" value="0.2"/></emitter>'
+
+
+def _lamp(rng: np.random.Generator, extent: float) -> tuple[np.ndarray, float]:
+    """A rectangle area light above the scene, facing down: its to_world and radiance."""
     height = extent * rng.uniform(0.8, 1.4)
     offset = rng.uniform(-0.5, 0.5, 2) * extent
     m = _affine(0.4 * extent * _rotation((1, 0, 0), 90), (offset[0], height, offset[1]))
-    power = rng.uniform(6, 15)
+    return m, float(rng.uniform(6, 15))
+
+
+def lamp_xml(m: np.ndarray, power: float) -> str:
+    """The area light ``lamp`` (an analytic rectangle) at ``m``."""
     return (f'<shape type="rectangle" id="lamp">{_matrix_xml(m)}'
-            f'<emitter type="area"><rgb name="radiance" value="{power:.3f}"/></emitter></shape>'
-            f'<emitter type="constant" id="sky"><rgb name="radiance" value="0.2"/></emitter>'), kind
+            f'<emitter type="area"><rgb name="radiance" value="{power:.3f}"/></emitter></shape>')
 
 
 def _floor(rng: np.random.Generator, folder: Path, extent: float) -> tuple[str, str]:
@@ -223,7 +240,8 @@ def _floor(rng: np.random.Generator, folder: Path, extent: float) -> tuple[str, 
 def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth: int = 2,
                       spp: int = 8, iterations: int = 100, photo_spp: int = 128,
                       n_cameras: tuple[int, int] | None = None) -> dict:
-    """Write a random scene folder of ``kind`` ("camera" or "pose") drawn from ``seed``.
+    """Write a random scene folder of ``kind`` ("camera", "pose" or "light") drawn from
+    ``seed``.
 
     Args:
         folder: the folder to write (created; existing files are overwritten).
@@ -232,7 +250,8 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         size: photo width and height, pixels.
         max_depth, spp, iterations: written into ``invpbr.toml`` ([render], [optimize]).
         photo_spp: samples per pixel of the photos.
-        n_cameras: (low, high) number of cameras (default 3-12 for cameras, 3-6 for poses).
+        n_cameras: (low, high) number of cameras (default 3-12 for cameras, 3-6 for poses
+            and lights).
 
     Returns:
         What was drawn (also written to ``truth.json``).
@@ -268,8 +287,11 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
                                 "resting": bool(lift == 0.0)})
         if kind == "pose" and i == 0:
             pose_index = i
-    lights, light_kind = _lighting(rng, folder, extent)
-    info["lighting"] = light_kind
+    if kind == "light":  # the lamp is written by body(), moved to its start in scene.xml
+        lamp, power = _lamp(rng, extent)
+        lights, info["lighting"] = SKY, "area (estimated)"
+    else:
+        lights, info["lighting"] = _lighting(rng, folder, extent)
     low, high = n_cameras or ((3, 12) if kind == "camera" else (3, 6))
     n_cams = int(rng.integers(low, high + 1))
     info["cameras"] = n_cams
@@ -281,6 +303,8 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         if with_sensors:
             parts.append(cameras)
         parts += [lights, floor]
+        if kind == "light":
+            parts.append(lamp_xml(lamp if start is None else start @ lamp, power))
         for i, (xml, m) in enumerate(zip(objects, matrices)):
             if start is not None and i == pose_index:
                 m = start @ m
@@ -308,14 +332,15 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         diagonal = made["scene_diagonal"]
         rotation = rng.uniform(*POSE_PERTURBATION["rotation_deg"])
         translation = rng.uniform(*POSE_PERTURBATION["translation"]) * diagonal
-        centre = matrices[pose_index][:3, 3]
+        centre = (lamp if kind == "light" else matrices[pose_index])[:3, 3]
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         start = _affine(_rotation(rng.normal(size=3), rotation), translation * direction)
         start[:3, 3] += centre - start[:3, :3] @ centre  # turned about the object's centre
         (folder / "scene.xml").write_text(body(True, start))
         info["perturbation"] = {"rotation_deg": rotation, "translation": translation / diagonal}
-        estimate = f'[[estimate]]\nkind = "pose"\nkey = "obj{pose_index}.to_world"\n' \
+        estimate = '[[estimate]]\nkind = "pose"\nkey = "lamp.to_world"\n' if kind == "light" \
+            else f'[[estimate]]\nkind = "pose"\nkey = "obj{pose_index}.to_world"\n' \
             if objects[pose_index].startswith('<shape type="sphere') else \
             f'[[estimate]]\nkind = "pose"\nkey = "obj{pose_index}.vertex_positions"\n'
     info["diagonal"] = diagonal
@@ -324,7 +349,7 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         f"[render]\nspp = {spp}\nmax_depth = {max_depth}\n"
         # as the shipped object_pose scene: silhouettes and shading carry a pose here;
         # the octree guiding for shadow edges (the default) made a 24x24 run take 10+ min
-        + ('guiding = "none"\n' if kind == "pose" else "") + f"\n{estimate}\n"
+        + ('guiding = "none"\n' if kind in ("pose", "light") else "") + f"\n{estimate}\n"
         f"[optimize]\niterations = {iterations}\n")
     (folder / "truth.json").write_text(json.dumps(info, indent=1))
     return info
