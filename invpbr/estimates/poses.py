@@ -158,11 +158,6 @@ class Geometry(Estimate):
         for target in key.split("+"):
             name = shape_name(target.removesuffix("." + TO_WORLD))
             found = scene.owner(target)
-            if found is None and target.endswith("." + VERTICES):
-                # an analytic rectangle the pose moved as a mesh (problem.scene.posed_rectangles)
-                element = scene.find_id(name)
-                if element is not None and element.get("type") == "rectangle":
-                    found = (element, VERTICES)
             element, what = found if found is not None else (None, "")
             if element is None:
                 written = False

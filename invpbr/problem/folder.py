@@ -16,7 +16,6 @@ and name the photos (see :mod:`invpbr.capture`).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -32,8 +31,8 @@ from ..config import ProblemConfig, load_config
 from ..estimates import Estimate, implied_estimates, resolve_estimates
 from ..estimates.lighting import envmap_texels
 from ..estimates.meshes import scene_numpy
-from .scene import (load_scene, load_scene_text, mesh_analytic_shapes, parse_xml, posed_rectangles,
-                    scene_text, sensors_text)
+from .scene import (load_scene, load_scene_text, mesh_analytic_shapes, parse_xml, scene_text,
+                    sensors_text)
 
 
 @dataclass
@@ -286,11 +285,9 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
     import mitsuba as mi  # only now: init_backend chooses the LLVM Dr.Jit loads
 
     frames, sensors = _camera_file_sensors(folder, config) if config.cameras.file else (None, None)
-    posed = _posed_rectangles(folder / "scene.xml", config)
     scene, scene_xml = model_scene(
         folder, sensors, bitmap_format="float16" if config.optimize.precision == "half"
-        else "variant", mesh_rectangles=any(t.kind == "camera" for t in config.estimate)
-        or {k.removesuffix(".to_world") for k in posed})
+        else "variant", mesh_rectangles=any(t.kind == "camera" for t in config.estimate))
     params = mi.traverse(scene)
     parameters = resolve_estimates(params, config.estimate, source=folder / "invpbr.toml",
                                    sensor_ids=sensor_ids(scene))
@@ -323,7 +320,7 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
 
             true_cameras = truth_cameras(folder, "", [v.id for v in views], truth_scene)
         truth = load_truth(folder / "truth.xml", [k for p in parameters for k in p.truth_keys],
-                           _meshed_truth(folder / "truth.xml", posed) if posed else truth_scene)
+                           truth_scene)
         relight_maps = load_relight_maps(folder, config.evaluate.relight)
         if frames is not None and relight_maps:  # relit from the photos' cameras
             truth_scene = load_scene(folder / "truth.xml", sensors=sensors)
@@ -335,50 +332,14 @@ def load_problem(folder: str | Path, *, variant: str | None = None) -> Problem:
                    relight_maps=relight_maps, true_cameras=true_cameras, true_gains=true_gains)
 
 
-def _posed_rectangles(path: Path, config: ProblemConfig) -> dict[str, str]:
-    """The analytic rectangles of ``path`` whose pose is estimated (see
-    :func:`invpbr.problem.scene.posed_rectangles`): ``<id>.to_world`` ->
-    ``<id>.vertex_positions``, and ``config``'s pose tables renamed to match
-    (with a warning naming the file and the key)."""
-    named = [t for t in config.estimate if t.kind == "pose" and any(
-        str(k).endswith(".to_world") for k in (t.key if isinstance(t.key, list) else [t.key]))]
-    if not named or not path.is_file():
-        return {}
-    try:
-        posed = posed_rectangles(path.read_text(), named)
-    except ET.ParseError:
-        return {}  # model_scene says what is wrong with the file
-    for i, table in enumerate(config.estimate):
-        keys = table.key if isinstance(table.key, list) else [table.key]
-        if table.kind != "pose" or not any(k in posed for k in keys):
-            continue
-        renamed = [posed.get(k, k) for k in keys]
-        config.estimate[i] = dataclasses.replace(
-            table, key=renamed if isinstance(table.key, list) else renamed[0])
-        warnings.warn(f"{path.parent / 'invpbr.toml'}: estimate[{i}].key {table.key!r}: the "
-                      "analytic rectangles " + ", ".join(repr(k.removesuffix(".to_world"))
-                                                         for k in keys if k in posed)
-                      + " are loaded as meshes of the same geometry and their vertices posed "
-                      f"({renamed!r}), because Mitsuba 3.9.1 differentiates an analytic "
-                      "rectangle turned out of its plane wrongly", stacklevel=3)
-    return posed
-
-
-def _meshed_truth(path: Path, posed: dict[str, str]):
-    """truth.xml with the posed rectangles loaded as meshes, as the model's are."""
-    ids = {k.removesuffix(".to_world") for k in posed}
-    return mesh_analytic_shapes(scene_text(path), path, only=ids)[0]
-
-
 def model_scene(folder: Path, sensors: list[ET.Element] | None, *,
-                bitmap_format: str = "variant",
-                mesh_rectangles: bool | set[str] = False) -> tuple[Any, str]:
+                bitmap_format: str = "variant", mesh_rectangles: bool = False) -> tuple[Any, str]:
     """The folder's scene.xml with ``sensors`` (from a camera file) replacing
     its own, and its XML text; without a scene.xml, a scene of those sensors
     alone (radiance fields and reconstructions start from photos and cameras).
     ``mesh_rectangles``: analytic rectangles are loaded as meshes (see
     :func:`invpbr.problem.scene.mesh_analytic_shapes`; the text stays the
-    file's), with a warning naming them; a set: only those of these ids.
+    file's), with a warning naming them.
 
     Raises:
         FileNotFoundError: no scene.xml (and no camera file).
@@ -393,8 +354,6 @@ def model_scene(folder: Path, sensors: list[ET.Element] | None, *,
         text = scene_text(path, sensors, bitmap_format)
     if not mesh_rectangles:
         return load_scene_text(text, path), text
-    if mesh_rectangles is not True:  # the posed rectangles only (warned about by the caller)
-        return mesh_analytic_shapes(text, path, only=set(mesh_rectangles))[0], text
     scene, names = mesh_analytic_shapes(text, path)
     if names:
         warnings.warn(f"{path}: camera refinement moves every shape; the analytic rectangles "

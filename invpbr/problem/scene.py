@@ -100,28 +100,11 @@ def sensors_text(sensors: list[ET.Element]) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def posed_rectangles(text: str, tables) -> dict[str, str]:
-    """``<id>.to_world`` -> ``<id>.vertex_positions`` for each analytic rectangle
-    of scene XML ``text`` whose ``to_world`` a ``kind = "pose"`` table of
-    ``tables`` names exactly (a key, or an item of a key list): those rectangles
-    are loaded as meshes (:func:`mesh_analytic_shapes`) and the pose moves their
-    vertices (a lamp's out-of-plane turn by AD was wrong by 30-6000 % of its
-    image-sum derivative against finite differences, and the steps diverged)."""
-    ids = {child.get("id") for child in ET.fromstring(text).iter("shape")
-           if child.get("type") in MESHABLE and child.get("id")}
-    named = set()
-    for table in tables:
-        if table.kind == "pose":
-            named.update(table.key if isinstance(table.key, list) else [table.key])
-    return {f"{i}.to_world": f"{i}.vertex_positions" for i in sorted(ids)
-            if f"{i}.to_world" in named}
-
-
-def mesh_analytic_shapes(text: str, path: Path, only=None) -> tuple[object, list[str]]:
+def mesh_analytic_shapes(text: str, path: Path) -> tuple[object, list[str]]:
     """Load scene XML ``text`` (as the file ``path``) with every analytic
-    ``rectangle`` (of the ids in ``only``, where given) replaced by a PLY mesh of
-    the same vertices, normals, texture coordinates, transform, BSDF and emitter;
-    the scene and the ids of the shapes replaced.
+    ``rectangle`` replaced by a PLY mesh of the same vertices, normals, texture
+    coordinates, transform, BSDF and emitter; the scene and the ids of the
+    shapes replaced.
 
     Why: when geometry moves (camera refinement moves every shape), Mitsuba
     3.9.1's projective integrators differentiate an analytic rectangle moved out
@@ -136,8 +119,7 @@ def mesh_analytic_shapes(text: str, path: Path, only=None) -> tuple[object, list
 
     root = ET.fromstring(text)
     found = [(parent, child) for parent in root.iter() for child in parent
-             if child.tag == "shape" and child.get("type") in MESHABLE
-             and (only is None or child.get("id") in only)]
+             if child.tag == "shape" and child.get("type") in MESHABLE]
     if not found:
         return load_scene_text(text, path), []
     with tempfile.TemporaryDirectory(prefix="invpbr_meshed_") as tmp:
