@@ -17,7 +17,9 @@ photos' gains, or a kind defined elsewhere and registered with
   it can be recorded once by ``dr.freeze`` (:attr:`Estimate.freezable`),
   whether the scene differs per view (:attr:`Estimate.per_view`), whether it
   changes each view's image (:attr:`Estimate.transforms_images`), whether it
-  is stepped by finite differences (:attr:`Estimate.finite_differences`);
+  is stepped by finite differences (:attr:`Estimate.finite_differences`),
+  whether a view's derivatives need the edges that view sees directly
+  (:meth:`Estimate.needs_primary_edges`);
 - its errors against the truth and what it adds to the result
   (:meth:`Estimate.errors`, :meth:`Estimate.result_fields`) and to the result
   folder (class methods :meth:`Estimate.to_json`, :meth:`Estimate.write_files`,
@@ -237,6 +239,13 @@ class Estimate:
         """Fields of :class:`~invpbr.results.result.Result` this estimate fills
         (``poses``, ``cameras``, ``gains``...), at the end of a run."""
         return {}
+
+    def needs_primary_edges(self, view_index: int) -> bool:
+        """Whether the derivatives of sensor ``view_index``'s image in this estimate need
+        the projective integrator's primary-visibility edge term (edges the camera sees
+        directly). By default, estimates that move edges do; where every estimate says
+        no, the view renders with that term off (``sppp = 0``; its image is unchanged)."""
+        return self.moves_edges
 
     def restore_scene(self, store: LatentStore, params) -> dict[str, Any]:
         """Scene values that put the scene at rest after a run (per-view

@@ -256,8 +256,25 @@ def back_facing_emitters(params, scene, centres: list[np.ndarray]) -> list[set[s
     return out
 
 
+def seen_only_from_behind(scene, shape_ids: set[str], sensor) -> bool:
+    """Whether the shapes ``shape_ids`` of ``scene`` are all area emitters of which
+    ``sensor`` (as loaded) sees only the back (every face turned away); False where one
+    is not an emitter or its faces are unknown (an analytic sphere, cylinder...)."""
+    centre = _matrix_numpy(sensor.world_transform())[:3, 3]
+    shapes = [s for s in scene.shapes() if s.id() in shape_ids]
+    if not shapes:
+        return False
+    for shape in shapes:
+        points, normals = _emitter_faces(shape) if shape.is_emitter() else (None, None)
+        if points is None or np.any(np.einsum(
+                "ij,ij->i", centre[None] - points, normals) > 0.0):
+            return False
+    return True
+
+
 def _emitter_faces(shape):
-    """Face centres and normals (F, 3) of a mesh or a disk (None, None for others)."""
+    """Face centres and normals (F, 3) of a mesh, a disk or a rectangle (None, None for
+    others)."""
     import mitsuba as mi
 
     if isinstance(shape, mi.Mesh) and shape.face_count() > 0:
@@ -269,9 +286,9 @@ def _emitter_faces(shape):
         if shape.has_flipped_normals() if hasattr(shape, "has_flipped_normals") else False:
             n = -n
         return (a + b + c) / 3.0, n
-    if shape.class_name() == "Disk":
+    if shape.class_name() in ("Disk", "Rectangle"):
         m = _matrix_numpy(mi.traverse(shape)["to_world"])
-        n = m[:3, :3] @ np.array([0.0, 0.0, 1.0])
+        n = np.linalg.inv(m[:3, :3]).T @ np.array([0.0, 0.0, 1.0])  # (normals: inverse transpose)
         return m[None, :3, 3], (n / np.linalg.norm(n))[None]
     return None, None
 

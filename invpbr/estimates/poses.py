@@ -21,7 +21,7 @@ from ..config import EstimateConfig
 from .base import Estimate, ResolveContext, close_match_hint, match_keys, register_kind
 from .meshes import (TO_WORLD, VERTICES, PoseModel, geometry_errors, mesh_arrays, motion_groups,
                      rotation_numpy, HybridAdam, scene_numpy, shape_name, warn_traps, write_ply)
-from .cameras import polish_summary
+from .cameras import polish_summary, seen_only_from_behind
 from .textures import file_name
 
 def pose_matrix(pose: dict[str, Any]) -> np.ndarray:
@@ -187,6 +187,21 @@ class Pose(HybridAdam, Geometry):
         model = PoseModel(matched, values, scale=table.scale)
         name = matched[0] if len(matched) == 1 else "+".join(matched)
         return [cls(name, table, model, matched, model.points(values))]
+
+    def setup(self, problem) -> None:
+        """Which cameras see the posed shapes only from behind, all of them area lights
+        (see :meth:`needs_primary_edges`)."""
+        ids = {shape_name(k.removesuffix("." + TO_WORLD)) for k in self.targets}
+        sensors = problem.scene.sensors()
+        self.behind = {v.index for v in problem.views
+                       if seen_only_from_behind(problem.scene, ids, sensors[v.index])}
+
+    def needs_primary_edges(self, view_index: int) -> bool:
+        """Not for a camera that sees the posed area light(s) only from behind: Mitsuba
+        3.9.1 gives such an emitter's outline an edge term as if its emitting side faced
+        the camera (see :func:`invpbr.render.integrators.view_integrators`), and the
+        light's outline is the only edge it moves there."""
+        return view_index not in getattr(self, "behind", set())
 
     def start(self, store) -> None:
         import mitsuba as mi

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..render.integrators import make_integrator
+from ..render.integrators import choose_integrator_type, make_integrator, view_integrators
 
 
 @dataclass
@@ -110,11 +110,17 @@ def check_gradients(problem, keys: list[str] | None = None, *,
     integrator = make_integrator(problem.config.render, problem.parameters, problem.scene)
     for key in keys:
         by_key[key].setup(problem)
+    # each view renders with the integrator the optimizer gives it
+    per_view = view_integrators(problem.config.render, problem.parameters, problem.scene,
+                                problem.views,
+                                choose_integrator_type(problem.config.render, problem.parameters))
     checks = []
     for key in keys:
         for view in chosen:
             if by_key[key].gradcheck_applies(view.index):
-                checks += check_direction_set(problem, by_key[key], view, integrator, spp=spp,
+                checks += check_direction_set(problem, by_key[key], view,
+                                              per_view.get(problem.views.index(view), integrator),
+                                              spp=spp,
                                               fd_spp=fd_spp, epsilon=epsilon, seed=seed)
     return checks
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..config import spp_at
-from ..render.integrators import choose_integrator_type, make_integrator
+from ..render.integrators import choose_integrator_type, make_integrator, view_integrators
 from ..results import evaluate
 from ..results.result import Result
 from . import records
@@ -176,7 +176,9 @@ def start_run(problem, iterations: int | None = None) -> Run:
     context = StepContext(problem=problem, latents=None, integrator=integrator,
                           integrator_type=integrator_type,
                           loss_fn=image_loss(cfg.optimize.loss, scale=cfg.optimize.loss_scale),
-                          fit=fit, per_step=min(cfg.optimize.views_per_step or len(fit), len(fit)))
+                          fit=fit, per_step=min(cfg.optimize.views_per_step or len(fit), len(fit)),
+                          view_integrators=view_integrators(cfg.render, estimates, problem.scene,
+                                                            problem.views, integrator_type))
     if coarse_applies(estimates):  # rigid motions: blurred images first (see .coarse)
         context.loss_fn = CoarseToFine(context.loss_fn)
     strategy, fixed_views = choose_strategy(context, estimates)

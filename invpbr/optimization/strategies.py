@@ -44,6 +44,8 @@ class StepContext:
         loss_fn: the image loss ``(image, photo, weight) -> Dr.Jit scalar``.
         fit: indices of the fitted views.
         per_step: views per step.
+        view_integrators: view number -> the integrator it renders with where it is
+            not ``integrator`` (:func:`invpbr.render.integrators.view_integrators`).
     """
 
     problem: Any
@@ -55,6 +57,7 @@ class StepContext:
     per_step: int
     photos: list = field(default_factory=list)
     weights: list = field(default_factory=list)
+    view_integrators: dict = field(default_factory=dict)
 
     @property
     def render(self):
@@ -70,7 +73,8 @@ class StepContext:
                         for v in self.problem.views]
 
     def render_view(self, v: int, spp: int, seed):
-        return render_view(self.problem.scene, self.problem.params, self.integrator,
+        return render_view(self.problem.scene, self.problem.params,
+                           self.view_integrators.get(v, self.integrator),
                            self.problem.views[v].index, spp=spp, seed=seed,
                            spp_grad=self.render.spp_grad)
 
