@@ -31,7 +31,7 @@ STATED = {
     "small benchmark: worst rotation, times its start": 0.6,      # measured 0.32 (1.17 before the polish)
     "small benchmark: worst position, fraction of the diagonal": 0.01,  # measured 0.0065
     "polish alone: worst camera rotation (deg)": 0.4,
-    "small light benchmark: rotation, fraction of start": 0.25,  # measured 0.125 (3.95 -> 0.49 deg)
+    "small light benchmark: rotation, fraction of start": 0.35,  # measured 0.09-0.14 (run seeds 0-2)
     "small light benchmark: position, fraction of start": 0.25,  # measured 0.034
 }
 
@@ -335,7 +335,8 @@ def test_small_light_benchmark(tmp_path, mi):
     where a camera sees it), on a random scene as `--kind light` draws it, defaults
     otherwise: it ends closer than the stated fraction of its start, in rotation and in
     position (seed 100, whose 3 cameras see the lamp from behind: 3.95 -> 0.49 deg, 3.3 ->
-    0.11 % of the diagonal, 100-135 s; before those cameras rendered without the lamp's
+    0.11 % of the diagonal, 100-135 s; run seeds 1 and 2: 0.36 and 0.56 deg, so the bound
+    leaves room for light runs' poor repeatability, BENCHMARKS.md; before those cameras rendered without the lamp's
     wrong edge term, the steps diverged from the start and the polish alone ended at
     1.30 deg, 0.33 of the start; at 24x24 that polish alone did better, 0.28 deg, and
     the steps now end where it does worse, 0.85 deg)."""
