@@ -190,6 +190,20 @@ def test_posed_lamp_seen_from_behind_loses_only_its_wrong_edge_term(tmp_path, mi
     assert pixel[1] > STATED["lamp seen from behind: per-pixel derivative error with it"]
     assert image_sum[0] < STATED["lamp seen from behind: image-sum derivative error without the term"]
     assert image_sum[1] > STATED["lamp seen from behind: image-sum derivative error with it"]
+    # `invpbr gradients` shows what the optimizer renders too: its images of a camera
+    # behind the lamp are those without the term (same seed), far from those with it
+    from invpbr.optimization.gradient_images import gradient_images
+
+    def totals(**given):
+        return np.array([g.total for g in gradient_images(problem, views=behind[:1], spp=32,
+                                                          setup=False, **given)
+                         if g.what == "dimage"])
+
+    shown = totals()
+    without = totals(integrator=make_integrator(problem.config.render, problem.estimates,
+                                                problem.scene, primary_edges=False))
+    assert len(shown) == 6 and np.abs(shown - without).max() < 0.05 * np.abs(without).max()
+    assert np.abs(totals(integrator=integrator) - without).max() > 0.5 * np.abs(without).max()
 
 
 def test_rectangles_are_loaded_as_meshes_when_cameras_move(lamp_scene, mi):

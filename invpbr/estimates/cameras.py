@@ -247,11 +247,8 @@ def back_facing_emitters(params, scene, centres: list[np.ndarray]) -> list[set[s
         key = f"{shape.id()}.silhouette_sampling_weight"
         if not shape.is_emitter() or key not in params:
             continue
-        points, normals = _emitter_faces(shape)
-        if points is None:
-            continue
         for j, c in enumerate(centres):
-            if np.all(np.einsum("ij,ij->i", np.asarray(c)[None] - points, normals) <= 0.0):
+            if _sees_only_back(shape, c):
                 out[j].add(key)
     return out
 
@@ -264,12 +261,17 @@ def seen_only_from_behind(scene, shape_ids: set[str], sensor) -> bool:
     shapes = [s for s in scene.shapes() if s.id() in shape_ids]
     if not shapes:
         return False
-    for shape in shapes:
-        points, normals = _emitter_faces(shape) if shape.is_emitter() else (None, None)
-        if points is None or np.any(np.einsum(
-                "ij,ij->i", centre[None] - points, normals) > 0.0):
-            return False
-    return True
+    return all(shape.is_emitter() and _sees_only_back(shape, centre) for shape in shapes)
+
+
+def _sees_only_back(shape, centre) -> bool:
+    """Whether a point ``centre`` sees every face of ``shape`` from behind; False where
+    its faces are unknown (see :func:`_emitter_faces`)."""
+    points, normals = _emitter_faces(shape)
+    if points is None:
+        return False
+    return bool(np.all(np.einsum("ij,ij->i", np.asarray(centre, np.float64)[None] - points,
+                                 normals) <= 0.0))
 
 
 def _emitter_faces(shape):

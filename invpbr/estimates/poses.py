@@ -179,6 +179,9 @@ class Pose(HybridAdam, Geometry):
     """A rigid transform (and scale) of one or more meshes or analytic shapes."""
 
     kind = "pose"
+    #: Sensor indices of the cameras that see the posed shapes only from behind
+    #: (set by :meth:`setup`).
+    behind: frozenset = frozenset()
 
     @classmethod
     def from_table(cls, table, index, context) -> list["Pose"]:
@@ -193,15 +196,15 @@ class Pose(HybridAdam, Geometry):
         (see :meth:`needs_primary_edges`)."""
         ids = {shape_name(k.removesuffix("." + TO_WORLD)) for k in self.targets}
         sensors = problem.scene.sensors()
-        self.behind = {v.index for v in problem.views
-                       if seen_only_from_behind(problem.scene, ids, sensors[v.index])}
+        self.behind = frozenset(v.index for v in problem.views
+                                if seen_only_from_behind(problem.scene, ids, sensors[v.index]))
 
     def needs_primary_edges(self, view_index: int) -> bool:
         """Not for a camera that sees the posed area light(s) only from behind: Mitsuba
         3.9.1 gives such an emitter's outline an edge term as if its emitting side faced
         the camera (see :func:`invpbr.render.integrators.view_integrators`), and the
         light's outline is the only edge it moves there."""
-        return view_index not in getattr(self, "behind", set())
+        return view_index not in self.behind
 
     def start(self, store) -> None:
         import mitsuba as mi

@@ -102,7 +102,8 @@ def check_gradients(problem, keys: list[str] | None = None, *,
         if key not in by_key:
             raise ValueError(f"check_gradients(): {key!r} is not an estimated parameter of "
                              f"{problem.name}; estimated: {', '.join(by_key)}")
-    chosen = problem.views[:1] if views is None else [v for v in problem.views if v.id in views]
+    numbered = list(enumerate(problem.views))
+    chosen = numbered[:1] if views is None else [(i, v) for i, v in numbered if v.id in views]
     if views is not None and len(chosen) != len(views):
         known = [v.id for v in problem.views]
         raise ValueError(f"check_gradients(): unknown view(s) {sorted(set(views) - set(known))}; "
@@ -116,10 +117,10 @@ def check_gradients(problem, keys: list[str] | None = None, *,
                                 choose_integrator_type(problem.config.render, problem.parameters))
     checks = []
     for key in keys:
-        for view in chosen:
+        for number, view in chosen:
             if by_key[key].gradcheck_applies(view.index):
                 checks += check_direction_set(problem, by_key[key], view,
-                                              per_view.get(problem.views.index(view), integrator),
+                                              per_view.get(number, integrator),
                                               spp=spp,
                                               fd_spp=fd_spp, epsilon=epsilon, seed=seed)
     return checks

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..render.integrators import make_integrator
+from ..render.integrators import choose_integrator_type, make_integrator, view_integrators
 from ..results.gradients import GradientImage, write_gradient_images
 from .losses import image_loss
 
@@ -111,8 +111,8 @@ def estimate_images(problem, estimate, view, integrator, pixel_grad: np.ndarray,
 
 def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] | None = None,
                     n_views: int = 1, spp: int = 16, seed: int = 0, stage: str = "start",
-                    integrator=None, transform=None, move=None, store=None, setup: bool = True
-                    ) -> list[GradientImage]:
+                    integrator=None, per_view: dict | None = None, transform=None, move=None,
+                    store=None, setup: bool = True) -> list[GradientImage]:
     """Gradient images of ``problem`` as its scene is now.
 
     Args:
@@ -124,6 +124,9 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
         seed: the renders' seed (the same for all, so images compare).
         stage: the label of these images (``start``, ``end``...).
         integrator: the integrator (default: the problem's choice).
+        per_view: view number -> the integrator that view renders with where it is not
+            ``integrator`` (default, where ``integrator`` is not given either: as the
+            optimizer chooses them, :func:`invpbr.render.integrators.view_integrators`).
         transform: ``transform(image, view)``: a render as the view's photo saw it
             (e.g. times the photo's estimated gain); default: the render itself.
         move: ``move(sensor_index)`` puts the scene as that view's camera sees it
@@ -158,21 +161,27 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
             estimates[key].setup(problem)
     if integrator is None:
         integrator = make_integrator(problem.config.render, problem.estimates, problem.scene)
+        if per_view is None:
+            kinds = list(estimates.values())
+            per_view = view_integrators(problem.config.render, kinds, problem.scene, problem.views,
+                                        choose_integrator_type(problem.config.render, kinds))
+    number = {id(v): i for i, v in enumerate(problem.views)}
     cfg = problem.config.optimize
     loss_fn = image_loss(cfg.loss, scale=cfg.loss_scale)
     out = []
     for view in chosen:
+        used = (per_view or {}).get(number[id(view)], integrator)
         if move is not None:
             move(view.index)
         with dr.suspend_grad():
-            image = _seen(_render(problem, integrator, view, spp, seed), view, transform)
+            image = _seen(_render(problem, used, view, spp, seed), view, transform)
         pixel_grad, loss = _pixel_gradient(problem, view, image, loss_fn)
         out.append(GradientImage(stage, view.id, "", f"(loss {loss:.4g})", "dloss_dpixel",
                                  pixel_grad))
         for key in keys or list(estimates):
             estimate = estimates[key]
             if estimate.gradcheck_applies(view.index):
-                out += estimate_images(problem, estimate, view, integrator, pixel_grad,
+                out += estimate_images(problem, estimate, view, used, pixel_grad,
                                        loss_fn=loss_fn, stage=stage, spp=spp, seed=seed,
                                        transform=transform, store=store)
                 if move is not None:  # (a writer may have put the scene at rest)
@@ -197,7 +206,8 @@ def run_gradient_images(run, stage: str) -> list[GradientImage]:
         options = {"store": latents, "move": latents.move_for_view,
                    "transform": lambda image, view: latents.apply_to_image(image, number[id(view)])}
     return gradient_images(run.problem, stage=stage, n_views=cfg.gradient_views,
-                           spp=cfg.gradient_spp, integrator=run.integrator, setup=False, **options)
+                           spp=cfg.gradient_spp, integrator=run.integrator,
+                           per_view=run.context.view_integrators, setup=False, **options)
 
 
 def write_scene_gradients(problem, out: str | Path, **options) -> Path:
