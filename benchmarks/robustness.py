@@ -15,12 +15,14 @@ scene's ``invpbr.toml``), then scored against its truth:
 Usage::
 
     python benchmarks/robustness.py --kind camera|pose|light --n 20 --seed 0 [--size 48]
-        [--iterations 100] [--spp 8] [--max-cameras 12] [--photo-spp 128] [--repeat]
+        [--iterations 100] [--spp 8] [--max-cameras 12] [--photo-spp 128] [--repeat | --rerun]
         [--json out.json]
         [--keep DIR] [--set estimate.adam='"motion"' --set optimize.lr_decay=0.01 ...]
 
-``--repeat`` runs every scene twice (different run seeds) and reports the ratio of the
-two final errors (goal: within 2x). ``--set TABLE.KEY=VALUE`` (VALUE in TOML) adds a
+``--repeat`` runs every scene twice (different run seeds: how much the result depends on
+the Monte Carlo noise) and reports the ratio of the two final errors (goal: within 2x);
+``--rerun`` runs every scene twice as it is (the same inputs, the same seed: equal where
+runs are deterministic, the default for poses and cameras). ``--set TABLE.KEY=VALUE`` (VALUE in TOML) adds a
 setting to every scene's ``invpbr.toml`` (``estimate``: the ``[[estimate]]`` table),
 to compare options on the same scenes. Prints one line per scene, then the summary;
 with iterate averaging (``--set estimate.average=0.5``) also the same runs scored at
@@ -160,7 +162,11 @@ def main(argv=None) -> int:
                              "noise and 8-bit rounding)")
     parser.add_argument("--max-cameras", type=int, default=12,
                         help="at most this many cameras per scene (the draw is 3 to this)")
-    parser.add_argument("--repeat", action="store_true", help="run every scene twice")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--repeat", action="store_true",
+                       help="run every scene twice, with run seeds 0 and 1")
+    again.add_argument("--rerun", action="store_true",
+                       help="run every scene twice with the same inputs (its own seed)")
     parser.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                         help="add a setting (VALUE in TOML) to every scene's invpbr.toml")
     parser.add_argument("--json", help="write the rows to this file")
@@ -188,7 +194,7 @@ def main(argv=None) -> int:
         add_settings(folder / "invpbr.toml", args.set)
         diagonal = info["diagonal"]
         finals = []
-        for r in range(2 if args.repeat else 1):
+        for r in range(2 if args.repeat or args.rerun else 1):
             result, code, seconds = run_scene(folder, work / f"out_{args.kind}_{seed}_{r}",
                                               run_seed=r if args.repeat else None)
             if args.kind == "camera":
@@ -279,7 +285,8 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
                                   for k in sorted({s['status'] for s in runs}))
           + f"; exit non-zero: {sum(s['exit_code'] != 0 for s in runs)}")
     if ratios:
-        print(f"repeat ratio of final errors: {distribution(ratios)}; within 2x: "
+        print(("same-input rerun" if args.get("rerun") else "repeat (run seeds 0, 1)")
+              + f" ratio of final errors: {distribution(ratios)}; within 2x: "
               f"{sum(r <= 2 for r in ratios)}/{len(ratios)}")
     print(f"time: {seconds:.0f} s ({seconds / max(len(scenes), 1):.0f} s per run)")
 

@@ -283,13 +283,16 @@ class OptimizeConfig:
     checkpoint_every: NonNegativeInt = 0
     """Write a checkpoint (``OUT/checkpoint/``, for ``invpbr run --resume``)
     every this many steps (0: only by ``checkpoint_seconds``)."""
-    deterministic: Bool = False
-    """Take the steps with one Dr.Jit thread, so that a run (and a run resumed
-    from a checkpoint) gives bit-identical estimates on the CPU; with several
-    threads the backward pass's atomic additions sum in any order (differences
-    of about 1e-8). Slower by about the number of cores; the renders before and
-    after the steps keep every thread (Mitsuba 3.9.1's EXR reading and writing
-    needs two)."""
+    deterministic: Bool | None = None
+    """Take the steps (and the Gauss-Newton polish of poses and cameras) with one
+    Dr.Jit thread, so that a run (and a run resumed from a checkpoint) gives
+    bit-identical estimates on the CPU; with several threads the backward pass's atomic
+    additions sum in any order (differences of about 1e-8). Not set: on where an
+    estimate's runs are chaotic (poses and cameras: from the same inputs two runs
+    ended 1.1 and 4.5 degrees off, the 1e-8 having grown into other Monte Carlo paths;
+    ``Estimate.deterministic_by_default``), off otherwise (those differences stay
+    1e-7). Slower by up to the number of cores; the renders before and after the steps
+    keep every thread (Mitsuba 3.9.1's EXR reading and writing needs two)."""
     checkpoint_seconds: NonNegative = 60.0
     """Write a checkpoint when this many seconds passed since the last one
     (0: only by ``checkpoint_every``); checkpoints are also written when a run

@@ -132,6 +132,11 @@ class Estimate:
     reported: ClassVar[bool] = True
     #: ``kind = "auto"`` kinds: lower numbers are asked first whether they claim a key.
     auto_priority: ClassVar[int] = 100
+    #: Its runs are chaotic (rigid motions: a difference of 1e-8 in one step's gradient
+    #: grows into a different Monte Carlo path and a result degrees apart), so a run
+    #: with it takes its steps and polish with one Dr.Jit thread unless ``[optimize]
+    #: deterministic = false``: the same inputs give the same result.
+    deterministic_by_default: ClassVar[bool] = False
     #: Options of its ``[[estimate]]`` table beyond the common ones (name -> default),
     #: for kinds defined outside invpbr; they arrive in ``config.options``.
     options: ClassVar[dict[str, Any]] = {}

@@ -335,6 +335,7 @@ class Cameras(HybridAdam, Estimate):
     per_view = True
     moves_scene_rigidly = True
     moves_edges = True
+    deterministic_by_default = True
 
     def __init__(self, config, ids: list[str]):
         self.key = "cameras"

@@ -179,6 +179,7 @@ class Pose(HybridAdam, Geometry):
     """A rigid transform (and scale) of one or more meshes or analytic shapes."""
 
     kind = "pose"
+    deterministic_by_default = True
     #: Sensor indices of the cameras that see the posed shapes only from behind
     #: (set by :meth:`setup`).
     behind: frozenset = frozenset()

@@ -271,6 +271,15 @@ def take_step(run: Run, it: int, rng: np.random.Generator) -> tuple[float, list[
     return total, chosen
 
 
+def deterministic(run: Run) -> bool:
+    """``[optimize] deterministic``, or where it is not set, whether one of the run's
+    estimates asks for it (``Estimate.deterministic_by_default``: poses, cameras)."""
+    value = run.problem.config.optimize.deterministic
+    if value is None:
+        return any(e.deterministic_by_default for e in run.estimates)
+    return bool(value)
+
+
 def _one_thread() -> int:
     """Set Dr.Jit's pool to one thread (``[optimize] deterministic``); the count before."""
     import drjit as dr
@@ -306,7 +315,7 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
                    leave=True)
     run.started = time.perf_counter() - run.elapsed
     consistent = True  # the latents and Adam's state belong to run.next_step
-    threads = _one_thread() if cfg.deterministic else None
+    threads = _one_thread() if deterministic(run) else None
     try:
         while run.next_step < run.iterations:
             if stop is not None and stop():
@@ -461,7 +470,12 @@ def finish_run(run: Run) -> Result:
     polished = {}
     if run.status in ("completed", "diverged") and run.history:  # (not after Ctrl-C or a failure)
         diverged = run.status == "diverged"
-        polished = polish(run)
+        threads = _one_thread() if deterministic(run) else None
+        try:
+            polished = polish(run)  # (chaotic as the steps are: one thread where they had one)
+        finally:
+            if threads is not None:
+                dr.set_thread_count(threads)
         if diverged and lowered_everywhere(polished):
             run.status = "completed"
             warnings.warn(f"optimize(): {problem.name}: the steps did not get better than the "
@@ -499,6 +513,7 @@ def finish_run(run: Run) -> Result:
         variant=mi.variant(),
         settings=cfg.to_dict() | {"iterations_run": len(run.history), "frozen": run.frozen,
                                   "threads": dr.thread_count(),
+                                  "deterministic": deterministic(run),
                                   "recordings": run.step_fn.n_recordings if run.frozen else 0,
                                   "batched": batched},
         held_out=[v.id for v in held_out],
