@@ -775,3 +775,19 @@ def test_pose_runs_are_repeatable_by_default(tmp_path, mi):
 
     assert deterministic(run(None, plain, asks)) and not deterministic(run(None, plain))
     assert not deterministic(run(False, asks)) and deterministic(run(True, plain))
+
+    # one_thread: one thread inside where deterministic, the count before restored
+    # after (an error inside too); untouched where not
+    import drjit as dr
+
+    from invpbr.optimization.loop import one_thread
+
+    before = dr.thread_count()
+    assert before > 1
+    with one_thread(run(None, plain)):
+        assert dr.thread_count() == before
+    with pytest.raises(KeyboardInterrupt):
+        with one_thread(run(None, asks)):
+            assert dr.thread_count() == 1
+            raise KeyboardInterrupt
+    assert dr.thread_count() == before

@@ -15,6 +15,7 @@ import gc
 import time
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -280,13 +281,21 @@ def deterministic(run: Run) -> bool:
     return bool(value)
 
 
-def _one_thread() -> int:
-    """Set Dr.Jit's pool to one thread (``[optimize] deterministic``); the count before."""
+@contextmanager
+def one_thread(run: Run) -> Iterator[None]:
+    """Dr.Jit's pool at one thread inside, where the run is :func:`deterministic`
+    (its count before restored after); otherwise nothing changes."""
+    if not deterministic(run):
+        yield
+        return
     import drjit as dr
 
     before = dr.thread_count()
     dr.set_thread_count(1)
-    return before
+    try:
+        yield
+    finally:
+        dr.set_thread_count(before)
 
 
 def run_steps(run: Run, callback: Callable | None, progress: bool, *,
@@ -315,75 +324,71 @@ def run_steps(run: Run, callback: Callable | None, progress: bool, *,
                    leave=True)
     run.started = time.perf_counter() - run.elapsed
     consistent = True  # the latents and Adam's state belong to run.next_step
-    threads = _one_thread() if deterministic(run) else None
-    try:
-        while run.next_step < run.iterations:
-            if stop is not None and stop():
-                run.status = "interrupted"
-                break
-            it = run.next_step
-            step_start = time.perf_counter()
-            consistent, rng_before = False, rng.bit_generator.state
-            try:
-                taken = take_step(run, it, rng)
-            except RuntimeError as e:  # Mitsuba's and Dr.Jit's errors
-                run.status = "failed"
-                text = str(e).strip()
-                run.error = f"step {it}: {text.splitlines()[0] if text else type(e).__name__}"
-                run.latents.restore(last_good)
-                # before Adam's update, the state is that of step ``it`` not taken
-                consistent, rng.bit_generator.state = not run.updating, rng_before
-                break
-            run.next_step = it + 1
-            consistent = True
-            if taken is None:
-                run.skipped.append(it)
-                in_a_row += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(skipped=len(run.skipped))
-                if in_a_row >= cfg.max_skipped_steps:
-                    run.status = "diverged"
+    with one_thread(run):
+        try:
+            while run.next_step < run.iterations:
+                if stop is not None and stop():
+                    run.status = "interrupted"
                     break
-            else:
-                in_a_row = 0
-                total, chosen = taken
-                last_good = run.latents.snapshot()
-                run.history.append(total)
-                run.watch.record(run, *watched_losses(run, total, chosen))
-                run.trajectory.record(run.latents)
-                run.step_seconds.append(time.perf_counter() - step_start)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total:.4g}")
-                if callback is not None:
-                    info = StepInfo(iteration=it, loss=total,
-                                    views=[run.problem.views[v].id for v in chosen],
-                                    estimates=LazyValues(run.latents.values),
-                                    render=lambda view_id: render_current(run, view_id),
-                                    errors=lambda: errors_against_truth(
-                                        run.problem, run.estimates, run.latents.values())[0],
-                                    held_out=lambda: held_out_scores(run))
-                    if callback(info):
-                        run.status = "stopped"
+                it = run.next_step
+                step_start = time.perf_counter()
+                consistent, rng_before = False, rng.bit_generator.state
+                try:
+                    taken = take_step(run, it, rng)
+                except RuntimeError as e:  # Mitsuba's and Dr.Jit's errors
+                    run.status = "failed"
+                    text = str(e).strip()
+                    run.error = f"step {it}: {text.splitlines()[0] if text else type(e).__name__}"
+                    run.latents.restore(last_good)
+                    # before Adam's update, the state is that of step ``it`` not taken
+                    consistent, rng.bit_generator.state = not run.updating, rng_before
+                    break
+                run.next_step = it + 1
+                consistent = True
+                if taken is None:
+                    run.skipped.append(it)
+                    in_a_row += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(skipped=len(run.skipped))
+                    if in_a_row >= cfg.max_skipped_steps:
+                        run.status = "diverged"
                         break
-            if run.checkpoints is not None and run.next_step < run.iterations \
-                    and run.checkpoints.due(run.next_step):
-                run.checkpoints.save(run, rng)
-    except KeyboardInterrupt:
-        run.status = "interrupted"
-        run.latents.restore(last_good)
-        if not consistent and not run.updating:
-            consistent, rng.bit_generator.state = True, rng_before
-    finally:
-        if threads is not None:
-            import drjit as dr
-
-            dr.set_thread_count(threads)
-        if bar is not None:
-            bar.close()
-        run.elapsed = run.elapsed_now()
-        run.started = None
+                else:
+                    in_a_row = 0
+                    total, chosen = taken
+                    last_good = run.latents.snapshot()
+                    run.history.append(total)
+                    run.watch.record(run, *watched_losses(run, total, chosen))
+                    run.trajectory.record(run.latents)
+                    run.step_seconds.append(time.perf_counter() - step_start)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{total:.4g}")
+                    if callback is not None:
+                        info = StepInfo(iteration=it, loss=total,
+                                        views=[run.problem.views[v].id for v in chosen],
+                                        estimates=LazyValues(run.latents.values),
+                                        render=lambda view_id: render_current(run, view_id),
+                                        errors=lambda: errors_against_truth(
+                                            run.problem, run.estimates, run.latents.values())[0],
+                                        held_out=lambda: held_out_scores(run))
+                        if callback(info):
+                            run.status = "stopped"
+                            break
+                if run.checkpoints is not None and run.next_step < run.iterations \
+                        and run.checkpoints.due(run.next_step):
+                    run.checkpoints.save(run, rng)
+        except KeyboardInterrupt:
+            run.status = "interrupted"
+            run.latents.restore(last_good)
+            if not consistent and not run.updating:
+                consistent, rng.bit_generator.state = True, rng_before
+        finally:
+            if bar is not None:
+                bar.close()
+            run.elapsed = run.elapsed_now()
+            run.started = None
     if run.skipped and not run.history and run.status == "completed":
         run.status = "diverged"  # not one step could be taken
     if run.checkpoints is not None and consistent:
@@ -470,12 +475,8 @@ def finish_run(run: Run) -> Result:
     polished = {}
     if run.status in ("completed", "diverged") and run.history:  # (not after Ctrl-C or a failure)
         diverged = run.status == "diverged"
-        threads = _one_thread() if deterministic(run) else None
-        try:
-            polished = polish(run)  # (chaotic as the steps are: one thread where they had one)
-        finally:
-            if threads is not None:
-                dr.set_thread_count(threads)
+        with one_thread(run):  # (chaotic as the steps are: one thread where they had one)
+            polished = polish(run)
         if diverged and lowered_everywhere(polished):
             run.status = "completed"
             warnings.warn(f"optimize(): {problem.name}: the steps did not get better than the "
