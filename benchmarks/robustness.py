@@ -11,10 +11,14 @@ scene's ``invpbr.toml``), then scored against its truth:
   diagonal. Success rate over runs.
 - ``light``: the pose of a rectangle area light (``lamp.to_world``), seen through the
   shading and shadows it casts and, from some cameras, its own outline; scored as a pose.
+- ``shape``: the free vertices of an object (``kind = "shape"``) that starts with
+  random bumps and dents; a run succeeds when its Chamfer distance to the true surface
+  (result.json ``geometry_errors``, normalized by the truth's bounding-box diagonal)
+  ends at most half its start; "worse" when it ends above its start.
 
 Usage::
 
-    python benchmarks/robustness.py --kind camera|pose|light --n 20 --seed 0 [--size 48]
+    python benchmarks/robustness.py --kind camera|pose|light|shape --n 20 --seed 0 [--size 48]
         [--iterations 100] [--spp 8] [--max-cameras 12] [--photo-spp 128] [--repeat | --rerun]
         [--json out.json]
         [--keep DIR] [--set estimate.adam='"motion"' --set optimize.lr_decay=0.01 ...]
@@ -51,6 +55,8 @@ from invpbr.testing.random_scenes import make_random_scene  # noqa: E402
 
 #: Success thresholds (degrees, fraction of the diagonal).
 GOALS = {"camera": (0.3, 0.01), "pose": (0.5, 0.005), "light": (0.5, 0.005)}
+#: ``shape``: success when the Chamfer distance ends at most this fraction of its start.
+SHAPE_GOAL = 0.5
 
 
 def run_scene(folder: Path, out: Path, run_seed: int | None = None,
@@ -141,6 +147,16 @@ def pose_row(result: dict, diagonal: float) -> dict | None:
     return None
 
 
+def shape_row(result: dict) -> dict | None:
+    """A shape's Chamfer distance at the end and at the start, and their ratio."""
+    for key, e in result.get("geometry_errors", {}).items():
+        if "chamfer" in e:
+            start = result["geometry_errors_initial"][key]["chamfer"]
+            return {"key": key, "chamfer": e["chamfer"], "start_chamfer": start,
+                    "ratio": e["chamfer"] / start, "worse": bool(e["chamfer"] > start)}
+    return None
+
+
 def distribution(values) -> str:
     v = np.asarray(values, dtype=float)
     if v.size == 0:
@@ -150,7 +166,7 @@ def distribution(values) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=("camera", "pose", "light"), required=True)
+    parser.add_argument("--kind", choices=("camera", "pose", "light", "shape"), required=True)
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=48)
@@ -180,7 +196,7 @@ def main(argv=None) -> int:
         return 0
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="robustness_"))
-    rot_goal, pos_goal = GOALS[args.kind]
+    rot_goal, pos_goal = GOALS.get(args.kind, (None, None))
     scenes, units, ratios = [], [], []
     total = time.perf_counter()
     for i in range(args.n):
@@ -200,9 +216,12 @@ def main(argv=None) -> int:
             if args.kind == "camera":
                 rows = camera_rows(result, diagonal)
             else:
-                row = pose_row(result, diagonal)
+                row = shape_row(result) if args.kind == "shape" else pose_row(result, diagonal)
                 rows = [row] if row else []
             for row in rows:
+                if args.kind == "shape":
+                    row["ok"] = bool(row["ratio"] <= SHAPE_GOAL)
+                    continue
                 row["ok"] = bool(row["rotation_deg"] <= rot_goal and row["position"] <= pos_goal)
                 if "last_rotation_deg" in row:
                     row["last_ok"] = bool(row["last_rotation_deg"] <= rot_goal
@@ -215,15 +234,21 @@ def main(argv=None) -> int:
             scenes.append(scene)
             if r == 0:
                 units += rows
-            if rows:
+            if rows and args.kind == "shape":
+                finals.append(rows[0]["chamfer"])
+            elif rows:
                 finals.append(max(max(x["rotation_deg"] / rot_goal, x["position"] / pos_goal)
                                   for x in rows))
             ok = sum(x["ok"] for x in rows)
             worse = sum(x["worse"] for x in rows)
+            if args.kind == "shape":
+                errors = (f"Chamfer {rows[0]['start_chamfer']:.4f} -> {rows[0]['chamfer']:.4f}"
+                          if rows else "no Chamfer distance")
+            else:
+                errors = (f"rotation max {max((x['rotation_deg'] for x in rows), default=float('nan')):.3f} deg, "
+                          f"position max {max((x['position'] for x in rows), default=float('nan')):.4f} diag")
             print(f"{args.kind} seed {seed} run {r}: {scene['status']} (exit {code}), "
-                  f"{ok}/{len(rows)} ok, {worse} worse than start, "
-                  f"rotation max {max((x['rotation_deg'] for x in rows), default=float('nan')):.3f} deg, "
-                  f"position max {max((x['position'] for x in rows), default=float('nan')):.4f} diag, "
+                  f"{ok}/{len(rows)} ok, {worse} worse than start, {errors}, "
                   f"{seconds:.0f} s; {info['floor']}, "
                   f"{'+'.join(o['shape'] for o in info['objects'])}, {info['lighting']}, "
                   f"{info['cameras']} cameras", flush=True)
@@ -240,7 +265,6 @@ def main(argv=None) -> int:
 def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
               seconds: float) -> None:
     """Print the success rate, error distributions, statuses and time of ``scenes``."""
-    rot_goal, pos_goal = GOALS[kind]
     units = [row for s in scenes if s["run"] == 0 for row in s["rows"]]
     n_scenes = len({s["seed"] for s in scenes})
     n_units = len(units)
@@ -250,6 +274,17 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
           f"{args['size']}x{args['size']}, spp {args['spp']}, max_depth {args['max_depth']}, "
           f"{args['iterations']} iterations, photos at {args.get('photo_spp', 128)} spp"
           + "".join(f", {x}" for x in args.get("set") or []))
+    if kind == "shape":
+        print(f"success: {ok}/{n_units} runs ({100.0 * ok / max(n_units, 1):.1f} %) end at most "
+              f"{SHAPE_GOAL:g}x their start's Chamfer distance")
+        print(f"worse than start: {sum(u['worse'] for u in units)}/{n_units}")
+        print(f"Chamfer distance (diag of the truth): "
+              f"{distribution([u['chamfer'] for u in units])}; start: "
+              f"{distribution([u['start_chamfer'] for u in units])}")
+        print(f"end / start: {distribution([u['ratio'] for u in units])}")
+        statuses_and_time(scenes, ratios, args, seconds)
+        return
+    rot_goal, pos_goal = GOALS[kind]
     print(f"success: {ok}/{n_units} {what} ({100.0 * ok / max(n_units, 1):.1f} %) within "
           f"{rot_goal} deg and {100 * pos_goal:g} % of the diagonal")
     improved = sum(u["rotation_deg"] < u["start_rotation_deg"]
@@ -280,6 +315,11 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
                            for u in units)
         if undetermined:
             print(f"not determined by the photos (polish): {undetermined}/{n_units}")
+    statuses_and_time(scenes, ratios, args, seconds)
+
+
+def statuses_and_time(scenes: list[dict], ratios: list[float], args: dict,
+                      seconds: float) -> None:
     runs = [s for s in scenes if s["run"] == 0]
     print(f"status: " + ", ".join(f"{k} {sum(s['status'] == k for s in runs)}"
                                   for k in sorted({s['status'] for s in runs}))

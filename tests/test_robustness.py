@@ -61,7 +61,7 @@ def test_random_scene_is_seeded_and_complete(tmp_path, mi):
     assert (tmp_path / "a" / "photos" / photos[0].name).read_bytes() == \
         (tmp_path / "b" / "photos" / photos[0].name).read_bytes()
     with pytest.raises(ValueError, match="kind"):
-        make_random_scene(tmp_path / "c", "shape", 0)
+        make_random_scene(tmp_path / "c", "texture", 0)
 
 
 def test_random_light_scene_moves_only_its_lamp(tmp_path, mi):
@@ -88,6 +88,42 @@ def test_random_light_scene_moves_only_its_lamp(tmp_path, mi):
     assert angle == pytest.approx(info["perturbation"]["rotation_deg"], rel=1e-3)
     moved = np.linalg.norm(start[:3, 3] - true[:3, 3]) / info["diagonal"]
     assert moved == pytest.approx(info["perturbation"]["translation"], rel=1e-3)
+
+
+def test_random_shape_scene_starts_from_a_dented_copy_of_its_object(tmp_path, mi):
+    """``kind = "shape"``: scene.xml differs from truth.xml only in the estimated object's
+    mesh file; the start mesh has the truth's faces, its vertices moved along their rays
+    from the object's centre by bumps of 4-10 % of the radius, and the run's Chamfer
+    distance at the start is what those bumps make of it (not zero, not a wholly other
+    shape)."""
+    from invpbr.problem.folder import load_problem
+    from invpbr.testing.random_scenes import SHAPE_PERTURBATION, dented
+
+    info = _tiny_scene(tmp_path, "shape", 4)
+    assert 'kind = "shape"\nkey = "obj0.vertex_positions"' in (tmp_path / "invpbr.toml").read_text()
+    scene, truth = ((tmp_path / n).read_text() for n in ("scene.xml", "truth.xml"))
+    assert scene.replace("meshes/obj0_start.ply", "meshes/obj0.ply") == truth
+    assert "obj0_start.ply" in scene and info["objects"][0]["shape"] == "blob"
+    problem = load_problem(tmp_path)
+    start = np.array(problem.params["obj0.vertex_positions"]).reshape(-1, 3)
+    shape = problem.estimates[0]
+    assert shape.kind == "shape"
+    chamfer = shape.errors(start.ravel(), problem)[1]["chamfer"]
+    assert 0.002 < chamfer < 0.05, chamfer
+    # dented(): radial, the heights drawn, bumps where the draws put them
+    v = np.random.default_rng(0).normal(size=(500, 3))
+    moved = dented(v, np.random.default_rng(1), SHAPE_PERTURBATION)
+    ratio = np.linalg.norm(moved, axis=1) / np.linalg.norm(v, axis=1)
+    assert np.allclose(np.cross(moved, v), 0, atol=1e-9)
+    assert 1 - 3 * SHAPE_PERTURBATION[1] <= ratio.min() and ratio.max() <= 1 + 3 * SHAPE_PERTURBATION[1]
+    assert np.abs(ratio - 1).max() >= SHAPE_PERTURBATION[0] * 0.9
+
+
+def _tiny_scene(folder, kind: str, seed: int) -> dict:
+    """A tiny random scene of ``kind`` (16x16, 8-spp photos)."""
+    from invpbr.testing.random_scenes import make_random_scene
+
+    return make_random_scene(folder, kind, seed, size=16, photo_spp=8)
 
 
 def _derivative_error(folder, view_id: str, component: int, hide: bool) -> float:

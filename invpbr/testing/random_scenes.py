@@ -18,6 +18,11 @@ seen by 3 to 12 cameras at random positions around the objects.
   and a dim sky) that starts rotated and moved as a pose does (about its centre); its
   pose (``lamp.to_world``) is estimated from the shading and the shadows it casts; the
   cameras are exact (some may see the light itself).
+- ``kind = "shape"``: one asymmetric mesh object's free vertices (``kind = "shape"``)
+  start from the true mesh with 3 random smooth bumps and dents, each 4-10 % of the
+  object's radius high, pushed along the rays from its centre (``meshes/obj0_start.ply``; the
+  truth is ``meshes/obj0.ply``); the cameras are exact and frame that object (as an
+  object is photographed to be reconstructed), other objects and the floor around it.
 
 ``truth.json`` records what was drawn. Nothing here is imported by the library.
 """
@@ -32,11 +37,13 @@ import numpy as np
 
 from . import procedural
 
-KINDS = ("camera", "pose", "light")
+KINDS = ("camera", "pose", "light", "shape")
 
 #: Ranges of the starting errors (degrees, fraction of the scene diagonal).
 CAMERA_PERTURBATION = {"rotation_deg": (0.5, 3.0), "translation": (0.005, 0.03)}
 POSE_PERTURBATION = {"rotation_deg": (1.0, 6.0), "translation": (0.01, 0.04)}
+#: Height of each of the start shape's 3 bumps (or dents), a fraction of the object's radius.
+SHAPE_PERTURBATION = (0.04, 0.10)
 
 
 def _fmt(values) -> str:
@@ -107,9 +114,10 @@ def _bsdf(rng: np.random.Generator, folder: Path, name: str, textured: bool) -> 
 
 
 def _object(rng: np.random.Generator, folder: Path, index: int, shape: str, position,
-            radius: float, bsdf: str) -> tuple[str, np.ndarray]:
+            radius: float, bsdf: str, start_shape: bool = False) -> tuple[str, np.ndarray]:
     """One object's XML (without its to_world for meshes, which are written in place)
-    and the to_world matrix."""
+    and the to_world matrix. ``start_shape`` (a blob): also writes the mesh a shape
+    estimate starts from (:func:`dented`) as ``meshes/obj<index>_start.ply``."""
     sid = f"obj{index}"
     turn = _rotation(rng.normal(size=3), rng.uniform(0, 180))
     if shape in ("blob", "icosphere"):
@@ -121,6 +129,9 @@ def _object(rng: np.random.Generator, folder: Path, index: int, shape: str, posi
             v, f = procedural.icosphere(3)
         v = v / np.abs(v).max()
         procedural.write_ply(folder / "meshes" / f"{sid}.ply", v.astype(np.float32), f)
+        if start_shape:
+            procedural.write_ply(folder / "meshes" / f"{sid}_start.ply",
+                                 dented(v, rng, SHAPE_PERTURBATION).astype(np.float32), f)
         m = _on_floor(_affine(radius * turn, position), v)
         return (f'<shape type="ply" id="{sid}"><string name="filename" value="meshes/{sid}.ply"/>'
                 f'{{transform}}{bsdf}</shape>'), m
@@ -140,6 +151,46 @@ def _object(rng: np.random.Generator, folder: Path, index: int, shape: str, posi
     two_sided = shape == "disk"
     inner = f'<bsdf type="twosided">{bsdf}</bsdf>' if two_sided else bsdf
     return f'<shape type="{shape}" id="{sid}">{{transform}}{inner}</shape>', m
+
+
+def dented(vertices: np.ndarray, rng: np.random.Generator, amplitude: tuple[float, float],
+           lobes: int = 3) -> np.ndarray:
+    """``vertices`` of a mesh that is star-shaped about the origin (a blob), each moved
+    along its ray from the origin by ``lobes`` smooth random bumps and dents (heights
+    drawn from ``amplitude``, fractions of the vertex's distance): the same faces,
+    no fold."""
+    v = np.asarray(vertices, dtype=np.float64)
+    directions = rng.normal(size=(lobes, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    heights = rng.uniform(*amplitude, size=lobes) * rng.choice([-1.0, 1.0], size=lobes)
+    cosines = (v / np.linalg.norm(v, axis=1, keepdims=True)) @ directions.T
+    return v * (1.0 + (heights * np.exp(4.0 * (cosines - 1.0))).sum(axis=1))[:, None]
+
+
+def _objects(rng: np.random.Generator, folder: Path, kind: str, extent: float,
+             info: dict) -> tuple[list[str], list[np.ndarray], list[float]]:
+    """1 to 3 random objects (object 0 at the centre; a blob where its pose or shape is
+    estimated): their XML, to_world matrices and radii; each one's description is
+    appended to ``info["objects"]``."""
+    n_objects = int(rng.integers(1, 4))
+    choices = ["blob", "icosphere", "sphere", "cube", "disk"]
+    objects, matrices, radii = [], [], []
+    for i in range(n_objects):
+        shape = "blob" if (kind in ("pose", "shape") and i == 0) else str(rng.choice(choices))
+        radius = rng.uniform(0.3, 0.6)
+        angle = rng.uniform(0, 2 * np.pi)
+        r = 0.0 if i == 0 else rng.uniform(0.6, 0.9) * extent
+        lift = 0.0 if rng.uniform() < 0.6 else radius * rng.uniform(0.1, 0.8)  # on / above
+        position = np.array([r * math.cos(angle), lift, r * math.sin(angle)])
+        bsdf, what = _bsdf(rng, folder, f"obj{i}", textured=rng.uniform() < 0.3)
+        xml, m = _object(rng, folder, i, shape, position, radius, bsdf,
+                         start_shape=kind == "shape" and i == 0)
+        objects.append(xml)
+        matrices.append(m)
+        radii.append(float(radius))
+        info["objects"].append({"shape": shape, "material": what,
+                                "resting": bool(lift == 0.0)})
+    return objects, matrices, radii
 
 
 def _on_floor(m: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -240,7 +291,7 @@ def _floor(rng: np.random.Generator, folder: Path, extent: float) -> tuple[str, 
 def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth: int = 2,
                       spp: int = 8, iterations: int = 100, photo_spp: int = 128,
                       n_cameras: tuple[int, int] | None = None) -> dict:
-    """Write a random scene folder of ``kind`` ("camera", "pose" or "light") drawn from
+    """Write a random scene folder of ``kind`` ("camera", "pose", "light" or "shape") drawn from
     ``seed``.
 
     Args:
@@ -250,8 +301,8 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         size: photo width and height, pixels.
         max_depth, spp, iterations: written into ``invpbr.toml`` ([render], [optimize]).
         photo_spp: samples per pixel of the photos.
-        n_cameras: (low, high) number of cameras (default 3-12 for cameras, 3-6 for poses
-            and lights).
+        n_cameras: (low, high) number of cameras (default 3-12 for cameras, 3-6 for poses,
+            lights and shapes).
 
     Returns:
         What was drawn (also written to ``truth.json``).
@@ -268,25 +319,9 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
 
     floor, info["floor"] = _floor(rng, folder, extent)
 
-    # objects
-    n_objects = int(rng.integers(1, 4))
-    choices = ["blob", "icosphere", "sphere", "cube", "disk"]
-    objects, matrices, pose_index = [], [], None
-    for i in range(n_objects):
-        shape = "blob" if (kind == "pose" and i == 0) else str(rng.choice(choices))
-        radius = rng.uniform(0.3, 0.6)
-        angle = rng.uniform(0, 2 * np.pi)
-        r = 0.0 if i == 0 else rng.uniform(0.6, 0.9) * extent
-        lift = 0.0 if rng.uniform() < 0.6 else radius * rng.uniform(0.1, 0.8)  # on / above
-        position = np.array([r * math.cos(angle), lift, r * math.sin(angle)])
-        bsdf, what = _bsdf(rng, folder, f"obj{i}", textured=rng.uniform() < 0.3)
-        xml, m = _object(rng, folder, i, shape, position, radius, bsdf)
-        objects.append(xml)
-        matrices.append(m)
-        info["objects"].append({"shape": shape, "material": what,
-                                "resting": bool(lift == 0.0)})
-        if kind == "pose" and i == 0:
-            pose_index = i
+    objects, matrices, radii = _objects(rng, folder, kind, extent, info)
+    # object 0 is a blob whose pose or shape is estimated (kinds "pose", "shape")
+    pose_index = 0 if kind in ("pose", "shape") else None
     if kind == "light":  # the lamp is written by body(), moved to its start in scene.xml
         lamp, power = _lamp(rng, extent)
         lights, info["lighting"] = SKY, "area (estimated)"
@@ -295,7 +330,10 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
     low, high = n_cameras or ((3, 12) if kind == "camera" else (3, 6))
     n_cams = int(rng.integers(low, high + 1))
     info["cameras"] = n_cams
-    cameras = _cameras(rng, n_cams, (0, 0.4, 0), 1.8 * extent + 1.2, size)
+    if kind == "shape":  # framing the object: about half the photo's width
+        cameras = _cameras(rng, n_cams, matrices[0][:3, 3], 3.6 * radii[0] + 0.2, size)
+    else:
+        cameras = _cameras(rng, n_cams, (0, 0.4, 0), 1.8 * extent + 1.2, size)
 
     def body(with_sensors: bool, start: np.ndarray | None) -> str:
         parts = [f'<integrator type="path"><integer name="max_depth" value="{max_depth}"/>'
@@ -326,6 +364,14 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         info["perturbation"] = {"rotation_deg": rotation, "translation": translation}
         estimate = '[cameras]\nfile = "transforms.json"\ntruth = "transforms_truth.json"\n\n' \
                    '[[estimate]]\nkind = "camera"\nkey = "*"\n'
+    elif kind == "shape":
+        made = simulate_capture(folder, spp=photo_spp, format="png", noise=0.01,
+                                seed=int(seed), write_cameras=False)
+        diagonal = made["scene_diagonal"]
+        (folder / "scene.xml").write_text(body(True, None).replace(
+            f'value="meshes/obj{pose_index}.ply"', f'value="meshes/obj{pose_index}_start.ply"'))
+        info["perturbation"] = {"bumps": list(SHAPE_PERTURBATION)}
+        estimate = f'[[estimate]]\nkind = "shape"\nkey = "obj{pose_index}.vertex_positions"\n'
     else:
         made = simulate_capture(folder, spp=photo_spp, format="png", noise=0.01,
                                 seed=int(seed), write_cameras=False)
@@ -349,7 +395,7 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         f"[render]\nspp = {spp}\nmax_depth = {max_depth}\n"
         # as the shipped object_pose scene: silhouettes and shading carry a pose here;
         # the octree guiding for shadow edges (the default) made a 24x24 run take 10+ min
-        + ('guiding = "none"\n' if kind in ("pose", "light") else "") + f"\n{estimate}\n"
+        + ('guiding = "none"\n' if kind in ("pose", "light", "shape") else "") + f"\n{estimate}\n"
         f"[optimize]\niterations = {iterations}\n")
     (folder / "truth.json").write_text(json.dumps(info, indent=1))
     return info
