@@ -240,8 +240,8 @@ class OptimizeConfig:
     """Learning rates at the last step, as a fraction of their start: constant
     for the first half of the run, then shrinking geometrically (1: constant
     throughout). Below 1, an estimate that wanders with Monte Carlo noise
-    around the answer settles. Not set: 0.1 when cameras or poses are
-    estimated or a ``[field]`` is fitted, else 1."""
+    around the answer settles. Not set: 0.1 when cameras, poses or free shapes
+    are estimated or a ``[field]`` is fitted, else 1."""
     loss: Loss = "l1"
     """Image loss: ``l1``, ``l2``, ``relative_l2`` or ``cauchy`` (robust:
     ``log(1 + (r / loss_scale)^2)``, pixels far off the render, such as

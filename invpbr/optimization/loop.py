@@ -136,6 +136,8 @@ class Run:
     elapsed: float = 0.0
     # what the report shows (see :mod:`.records`)
     start_renders: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the latents at the start (references: the optimizer never changes them in place)
+    start_state: dict | None = None
     gradient_images: list = field(default_factory=list)
     trajectory: records.Trajectory | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -196,6 +198,7 @@ def start_run(problem, iterations: int | None = None) -> Run:
     run.trajectory = records.Trajectory(problem, estimates)
     run.latents = context.latents = Latents(problem, estimates, iterations, lr=cfg.optimize.lr,
                                             half=cfg.optimize.precision == "half")
+    run.start_state = run.latents.snapshot()
     if frozen:
         # (dr.freeze reads the step's closure, latents included, so only now.) A
         # coarse-to-fine stage changes the size of a texture: each stage (and each spp
@@ -461,6 +464,45 @@ def final_renders(run: Run) -> dict[str, np.ndarray]:
     return renders
 
 
+#: A run that moves edges ends worse than its start when the loss of its final renders
+#: is this much (relative) above that of the start's renders (the same samples).
+WORSE_THAN_START = 0.01
+
+
+def render_loss(run: Run, renders: dict[str, np.ndarray]) -> float:
+    """Mean over the fitted views of the mean absolute (``[optimize] loss = "l2"``:
+    squared) difference between ``renders`` and the photos, on their unmasked pixels."""
+    square = run.problem.config.optimize.loss == "l2"
+    losses = []
+    for v in run.context.fit:
+        view = run.problem.views[v]
+        diff = np.asarray(renders[view.id], np.float64)[..., :3] - view.photo[..., :3]
+        diff = diff[view.mask] if view.mask is not None else diff.reshape(-1, 3)
+        losses.append(float(np.mean(diff * diff if square else np.abs(diff))))
+    return float(np.mean(losses))
+
+
+def back_to_start(run: Run) -> None:
+    """A run that moves edges and whose estimates render worse than its start (the final
+    renders' loss more than ``WORSE_THAN_START`` above the start renders', both at
+    ``spp_final`` with the same seed) is put back to its start, ``"diverged"``, with a
+    warning. The watch's smoothed losses miss a run that got worse within their noise
+    (a free shape from 3 views, robustness benchmark seed 107: its loss rose 3 % in the
+    first 5 steps and stayed there, while its Chamfer distance doubled)."""
+    if run.start_state is None or run.resumed_from is not None or not run.start_renders:
+        return
+    start = render_loss(run, run.start_renders)
+    end = render_loss(run, final_renders(run))
+    if not end > start * (1.0 + WORSE_THAN_START):
+        return
+    run.latents.restore(run.start_state)
+    run.latents.write_scene()
+    run.status = "diverged"
+    warnings.warn(f"optimize(): {run.problem.name}: diverged: the estimates render worse than "
+                  f"the start (loss {end:.4g} against {start:.4g}, {run.problem.config.render.spp_final} "
+                  "spp, the same samples); the start is returned", stacklevel=3)
+
+
 def finish_run(run: Run) -> Result:
     """The :class:`Result` of a run whose steps are done."""
     import drjit as dr
@@ -483,6 +525,8 @@ def finish_run(run: Run) -> Result:
                           "start, but the Gauss-Newton polish after them lowered the loss of "
                           "every pose and camera (result.json: polished); status: completed",
                           stacklevel=2)
+        if run.watch is not None and run.watch.active:
+            back_to_start(run)
     latents.finish()
     estimates = latents.values()
     latents.release()
