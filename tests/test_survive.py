@@ -485,3 +485,23 @@ def test_the_watch_of_a_run_that_moves_edges_is_in_its_checkpoint(scene, tmp_pat
     still = start_run(load(scene, tmp_path / "material", TOML), 4)
     run_steps(still, None, False)
     assert not still.watch.active and not still.watch.recent and still.watch.best is None
+
+
+def test_a_run_left_unfinished_does_not_break_the_next_runs_gradient_images(scene, tmp_path):
+    """A run whose steps were taken but that was never finished (``finish_run`` releases
+    the latents' AD graph) leaves that graph to Python's cycle collector; until it runs,
+    the next run's forward-mode gradient images at its start failed with Dr.Jit's
+    "ad_traverse(): tried to forward-propagate derivatives across edge ... outside of the
+    current dr.isolate_grad() scope" (seen when this file's tests ran before
+    test_geometry_recovery's shape). ``start_run`` collects garbage first."""
+    from invpbr.optimization.loop import run_steps, start_run
+    from invpbr.problem.folder import load_problem
+
+    run = start_run(load(scene, tmp_path / "pose", POSE_TOML), 4)
+    run_steps(run, None, False)
+    still = start_run(load(scene, tmp_path / "material", TOML), 2)
+    run_steps(still, None, False)
+    del run, still
+    shape = Path(__file__).resolve().parents[1] / "scenes" / "shape_reconstruction"
+    start = start_run(load_problem(shape), 2)  # renders its start's gradient images
+    assert start.gradient_images

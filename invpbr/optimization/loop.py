@@ -167,6 +167,11 @@ def start_run(problem, iterations: int | None = None) -> Run:
         raise ValueError(f"optimize(): {problem.name}: nothing to estimate (no [[estimate]] table)")
     if not problem.views:
         raise ValueError(f"optimize(): {problem.name}: no photos")
+    # An earlier run left unfinished (its steps taken, never finish_run, which releases
+    # the latents' AD graph) keeps that graph until the cycle collector frees it; until
+    # then this run's forward-mode gradient images failed in Dr.Jit's ad_traverse()
+    # ("... outside of the current dr.isolate_grad() scope"). Collect it now.
+    gc.collect()
     cfg = problem.config
     iterations = cfg.optimize.iterations if iterations is None else int(iterations)
     fit = [i for i, v in enumerate(problem.views) if not v.held_out]
