@@ -362,12 +362,16 @@ def test_run_that_renders_worse_than_its_start_is_put_back(monkeypatch):
     assert loop.render_loss(make_run(0.2), make_run(0.2).start_renders) == pytest.approx(0.1)
     run = make_run(0.2)
     with pytest.warns(UserWarning, match="render worse than the start"):
-        loop.back_to_start(run)
+        assert loop.back_to_start(run) is None  # (finish_run renders the start again)
     assert run.status == "diverged" and run.latents.calls[0] == ("restore", {"x": 1})
     for end, resumed_from in ((0.1005, None), (0.2, 30)):
         quiet = make_run(end, resumed_from)
-        loop.back_to_start(quiet)
+        kept = loop.back_to_start(quiet)
         assert quiet.status == "completed" and quiet.latents.calls == []
+        # the final renders come back for finish_run to reuse; a resumed run has none
+        assert (kept is None) == (resumed_from is not None)
+        if kept is not None:
+            assert kept["v0"][0, 0, 0] == end
 
 
 def test_retired_reparam_integrator_is_refused_with_the_reason():
@@ -590,10 +594,12 @@ def test_average_is_validated():
     assert config.estimate[0].average == 0.25
 
 
-def test_polish_alone_brings_cameras_from_their_start_to_the_goal(tmp_path, mi):
+def test_polish_alone_brings_cameras_from_their_start_to_the_goal(tmp_path, mi, monkeypatch):
     """The Gauss-Newton polish (invpbr/optimization/polish.py) after a single Adam step:
     cameras 1.6 degrees and 0.9 % of the diagonal off end within the issue's goal, and
-    result.json's ``polished`` gives each camera a standard deviation."""
+    result.json's ``polished`` gives each camera a standard deviation. The final renders
+    of the check against the start are the result's (rendered once, not twice)."""
+    from invpbr.optimization import loop
     from invpbr.optimization.loop import optimize
     from invpbr.problem.folder import load_problem
     from invpbr.testing.random_scenes import make_random_scene
@@ -601,7 +607,15 @@ def test_polish_alone_brings_cameras_from_their_start_to_the_goal(tmp_path, mi):
     folder = tmp_path / "scene"
     info = make_random_scene(folder, "camera", 102, size=24, n_cameras=(3, 3), spp=8,
                              iterations=1, photo_spp=64)
+    rendered, checked = [], []
+    final_renders, back_to_start = loop.final_renders, loop.back_to_start
+    monkeypatch.setattr(loop, "final_renders", lambda run: rendered.append(final_renders(run))
+                        or rendered[-1])
+    monkeypatch.setattr(loop, "back_to_start", lambda run: checked.append(back_to_start(run))
+                        or checked[-1])
     result = optimize(load_problem(folder), iterations=1, progress=False)
+    assert len(checked) == 1 and checked[0] is not None and len(rendered) == 1
+    assert result.renders is rendered[0]
     start = result.camera_errors_initial
     report = result.polished["cameras"]
     assert set(report["motions"]) == set(start)

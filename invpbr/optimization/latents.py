@@ -314,13 +314,15 @@ class Latents:
         beyond its arguments."""
         return tuple(sorted((e.key, e.current_stage()) for e in self.estimates))
 
-    def finish(self) -> None:
-        """Bring every estimate to its final stage, also when the run stopped early."""
+    def finish(self) -> bool:
+        """Bring every estimate to its final stage, also when the run stopped early;
+        whether that changed the scene."""
         changed = False
         for e in self.estimates:
             changed |= bool(e.finish(self))
         if changed:
             self.write_scene()
+        return changed
 
     # -- results -----------------------------------------------------------------------------
 

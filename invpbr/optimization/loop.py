@@ -487,25 +487,30 @@ def render_loss(run: Run, renders: dict[str, np.ndarray]) -> float:
     return float(np.mean(losses))
 
 
-def back_to_start(run: Run) -> None:
+def back_to_start(run: Run) -> dict[str, np.ndarray] | None:
     """A run that moves edges and whose estimates render worse than its start (the final
     renders' loss more than ``WORSE_THAN_START`` above the start renders', both at
     ``spp_final`` with the same seed) is put back to its start, ``"diverged"``, with a
     warning. The watch's smoothed losses miss a run that got worse within their noise
     (a free shape from 3 views, robustness benchmark seed 107: its loss rose 3 % in the
-    first 5 steps and stayed there, while its Chamfer distance doubled)."""
+    first 5 steps and stayed there, while its Chamfer distance doubled).
+
+    Returns the final renders where the estimates are kept (:func:`finish_run` reuses
+    them), None where the check did not run or the start was put back."""
     if run.start_state is None or run.resumed_from is not None or not run.start_renders:
-        return
+        return None
     start = render_loss(run, run.start_renders)
-    end = render_loss(run, final_renders(run))
+    renders = final_renders(run)
+    end = render_loss(run, renders)
     if not end > start * (1.0 + WORSE_THAN_START):
-        return
+        return renders
     run.latents.restore(run.start_state)
     run.latents.write_scene()
     run.status = "diverged"
     warnings.warn(f"optimize(): {run.problem.name}: diverged: the estimates render worse than "
                   f"the start (loss {end:.4g} against {start:.4g}, {run.problem.config.render.spp_final} "
                   "spp, the same samples); the start is returned", stacklevel=3)
+    return None
 
 
 def finish_run(run: Run) -> Result:
@@ -519,7 +524,7 @@ def finish_run(run: Run) -> Result:
     if run.watch is not None and run.status == "completed":
         run.watch.finish(run)  # the best state seen where the end is clearly worse
     averaged = averaged_report(run, last)
-    polished = {}
+    polished, renders = {}, None
     if run.status in ("completed", "diverged") and run.history:  # (not after Ctrl-C or a failure)
         diverged = run.status == "diverged"
         with one_thread(run):  # (chaotic as the steps are: one thread where they had one)
@@ -531,8 +536,9 @@ def finish_run(run: Run) -> Result:
                           "every pose and camera (result.json: polished); status: completed",
                           stacklevel=2)
         if run.watch is not None and run.watch.active:
-            back_to_start(run)
-    latents.finish()
+            renders = back_to_start(run)  # (the final renders, where nothing changes after it)
+    if latents.finish():
+        renders = None
     estimates = latents.values()
     latents.release()
     fields: dict[str, Any] = {}
@@ -545,7 +551,8 @@ def finish_run(run: Run) -> Result:
     field_notes = list(fields.pop("notes", []))  # (an estimate's notes: NaN, occupancy, ...)
     errors, extra = errors_against_truth(problem, run.estimates, estimates)
     initial_errors, extra_initial = errors_against_truth(problem, run.estimates, run.initial)
-    renders = final_renders(run)
+    if renders is None:
+        renders = final_renders(run)
     after = evaluate.evaluation_renders(problem, run.integrator, renders=renders)
     held_out = [v for v in problem.views if v.held_out]
     batched = getattr(run.strategy, "batched", False)
