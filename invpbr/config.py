@@ -86,6 +86,7 @@ RETIRED_INTEGRATORS = {
 Loss = Literal["l1", "l2", "relative_l2", "cauchy"]
 Gradient = Literal["auto", "ad", "fd"]
 Gain = Literal["none", "exposure", "rgb"]
+Clipped = Literal["bound", "mask"]
 Precision = Literal["single", "half"]
 Guiding = Literal["none", "grid", "octree"]
 Space = Literal["auto", "linear", "log"]
@@ -305,8 +306,15 @@ class PhotosConfig:
     """Resize photos whose size differs from their sensor's film (with a
     warning) instead of stopping with an error."""
     saturation: NonNegative = 0.98
-    """Pixels of PNG/JPEG photos with a channel at or above this linear value
-    are clipped by the camera and left out of the loss (0: keep them)."""
+    """Channels of PNG/JPEG photos at or above this linear value are clipped by
+    the camera (0: none are): see ``clipped``."""
+    clipped: Clipped = "bound"
+    """How the loss of scene estimates counts clipped channels: ``bound`` says the
+    scene is at least as bright as the photo there (a render darker there is
+    penalized, a brighter one is not); ``mask`` leaves their pixels out (also
+    what radiance fields and reconstructions do). Leaving them out keeps only
+    the pixels whose noise stayed below the clip, darker than the truth on
+    average: cameras in bright noisy regions drift toward darker views."""
     gain: Gain = "none"
     """Per-photo gain estimated with the scene, for photos whose exposure and
     white balance differ: ``none``, ``exposure`` (one factor per photo) or

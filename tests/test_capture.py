@@ -247,6 +247,13 @@ def test_saturated_pixels_of_8bit_photos_are_masked(capture, mi):
         else:
             np.testing.assert_array_equal(view.mask, ~clipped)
             masked += 1
+            # the clipped channels are kept: [photos] clipped = "bound" (the default) counts
+            # their pixels again, with the photo's value as the renders' ceiling there
+            np.testing.assert_array_equal(view.clipped, view.photo >= 0.98)
+            mask, ceiling = view.loss_pixels(problem.config.photos.clipped == "bound")
+            assert mask is None
+            np.testing.assert_array_equal(ceiling, np.where(view.clipped, view.photo, np.inf))
+            assert view.loss_pixels(False) == (view.mask, None)
     assert masked >= 3  # the shipped JPEGs have clipped highlights
 
     text = (capture / "invpbr.toml").read_text()

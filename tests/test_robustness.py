@@ -333,7 +333,9 @@ def test_run_that_renders_worse_than_its_start_is_put_back(monkeypatch):
     photos = [np.zeros((4, 5, 3)), np.zeros((4, 5, 3))]
     mask = np.ones((4, 5), bool)
     mask[0, 0] = False  # a clipped pixel: left out on both sides
-    views = [SimpleNamespace(id=f"v{i}", photo=photos[i], mask=mask if i else None)
+    from invpbr.problem.folder import View
+
+    views = [View(index=i, id=f"v{i}", photo_path=None, photo=photos[i], mask=mask if i else None)
              for i in range(2)]
 
     class Latents:
@@ -348,6 +350,7 @@ def test_run_that_renders_worse_than_its_start_is_put_back(monkeypatch):
 
     def make_run(end_value, resumed_from=None):
         config = SimpleNamespace(optimize=SimpleNamespace(loss="l1"),
+                                 photos=SimpleNamespace(clipped="bound"),
                                  render=SimpleNamespace(spp_final=64))
         start = {v.id: np.full((4, 5, 3), 0.1) for v in views}
         start["v1"][0, 0] = 50.0  # masked: does not count

@@ -478,11 +478,14 @@ def render_loss(run: Run, renders: dict[str, np.ndarray]) -> float:
     """Mean over the fitted views of the mean absolute (``[optimize] loss = "l2"``:
     squared) difference between ``renders`` and the photos, on their unmasked pixels."""
     square = run.problem.config.optimize.loss == "l2"
+    bound = run.problem.config.photos.clipped == "bound"
     losses = []
     for v in run.context.fit:
         view = run.problem.views[v]
-        diff = np.asarray(renders[view.id], np.float64)[..., :3] - view.photo[..., :3]
-        diff = diff[view.mask] if view.mask is not None else diff.reshape(-1, 3)
+        mask, ceiling = view.loss_pixels(bound)
+        render = np.asarray(renders[view.id], np.float64)[..., :3]
+        diff = (render if ceiling is None else np.minimum(render, ceiling)) - view.photo[..., :3]
+        diff = diff[mask] if mask is not None else diff.reshape(-1, 3)
         losses.append(float(np.mean(diff * diff if square else np.abs(diff))))
     return float(np.mean(losses))
 

@@ -208,8 +208,10 @@ class Renderer:
         self.spp = spp
         self.per_view = any(e.per_view for e in run.estimates)
         self.photos = {v: views[v].photo[..., :3].astype(np.float64) for v in run.context.fit}
-        self.masks = {v: None if views[v].mask is None else views[v].mask.astype(bool)
-                      for v in run.context.fit}
+        bound = run.problem.config.photos.clipped == "bound"
+        pixels = {v: views[v].loss_pixels(bound) for v in run.context.fit}
+        self.masks = {v: None if m is None else m.astype(bool) for v, (m, _) in pixels.items()}
+        self.ceilings = {v: c for v, (_, c) in pixels.items()}  # (see View.loss_pixels)
 
     def set(self, values: dict[str, np.ndarray]) -> None:
         import mitsuba as mi
@@ -233,7 +235,10 @@ class Renderer:
                     run.latents.write_scene(run.problem.views[v].index)
                 s = dr.opaque(mi.UInt32, (seed * 7919 + v) % (2**31))
                 image = run.latents.apply_to_image(run.context.render_view(v, self.spp, s), v)
-                out[v] = self.photos[v] - np.array(image, dtype=np.float64)[..., :3]
+                image = np.array(image, dtype=np.float64)[..., :3]
+                if self.ceilings[v] is not None:
+                    image = np.minimum(image, self.ceilings[v])
+                out[v] = self.photos[v] - image
         return out
 
     def flat(self, residuals: dict, views: list[int], blur: float = 0.0) -> np.ndarray:

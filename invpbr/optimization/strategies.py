@@ -57,6 +57,7 @@ class StepContext:
     per_step: int
     photos: list = field(default_factory=list)
     weights: list = field(default_factory=list)
+    ceilings: list = field(default_factory=list)
     view_integrators: dict = field(default_factory=dict)
 
     @property
@@ -64,13 +65,27 @@ class StepContext:
         return self.problem.config.render
 
     def load_photos(self) -> None:
-        """Every view's photo and mask as Dr.Jit tensors (views indexed as in the problem)."""
+        """Every view's photo, mask and ceiling (:meth:`View.loss_pixels
+        <invpbr.problem.folder.View.loss_pixels>`) as Dr.Jit tensors (views indexed as
+        in the problem)."""
         import mitsuba as mi
 
+        bound = self.problem.config.photos.clipped == "bound"
+        pixels = [v.loss_pixels(bound) for v in self.problem.views]
         self.photos = [mi.TensorXf(v.photo) for v in self.problem.views]
-        self.weights = [None if v.mask is None
-                        else mi.TensorXf(v.mask[..., None].astype(np.float32))
-                        for v in self.problem.views]
+        self.weights = [None if mask is None else mi.TensorXf(mask[..., None].astype(np.float32))
+                        for mask, _ in pixels]
+        self.ceilings = [None if ceiling is None else mi.TensorXf(ceiling)
+                         for _, ceiling in pixels]
+
+    def seen(self, image, v: int):
+        """``image`` of view number ``v`` as its photo saw it: gains, and no brighter than
+        the photo's clipped channels (where the ceiling counts them)."""
+        import drjit as dr
+
+        image = self.latents.apply_to_image(image, v)
+        ceiling = self.ceilings[v] if self.ceilings else None
+        return image if ceiling is None else dr.minimum(image, ceiling)
 
     def render_view(self, v: int, spp: int, seed):
         return render_view(self.problem.scene, self.problem.params,
@@ -80,8 +95,7 @@ class StepContext:
 
     def view_loss(self, image, v: int, n: int):
         """The loss of view number ``v``'s ``image`` (as its photo saw it), over ``n`` views."""
-        return self.loss_fn(self.latents.apply_to_image(image, v), self.photos[v],
-                            self.weights[v]) / n
+        return self.loss_fn(self.seen(image, v), self.photos[v], self.weights[v]) / n
 
 
 class Strategy:
@@ -109,7 +123,7 @@ class Strategy:
         Mitsuba objects, in PyTrees), for ``dr.freeze`` to traverse."""
         c = self.context
         return {"problem": c.problem, "integrator": c.integrator, "photos": c.photos,
-                "weights": c.weights}
+                "weights": c.weights, "ceilings": c.ceilings}
 
 
 class AllViews(Strategy):
@@ -161,14 +175,18 @@ class Slots(Strategy):
         self.position = {v: i for i, v in enumerate(context.fit)}
         self.image_shape = views[context.fit[0]].photo.shape
         self.photos = mi.Float(np.concatenate([views[v].photo.ravel() for v in context.fit]))
-        masks = [views[v].mask for v in context.fit]
-        self.weights = None if all(m is None for m in masks) else mi.Float(np.concatenate(
+        bound = context.problem.config.photos.clipped == "bound"
+        pixels = [views[v].loss_pixels(bound) for v in context.fit]
+        self.weights = None if all(m is None for m, _ in pixels) else mi.Float(np.concatenate(
             [np.ones(self.image_shape[:2], np.float32).ravel() if m is None
-             else m.astype(np.float32).ravel() for m in masks]))
+             else m.astype(np.float32).ravel() for m, _ in pixels]))
+        self.ceilings = None if all(c is None for _, c in pixels) else mi.Float(np.concatenate(
+            [np.full(self.image_shape, np.inf, np.float32).ravel() if c is None
+             else c.ravel() for _, c in pixels]))
 
     def frozen_inputs(self):
         return super().frozen_inputs() | {"sensor": self.slots.sensor, "photos": self.photos,
-                                          "weights": self.weights}
+                                          "weights": self.weights, "ceilings": self.ceilings}
 
     def inputs(self, chosen):
         import mitsuba as mi
@@ -193,6 +211,10 @@ class Slots(Strategy):
                                           + dr.arange(mi.UInt32, h * w * ch)), (h, w, ch))
             weight = None if self.weights is None else mi.TensorXf(dr.gather(
                 mi.Float, self.weights, v * (h * w) + dr.arange(mi.UInt32, h * w)), (h, w, 1))
+            if self.ceilings is not None:  # (see View.loss_pixels)
+                image = dr.minimum(image, mi.TensorXf(dr.gather(
+                    mi.Float, self.ceilings, v * (h * w * ch) + dr.arange(mi.UInt32, h * w * ch)),
+                    (h, w, ch)))
             total = total + c.loss_fn(image, photo, weight) / self.slots.k
         c.latents.backward(total)
         return dr.detach(total)
@@ -247,7 +269,7 @@ class FiniteDifferences(Strategy):
         total = mi.Float(0.0)
         self.image_grads = []
         for v in chosen:
-            image = c.latents.apply_to_image(c.render_view(v, spp, seed + v), v)
+            image = c.seen(c.render_view(v, spp, seed + v), v)
             total = total + c.loss_fn(image, c.photos[v], c.weights[v]) / len(chosen)
             self.image_grads.append(image_gradient(c.loss_fn, image, c.photos[v],
                                                    c.weights[v], len(chosen)))

@@ -49,6 +49,9 @@ class View:
             (``[evaluate] held_out`` in invpbr.toml).
         camera: the pinhole camera of the photo, at the working resolution,
             when it came from a camera file (``[cameras] file``).
+        clipped: the channels the camera clipped, (H, W, 3) bool, within the
+            pixels the mask had before :func:`mask_saturated` took them out of it
+            (None: none).
     """
 
     index: int
@@ -58,6 +61,20 @@ class View:
     mask: np.ndarray | None = None
     held_out: bool = False
     camera: Any = None
+    clipped: np.ndarray | None = None
+
+    def loss_pixels(self, bound: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The pixels a loss compares, (H, W) bool or None for all, and the ceiling of
+        the renders, (H, W, 3) float32 or None: a render is compared with the photo as
+        ``minimum(render, ceiling)``. ``bound`` (``[photos] clipped = "bound"``): the
+        clipped pixels count, their clipped channels with the photo's value as the
+        ceiling (elsewhere infinite), so that only a render darker than a clipped
+        channel differs from it; otherwise they are left out (the mask)."""
+        if not bound or self.clipped is None:
+            return self.mask, None
+        mask = self.mask | self.clipped.any(axis=-1)
+        ceiling = np.where(self.clipped, self.photo[..., :3], np.inf).astype(np.float32)
+        return (None if mask.all() else mask), ceiling
 
 
 @dataclass
@@ -193,7 +210,8 @@ def load_views(scene, folder: Path, *, resize: bool = False) -> list[View]:
 
 def mask_saturated(views: list[View], saturation: float) -> None:
     """Leave clipped pixels of 8-bit (PNG/JPEG) photos out of their views' masks:
-    those with a channel at or above the linear value ``saturation`` (0: none).
+    those with a channel at or above the linear value ``saturation`` (0: none); the
+    clipped channels are kept in ``View.clipped`` (see :meth:`View.loss_pixels`).
 
     Raises:
         ValueError: every pixel of a photo is clipped.
@@ -203,14 +221,17 @@ def mask_saturated(views: list[View], saturation: float) -> None:
     for v in views:
         if v.photo_path is None or v.photo_path.suffix.lower() in io.LINEAR_SUFFIXES:
             continue
-        clipped = v.photo.max(axis=-1) >= saturation
+        channels = v.photo[..., :3] >= saturation
+        if v.mask is not None:
+            channels &= v.mask[..., None]
+        clipped = channels.any(axis=-1)
         if not clipped.any():
             continue
         keep = ~clipped if v.mask is None else v.mask & ~clipped
         if not keep.any():
             raise ValueError(f"{v.photo_path}: every pixel is clipped (>= {saturation:g}, "
                              "[photos] saturation); the photo is overexposed")
-        v.mask = keep
+        v.mask, v.clipped = keep, channels
 
 
 def mark_held_out(views: list[View], ids: list[str], *, source="invpbr.toml") -> None:
