@@ -309,10 +309,12 @@ class PhotosConfig:
     """Channels of PNG/JPEG photos at or above this linear value are clipped by
     the camera (0: none are): see ``clipped``."""
     clipped: Clipped = "bound"
-    """How the loss of scene estimates counts clipped channels: ``bound`` says the
-    scene is at least as bright as the photo there (a render darker there is
-    penalized, a brighter one is not); ``mask`` leaves their pixels out (also
-    what radiance fields and reconstructions do). Leaving them out keeps only
+    """How the loss of scene estimates counts pixels with a clipped channel:
+    ``bound`` says the scene is at least as bright as the photo there, in the
+    clipped channels (in a JPEG, whose compression mixes the channels, in every
+    channel of the pixel): a render darker there is penalized, a brighter one is
+    not; ``mask`` leaves them out (also what radiance fields and reconstructions
+    do). Leaving them out keeps only
     the pixels whose noise stayed below the clip, darker than the truth on
     average: cameras in bright noisy regions drift toward darker views."""
     gain: Gain = "none"

@@ -252,7 +252,8 @@ def test_saturated_pixels_of_8bit_photos_are_masked(capture, mi):
             np.testing.assert_array_equal(view.clipped, view.photo >= 0.98)
             mask, ceiling = view.loss_pixels(problem.config.photos.clipped == "bound")
             assert mask is None
-            np.testing.assert_array_equal(ceiling, np.where(view.clipped, view.photo, np.inf))
+            np.testing.assert_array_equal(ceiling, np.where(view.clipped.any(axis=-1)[..., None],
+                                                            view.photo, np.inf))
             assert view.loss_pixels(False) == (view.mask, None)
     assert masked >= 3  # the shipped JPEGs have clipped highlights
 
