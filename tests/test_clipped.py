@@ -65,3 +65,25 @@ def test_clipped_channels_bound_the_estimate_instead_of_biasing_it(tmp_path, mi)
         found[clipped] = float(np.mean(result.estimates["panel.emitter.radiance.value"]))
     assert found["bound"] == pytest.approx(TRUTH, abs=0.01), found
     assert found["mask"] < TRUTH - 0.025, found  # (the bias the bound removes)
+
+
+@pytest.mark.parametrize("suffix, pixel_wide", [(".png", False), (".jpg", True), (".JPEG", True)])
+def test_a_jpeg_bounds_every_channel_of_a_clipped_pixel(suffix, pixel_wide):
+    """A PNG's channels are apart: only the clipped one is a bound. A JPEG mixes them
+    (colour subsampling, compression): every channel of a pixel with a clipped channel is
+    a bound there. Pixels without one keep no ceiling; ``bound = False`` is the mask."""
+    from pathlib import Path
+
+    from invpbr.problem.folder import View, mask_saturated
+
+    photo = np.full((2, 3, 3), 0.4, np.float32)
+    photo[0, 1] = (1.0, 0.7, 0.2)  # red clipped
+    view = View(index=0, id="a", photo_path=Path("photos") / f"a{suffix}", photo=photo)
+    mask_saturated([view], 0.98)
+    assert view.mask.sum() == 5 and not view.mask[0, 1]
+    mask, ceiling = view.loss_pixels(True)
+    assert mask is None  # every pixel counts again
+    expected = np.full(photo.shape, np.inf, np.float32)
+    expected[0, 1] = photo[0, 1] if pixel_wide else (1.0, np.inf, np.inf)
+    np.testing.assert_array_equal(ceiling, expected)
+    assert view.loss_pixels(False) == (view.mask, None)
