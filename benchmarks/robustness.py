@@ -19,8 +19,8 @@ scene's ``invpbr.toml``), then scored against its truth:
 Usage::
 
     python benchmarks/robustness.py --kind camera|pose|light|shape --n 20 --seed 0 [--size 48]
-        [--iterations 100] [--spp 8] [--max-cameras 12] [--photo-spp 128] [--repeat | --rerun]
-        [--json out.json]
+        [--iterations 100] [--spp 8] [--max-cameras 12] [--photo-spp 128] [--photo-format png]
+        [--repeat | --rerun] [--json out.json]
         [--keep DIR] [--set estimate.adam='"motion"' --set optimize.lr_decay=0.01 ...]
 
 ``--repeat`` runs every scene twice (different run seeds: how much the result depends on
@@ -176,6 +176,9 @@ def main(argv=None) -> int:
     parser.add_argument("--photo-spp", type=int, default=128,
                         help="samples per pixel of the simulated photos (before their sensor "
                              "noise and 8-bit rounding)")
+    parser.add_argument("--photo-format", choices=("png", "exr"), default="png",
+                        help="png: 8-bit sRGB, clipped (as a camera); exr: linear, neither "
+                             "clipped nor quantized")
     parser.add_argument("--max-cameras", type=int, default=12,
                         help="at most this many cameras per scene (the draw is 3 to this)")
     again = parser.add_mutually_exclusive_group()
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
         folder = work / f"{args.kind}_{seed}"
         info = make_random_scene(folder, args.kind, seed, size=args.size, spp=args.spp,
                                  iterations=args.iterations, max_depth=args.max_depth,
-                                 photo_spp=args.photo_spp,
+                                 photo_spp=args.photo_spp, photo_format=args.photo_format,
                                  n_cameras=(3, args.max_cameras if args.kind == "camera"
                                             else min(6, args.max_cameras)))
         add_settings(folder / "invpbr.toml", args.set)
@@ -273,6 +276,7 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
     print(f"\n{kind}: {n_scenes} scenes (seed {args['seed']}..{args['seed'] + n_scenes - 1}), "
           f"{args['size']}x{args['size']}, spp {args['spp']}, max_depth {args['max_depth']}, "
           f"{args['iterations']} iterations, photos at {args.get('photo_spp', 128)} spp"
+          f"{'' if args.get('photo_format', 'png') == 'png' else ' (' + args['photo_format'] + ')'}"
           + "".join(f", {x}" for x in args.get("set") or []))
     if kind == "shape":
         print(f"success: {ok}/{n_units} runs ({100.0 * ok / max(n_units, 1):.1f} %) end at most "

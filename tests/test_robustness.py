@@ -62,6 +62,14 @@ def test_random_scene_is_seeded_and_complete(tmp_path, mi):
         (tmp_path / "b" / "photos" / photos[0].name).read_bytes()
     with pytest.raises(ValueError, match="kind"):
         make_random_scene(tmp_path / "c", "texture", 0)
+    # linear photos (--photo-format exr): the same draw, nothing clipped or quantized
+    from invpbr.problem.folder import load_problem
+
+    d = make_random_scene(tmp_path / "d", "pose", 3, size=16, photo_spp=8, photo_format="exr")
+    assert d == a | {"diagonal": d["diagonal"]}
+    views = load_problem(tmp_path / "d").views
+    assert len(views) == a["cameras"] and all(v.photo_path.suffix == ".exr" for v in views)
+    assert all(v.clipped is None and v.mask is None for v in views)
 
 
 def test_random_light_scene_moves_only_its_lamp(tmp_path, mi):

@@ -290,7 +290,7 @@ def _floor(rng: np.random.Generator, folder: Path, extent: float) -> tuple[str, 
 
 def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth: int = 2,
                       spp: int = 8, iterations: int = 100, photo_spp: int = 128,
-                      n_cameras: tuple[int, int] | None = None) -> dict:
+                      photo_format: str = "png", n_cameras: tuple[int, int] | None = None) -> dict:
     """Write a random scene folder of ``kind`` ("camera", "pose", "light" or "shape") drawn from
     ``seed``.
 
@@ -301,6 +301,8 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         size: photo width and height, pixels.
         max_depth, spp, iterations: written into ``invpbr.toml`` ([render], [optimize]).
         photo_spp: samples per pixel of the photos.
+        photo_format: ``png`` (8-bit, clipped) or ``exr`` (linear, neither clipped nor
+            quantized).
         n_cameras: (low, high) number of cameras (default 3-12 for cameras, 3-6 for poses,
             lights and shapes).
 
@@ -357,7 +359,7 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         rotation = rng.uniform(*CAMERA_PERTURBATION["rotation_deg"])
         translation = rng.uniform(*CAMERA_PERTURBATION["translation"])
         (folder / "scene.xml").write_text(body(False, None))
-        made = simulate_capture(folder, spp=photo_spp, format="png", noise=0.01,
+        made = simulate_capture(folder, spp=photo_spp, format=photo_format, noise=0.01,
                                 perturb_rotation=rotation, perturb_translation=translation,
                                 seed=int(seed))
         diagonal = made["scene_diagonal"]
@@ -365,7 +367,7 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         estimate = '[cameras]\nfile = "transforms.json"\ntruth = "transforms_truth.json"\n\n' \
                    '[[estimate]]\nkind = "camera"\nkey = "*"\n'
     elif kind == "shape":
-        made = simulate_capture(folder, spp=photo_spp, format="png", noise=0.01,
+        made = simulate_capture(folder, spp=photo_spp, format=photo_format, noise=0.01,
                                 seed=int(seed), write_cameras=False)
         diagonal = made["scene_diagonal"]
         (folder / "scene.xml").write_text(body(True, None).replace(
@@ -373,7 +375,7 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         info["perturbation"] = {"bumps": list(SHAPE_PERTURBATION)}
         estimate = f'[[estimate]]\nkind = "shape"\nkey = "obj{pose_index}.vertex_positions"\n'
     else:
-        made = simulate_capture(folder, spp=photo_spp, format="png", noise=0.01,
+        made = simulate_capture(folder, spp=photo_spp, format=photo_format, noise=0.01,
                                 seed=int(seed), write_cameras=False)
         diagonal = made["scene_diagonal"]
         rotation = rng.uniform(*POSE_PERTURBATION["rotation_deg"])
