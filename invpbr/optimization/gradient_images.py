@@ -45,18 +45,32 @@ def _render(problem, integrator, view, spp: int, seed: int):
                      spp=spp, seed=seed)
 
 
-def _seen(image, view, transform):
-    return image if transform is None else transform(image, view)
+def _loss_pixels(problem, view):
+    """The view's loss weight and ceiling as Dr.Jit tensors (or None), as the run's loss
+    has them (:meth:`View.loss_pixels <invpbr.problem.folder.View.loss_pixels>`)."""
+    import mitsuba as mi
+
+    mask, ceiling = view.loss_pixels(problem.config.photos.clipped == "bound")
+    return (None if mask is None else mi.TensorXf(mask[..., None].astype(np.float32)),
+            None if ceiling is None else mi.TensorXf(ceiling))
+
+
+def _seen(image, view, transform, ceiling=None):
+    import drjit as dr
+
+    image = image if transform is None else transform(image, view)
+    return image if ceiling is None else dr.minimum(image, ceiling)
 
 
 def _pixel_gradient(problem, view, image, loss_fn) -> tuple[np.ndarray, float]:
-    """dLoss/dI (H, W, 3) of one view's ``image`` (detached), and the loss."""
+    """dLoss/dI (H, W, 3) of one view's ``image`` (detached, as its photo saw it), and
+    the loss."""
     import drjit as dr
     import mitsuba as mi
 
     x = dr.detach(image)
     dr.enable_grad(x)
-    weight = None if view.mask is None else mi.TensorXf(view.mask[..., None].astype(np.float32))
+    weight, _ = _loss_pixels(problem, view)
     loss = loss_fn(x, mi.TensorXf(view.photo), weight)
     dr.backward(loss)
     return np.array(dr.grad(x), dtype=np.float64)[..., :3], float(np.asarray(dr.detach(loss)).ravel()[0])
@@ -77,12 +91,12 @@ def estimate_images(problem, estimate, view, integrator, pixel_grad: np.ndarray,
                                                                 store=store)
     out = []
     try:
-        weight = None if view.mask is None else mi.TensorXf(view.mask[..., None].astype(np.float32))
+        weight, ceiling = _loss_pixels(problem, view)
         x = to_dr(base)
         dr.enable_grad(x)
         write(x)
-        loss = loss_fn(_seen(_render(problem, integrator, view, spp, seed), view, transform),
-                       mi.TensorXf(view.photo), weight)
+        loss = loss_fn(_seen(_render(problem, integrator, view, spp, seed), view, transform,
+                             ceiling), mi.TensorXf(view.photo), weight)
         dr.backward(loss)
         grad = np.array(dr.grad(x), dtype=np.float64).reshape(np.shape(base))
         if grad.ndim == 3:  # an image (texture, environment map): its gradient as one
@@ -174,7 +188,8 @@ def gradient_images(problem, *, keys: list[str] | None = None, views: list[str] 
         if move is not None:
             move(view.index)
         with dr.suspend_grad():
-            image = _seen(_render(problem, used, view, spp, seed), view, transform)
+            image = _seen(_render(problem, used, view, spp, seed), view, transform,
+                          _loss_pixels(problem, view)[1])
         pixel_grad, loss = _pixel_gradient(problem, view, image, loss_fn)
         out.append(GradientImage(stage, view.id, "", f"(loss {loss:.4g})", "dloss_dpixel",
                                  pixel_grad))
