@@ -86,7 +86,7 @@ RETIRED_INTEGRATORS = {
 Loss = Literal["l1", "l2", "relative_l2", "cauchy"]
 Gradient = Literal["auto", "ad", "fd"]
 Gain = Literal["none", "exposure", "rgb"]
-Clipped = Literal["bound", "mask"]
+Clipped = Literal["auto", "bound", "mask"]
 Precision = Literal["single", "half"]
 Guiding = Literal["none", "grid", "octree"]
 Space = Literal["auto", "linear", "log"]
@@ -308,13 +308,14 @@ class PhotosConfig:
     saturation: NonNegative = 0.98
     """Channels of PNG/JPEG photos at or above this linear value are clipped by
     the camera (0: none are): see ``clipped``."""
-    clipped: Clipped = "bound"
+    clipped: Clipped = "auto"
     """How the loss of scene estimates counts pixels with a clipped channel:
     ``bound`` says the scene is at least as bright as the photo there, in the
     clipped channels (in a JPEG, whose compression mixes the channels, in every
     channel of the pixel): a render darker there is penalized, a brighter one is
     not; ``mask`` leaves them out (also what radiance fields and reconstructions
-    do). Leaving them out keeps only
+    do); ``auto``: ``bound``, but ``mask`` where a light's pose is estimated (its
+    clipped hot spot against single noisy renders pulls it off). Leaving them out keeps only
     the pixels whose noise stayed below the clip, darker than the truth on
     average: cameras in bright noisy regions drift toward darker views."""
     gain: Gain = "none"

@@ -250,7 +250,7 @@ def test_saturated_pixels_of_8bit_photos_are_masked(capture, mi):
             # the clipped channels are kept: [photos] clipped = "bound" (the default) counts
             # their pixels again, with the photo's value as the renders' ceiling there
             np.testing.assert_array_equal(view.clipped, view.photo >= 0.98)
-            mask, ceiling = view.loss_pixels(problem.config.photos.clipped == "bound")
+            mask, ceiling = view.loss_pixels(problem.clipped_bounds())
             assert mask is None
             np.testing.assert_array_equal(ceiling, np.where(view.clipped.any(axis=-1)[..., None],
                                                             view.photo, np.inf))

@@ -70,6 +70,8 @@ def test_random_scene_is_seeded_and_complete(tmp_path, mi):
     views = load_problem(tmp_path / "d").views
     assert len(views) == a["cameras"] and all(v.photo_path.suffix == ".exr" for v in views)
     assert all(v.clipped is None and v.mask is None for v in views)
+    # [photos] clipped = "auto": an object's pose counts clipped channels as bounds
+    assert load_problem(tmp_path / "a").clipped_bounds()
 
 
 def test_random_light_scene_moves_only_its_lamp(tmp_path, mi):
@@ -79,9 +81,16 @@ def test_random_light_scene_moves_only_its_lamp(tmp_path, mi):
 
     from invpbr.testing.random_scenes import make_random_scene
 
+    from invpbr.problem.folder import load_problem
+
     info = make_random_scene(tmp_path, "light", 5, size=16, photo_spp=8)
     assert info["lighting"] == "area (estimated)"
     assert 'key = "lamp.to_world"' in (tmp_path / "invpbr.toml").read_text()
+    # [photos] clipped = "auto": a posed light leaves clipped pixels out; "bound" is obeyed
+    problem = load_problem(tmp_path)
+    assert problem.config.photos.clipped == "auto" and not problem.clipped_bounds()
+    problem.config.photos.clipped = "bound"
+    assert problem.clipped_bounds()
     scene, truth = ((tmp_path / n).read_text() for n in ("scene.xml", "truth.xml"))
     lamp = re.compile(r'<shape type="rectangle" id="lamp"><transform name="to_world">'
                       r'<matrix value="([^"]+)"/>')
@@ -362,7 +371,8 @@ def test_run_that_renders_worse_than_its_start_is_put_back(monkeypatch):
                                  render=SimpleNamespace(spp_final=64))
         start = {v.id: np.full((4, 5, 3), 0.1) for v in views}
         start["v1"][0, 0] = 50.0  # masked: does not count
-        run = SimpleNamespace(problem=SimpleNamespace(views=views, config=config, name="p"),
+        run = SimpleNamespace(problem=SimpleNamespace(views=views, config=config, name="p",
+                                                      clipped_bounds=lambda: True),
                               context=SimpleNamespace(fit=[0, 1]), start_state={"x": 1},
                               resumed_from=resumed_from, start_renders=start,
                               latents=Latents(), status="completed")

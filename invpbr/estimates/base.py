@@ -245,6 +245,12 @@ class Estimate:
         (``poses``, ``cameras``, ``gains``...), at the end of a run."""
         return {}
 
+    def clipped_as_bounds(self, problem) -> bool:
+        """Whether clipped channels of the photos may count as lower bounds for this
+        estimate (``[photos] clipped = "auto"``: where every estimate says yes; see
+        :meth:`Problem.clipped_bounds <invpbr.problem.folder.Problem.clipped_bounds>`)."""
+        return True
+
     def needs_primary_edges(self, view_index: int) -> bool:
         """Whether the derivatives of sensor ``view_index``'s image in this estimate need
         the projective integrator's primary-visibility edge term (edges the camera sees

@@ -50,7 +50,7 @@ def _loss_pixels(problem, view):
     has them (:meth:`View.loss_pixels <invpbr.problem.folder.View.loss_pixels>`)."""
     import mitsuba as mi
 
-    mask, ceiling = view.loss_pixels(problem.config.photos.clipped == "bound")
+    mask, ceiling = view.loss_pixels(problem.clipped_bounds())
     return (None if mask is None else mi.TensorXf(mask[..., None].astype(np.float32)),
             None if ceiling is None else mi.TensorXf(ceiling))
 

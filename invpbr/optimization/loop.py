@@ -478,7 +478,7 @@ def render_loss(run: Run, renders: dict[str, np.ndarray]) -> float:
     """Mean over the fitted views of the mean absolute (``[optimize] loss = "l2"``:
     squared) difference between ``renders`` and the photos, on their unmasked pixels."""
     square = run.problem.config.optimize.loss == "l2"
-    bound = run.problem.config.photos.clipped == "bound"
+    bound = run.problem.clipped_bounds()
     losses = []
     for v in run.context.fit:
         view = run.problem.views[v]

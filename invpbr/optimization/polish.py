@@ -208,7 +208,7 @@ class Renderer:
         self.spp = spp
         self.per_view = any(e.per_view for e in run.estimates)
         self.photos = {v: views[v].photo[..., :3].astype(np.float64) for v in run.context.fit}
-        bound = run.problem.config.photos.clipped == "bound"
+        bound = run.problem.clipped_bounds()
         pixels = {v: views[v].loss_pixels(bound) for v in run.context.fit}
         self.masks = {v: None if m is None else m.astype(bool) for v, (m, _) in pixels.items()}
         self.ceilings = {v: c for v, (_, c) in pixels.items()}  # (see View.loss_pixels)

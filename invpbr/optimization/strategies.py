@@ -70,7 +70,7 @@ class StepContext:
         in the problem)."""
         import mitsuba as mi
 
-        bound = self.problem.config.photos.clipped == "bound"
+        bound = self.problem.clipped_bounds()
         pixels = [v.loss_pixels(bound) for v in self.problem.views]
         self.photos = [mi.TensorXf(v.photo) for v in self.problem.views]
         self.weights = [None if mask is None else mi.TensorXf(mask[..., None].astype(np.float32))
@@ -175,7 +175,7 @@ class Slots(Strategy):
         self.position = {v: i for i, v in enumerate(context.fit)}
         self.image_shape = views[context.fit[0]].photo.shape
         self.photos = mi.Float(np.concatenate([views[v].photo.ravel() for v in context.fit]))
-        bound = context.problem.config.photos.clipped == "bound"
+        bound = context.problem.clipped_bounds()
         pixels = [views[v].loss_pixels(bound) for v in context.fit]
         self.weights = None if all(m is None for m, _ in pixels) else mi.Float(np.concatenate(
             [np.ones(self.image_shape[:2], np.float32).ravel() if m is None

@@ -129,6 +129,16 @@ class Problem:
     #: :func:`invpbr.results.evaluate.relit_truth`)
     relit_truth_renders: dict[str, list] = field(default_factory=dict, repr=False)
 
+    def clipped_bounds(self) -> bool:
+        """Whether the loss counts clipped channels as lower bounds (:meth:`View.loss_pixels`):
+        ``[photos] clipped`` = ``bound`` or ``mask``, or ``auto``: bounds unless an
+        estimate says no (:meth:`Estimate.clipped_as_bounds
+        <invpbr.estimates.base.Estimate.clipped_as_bounds>`: a posed light)."""
+        mode = self.config.photos.clipped
+        if mode != "auto":
+            return mode == "bound"
+        return all(e.clipped_as_bounds(self) for e in self.parameters)
+
     @property
     def name(self) -> str:
         return self.folder.resolve().name if self.folder is not None else "problem"
