@@ -239,6 +239,7 @@ def test_saturated_pixels_of_8bit_photos_are_masked(capture, mi):
 
     problem = invpbr.load_problem(capture)   # default saturation 0.98
     assert problem.config.photos.saturation == 0.98
+    assert problem.clipped_bounds()  # (it refines cameras: "auto" makes them bounds)
     masked = 0
     for view in problem.views:
         clipped = view.photo.max(axis=-1) >= 0.98
@@ -247,7 +248,7 @@ def test_saturated_pixels_of_8bit_photos_are_masked(capture, mi):
         else:
             np.testing.assert_array_equal(view.mask, ~clipped)
             masked += 1
-            # the clipped channels are kept: [photos] clipped = "bound" (the default) counts
+            # the clipped channels are kept: [photos] clipped = "auto" (the default) counts
             # their pixels again, with the photo's value as the renders' ceiling there
             np.testing.assert_array_equal(view.clipped, view.photo >= 0.98)
             mask, ceiling = view.loss_pixels(problem.clipped_bounds())

@@ -56,8 +56,8 @@ def test_clipped_channels_bound_the_estimate_instead_of_biasing_it(tmp_path, mi)
     found = {}
     for clipped in ("bound", "mask"):
         problem = invpbr.load_problem(tmp_path)
-        assert problem.config.photos.clipped == "auto"  # the default: bounds here
-        assert problem.clipped_bounds()
+        assert problem.config.photos.clipped == "auto"  # the default: left out here
+        assert not problem.clipped_bounds()             # (an emitter's radiance)
         view = problem.views[0]
         assert 0.25 < view.clipped.mean() < 0.45 and view.mask.mean() < 0.5
         problem.config.photos.clipped = clipped

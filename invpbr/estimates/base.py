@@ -245,11 +245,13 @@ class Estimate:
         (``poses``, ``cameras``, ``gains``...), at the end of a run."""
         return {}
 
-    def clipped_as_bounds(self, problem) -> bool:
-        """Whether clipped channels of the photos may count as lower bounds for this
-        estimate (``[photos] clipped = "auto"``: where every estimate says yes; see
-        :meth:`Problem.clipped_bounds <invpbr.problem.folder.Problem.clipped_bounds>`)."""
-        return True
+    def clipped_as_bounds(self, problem) -> bool | None:
+        """Whether clipped channels of the photos should count as lower bounds for this
+        estimate (True), must not (False), or it was not measured (None, the default):
+        ``[photos] clipped = "auto"`` counts them as bounds where an estimate says
+        True and none says False (see :meth:`Problem.clipped_bounds
+        <invpbr.problem.folder.Problem.clipped_bounds>`)."""
+        return None
 
     def needs_primary_edges(self, view_index: int) -> bool:
         """Whether the derivatives of sensor ``view_index``'s image in this estimate need

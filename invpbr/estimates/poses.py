@@ -200,14 +200,17 @@ class Pose(HybridAdam, Geometry):
         self.behind = frozenset(v.index for v in problem.views
                                 if seen_only_from_behind(problem.scene, ids, sensors[v.index]))
 
-    def clipped_as_bounds(self, problem) -> bool:
+    def clipped_as_bounds(self, problem) -> bool | None:
         """Not for a posed light: its photos clip its hot spot and the light itself,
         and there a single noisy render below the clip is penalized while one above it
         is not, so the steps push the light toward brightening what is clipped (light
         benchmark seeds 102 and 106: 0.14 and 1.77 deg with clipped pixels left out,
-        1.34 and 6.93 deg, worse than their starts, as bounds)."""
+        1.34 and 6.93 deg, worse than their starts, as bounds). Object poses: not
+        measured (None)."""
         ids = {shape_name(k.removesuffix("." + TO_WORLD)) for k in self.targets}
-        return not any(s.is_emitter() for s in problem.scene.shapes() if s.id() in ids)
+        if any(s.is_emitter() for s in problem.scene.shapes() if s.id() in ids):
+            return False
+        return None
 
     def needs_primary_edges(self, view_index: int) -> bool:
         """Not for a camera that sees the posed area light(s) only from behind: Mitsuba

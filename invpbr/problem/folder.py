@@ -131,13 +131,14 @@ class Problem:
 
     def clipped_bounds(self) -> bool:
         """Whether the loss counts clipped channels as lower bounds (:meth:`View.loss_pixels`):
-        ``[photos] clipped`` = ``bound`` or ``mask``, or ``auto``: bounds unless an
-        estimate says no (:meth:`Estimate.clipped_as_bounds
-        <invpbr.estimates.base.Estimate.clipped_as_bounds>`: a posed light)."""
+        ``[photos] clipped`` = ``bound`` or ``mask``, or ``auto``: bounds where an estimate
+        asks for them (cameras) and none refuses (a posed light); see
+        :meth:`Estimate.clipped_as_bounds <invpbr.estimates.base.Estimate.clipped_as_bounds>`."""
         mode = self.config.photos.clipped
         if mode != "auto":
             return mode == "bound"
-        return all(e.clipped_as_bounds(self) for e in self.parameters)
+        votes = [e.clipped_as_bounds(self) for e in self.parameters]
+        return True in votes and False not in votes
 
     @property
     def name(self) -> str:
