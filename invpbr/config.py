@@ -314,9 +314,10 @@ class PhotosConfig:
     clipped channels (in a JPEG, whose compression mixes the channels, in every
     channel of the pixel): a render darker there is penalized, a brighter one is
     not; ``mask`` leaves them out (also what radiance fields and reconstructions
-    do); ``auto``: ``bound`` where cameras are refined, ``mask`` where a light's
-    pose is estimated (its clipped hot spot against single noisy renders pulls it
-    off) and where neither is (not measured: as before). Leaving them out keeps only
+    do); ``auto``: ``bound`` where cameras are refined, ``mask`` where a pose is
+    estimated (against single noisy renders the bounds push it toward brightening
+    what is clipped: measured worse for lights and objects) and where neither is
+    (not measured: as before). Leaving them out keeps only
     the pixels whose noise stayed below the clip, darker than the truth on
     average: cameras in bright noisy regions drift toward darker views."""
     gain: Gain = "none"

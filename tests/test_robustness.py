@@ -70,7 +70,7 @@ def test_random_scene_is_seeded_and_complete(tmp_path, mi):
     views = load_problem(tmp_path / "d").views
     assert len(views) == a["cameras"] and all(v.photo_path.suffix == ".exr" for v in views)
     assert all(v.clipped is None and v.mask is None for v in views)
-    # [photos] clipped = "auto": an object's pose (not measured) leaves them out, as before
+    # [photos] clipped = "auto": an object's pose leaves them out (bounds measured worse)
     assert not load_problem(tmp_path / "a").clipped_bounds()
 
 
