@@ -476,7 +476,8 @@ WORSE_THAN_START = 0.01
 
 def render_loss(run: Run, renders: dict[str, np.ndarray]) -> float:
     """Mean over the fitted views of the mean absolute (``[optimize] loss = "l2"``:
-    squared) difference between ``renders`` and the photos, on their unmasked pixels."""
+    squared) difference between ``renders`` and the photos, on the pixels the step's loss
+    compares (clipped ones as bounds where it counts them so: :meth:`View.loss_pixels`)."""
     square = run.problem.config.optimize.loss == "l2"
     bound = run.problem.clipped_bounds()
     losses = []
