@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/robustness.py --kind camera|pose|light|shape --n 20 --seed 0 [--size 48]
         [--iterations 100] [--spp 8] [--max-cameras 12] [--photo-spp 128] [--photo-format png]
+        [--framing scene|object]
         [--repeat | --rerun] [--json out.json]
         [--keep DIR] [--set estimate.adam='"motion"' --set optimize.lr_decay=0.01 ...]
 
@@ -179,6 +180,9 @@ def main(argv=None) -> int:
     parser.add_argument("--photo-format", choices=("png", "exr"), default="png",
                         help="png: 8-bit sRGB, clipped (as a camera); exr: linear, neither "
                              "clipped nor quantized")
+    parser.add_argument("--framing", choices=("scene", "object"), default=None,
+                        help="what the cameras frame: the whole scene or the estimated object "
+                             "(default: object for shapes, scene otherwise)")
     parser.add_argument("--max-cameras", type=int, default=12,
                         help="at most this many cameras per scene (the draw is 3 to this)")
     again = parser.add_mutually_exclusive_group()
@@ -208,6 +212,7 @@ def main(argv=None) -> int:
         info = make_random_scene(folder, args.kind, seed, size=args.size, spp=args.spp,
                                  iterations=args.iterations, max_depth=args.max_depth,
                                  photo_spp=args.photo_spp, photo_format=args.photo_format,
+                                 framing=args.framing,
                                  n_cameras=(3, args.max_cameras if args.kind == "camera"
                                             else min(6, args.max_cameras)))
         add_settings(folder / "invpbr.toml", args.set)

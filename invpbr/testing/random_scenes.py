@@ -38,6 +38,8 @@ import numpy as np
 from . import procedural
 
 KINDS = ("camera", "pose", "light", "shape")
+#: What the cameras frame: the whole scene or object 0.
+FRAMINGS = ("scene", "object")
 
 #: Ranges of the starting errors (degrees, fraction of the scene diagonal).
 CAMERA_PERTURBATION = {"rotation_deg": (0.5, 3.0), "translation": (0.005, 0.03)}
@@ -290,7 +292,8 @@ def _floor(rng: np.random.Generator, folder: Path, extent: float) -> tuple[str, 
 
 def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth: int = 2,
                       spp: int = 8, iterations: int = 100, photo_spp: int = 128,
-                      photo_format: str = "png", n_cameras: tuple[int, int] | None = None) -> dict:
+                      photo_format: str = "png", n_cameras: tuple[int, int] | None = None,
+                      framing: str | None = None) -> dict:
     """Write a random scene folder of ``kind`` ("camera", "pose", "light" or "shape") drawn from
     ``seed``.
 
@@ -305,12 +308,19 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
             quantized).
         n_cameras: (low, high) number of cameras (default 3-12 for cameras, 3-6 for poses,
             lights and shapes).
+        framing: ``"scene"`` (the cameras look at the middle of the floor from far enough
+            to see all of it) or ``"object"`` (they frame object 0: about half the photo's
+            width). Default: ``"object"`` for shapes, ``"scene"`` for the other kinds.
+            The rest of the draw does not depend on it.
 
     Returns:
         What was drawn (also written to ``truth.json``).
     """
     if kind not in KINDS:
         raise ValueError(f"make_random_scene(): kind {kind!r}; expected one of {KINDS}")
+    framing = framing or ("object" if kind == "shape" else "scene")
+    if framing not in FRAMINGS:
+        raise ValueError(f"make_random_scene(): framing {framing!r}; expected one of {FRAMINGS}")
     from ..render.photos import simulate_capture
 
     folder = Path(folder)
@@ -332,7 +342,8 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
     low, high = n_cameras or ((3, 12) if kind == "camera" else (3, 6))
     n_cams = int(rng.integers(low, high + 1))
     info["cameras"] = n_cams
-    if kind == "shape":  # framing the object: about half the photo's width
+    info["framing"] = framing
+    if framing == "object":  # about half the photo's width
         cameras = _cameras(rng, n_cams, matrices[0][:3, 3], 3.6 * radii[0] + 0.2, size)
     else:
         cameras = _cameras(rng, n_cams, (0, 0.4, 0), 1.8 * extent + 1.2, size)
