@@ -103,6 +103,12 @@ def tiny_scene(tiny_scene_master, tmp_path) -> Path:
     return dst
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core, at most 4 (each worker
+    holds its own Mitsuba and Dr.Jit, about 1-2 GiB)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

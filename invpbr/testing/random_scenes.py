@@ -310,25 +310,23 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
             lights and shapes).
         framing: ``"scene"`` (the cameras look at the middle of the floor from far enough
             to see all of it) or ``"object"`` (they frame object 0: about half the photo's
-            width). Default: ``"object"`` for shapes, ``"scene"`` for the other kinds.
-            The rest of the draw does not depend on it.
+            width). Default: ``"object"`` for shapes, ``"scene"`` otherwise (the rest of
+            the draw does not depend on it).
 
     Returns:
         What was drawn (also written to ``truth.json``).
     """
-    if kind not in KINDS:
-        raise ValueError(f"make_random_scene(): kind {kind!r}; expected one of {KINDS}")
     framing = framing or ("object" if kind == "shape" else "scene")
-    if framing not in FRAMINGS:
-        raise ValueError(f"make_random_scene(): framing {framing!r}; expected one of {FRAMINGS}")
+    for name, value, allowed in (("kind", kind, KINDS), ("framing", framing, FRAMINGS)):
+        if value not in allowed:
+            raise ValueError(f"make_random_scene(): {name} {value!r}; expected one of {allowed}")
     from ..render.photos import simulate_capture
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([int(seed), KINDS.index(kind)])
     extent = rng.uniform(1.5, 2.5)                      # half-size of the floor
-    info: dict = {"kind": kind, "seed": int(seed), "objects": []}
-
+    info: dict = {"kind": kind, "seed": int(seed), "objects": [], "framing": framing}
     floor, info["floor"] = _floor(rng, folder, extent)
 
     objects, matrices, radii = _objects(rng, folder, kind, extent, info)
@@ -342,7 +340,6 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
     low, high = n_cameras or ((3, 12) if kind == "camera" else (3, 6))
     n_cams = int(rng.integers(low, high + 1))
     info["cameras"] = n_cams
-    info["framing"] = framing
     if framing == "object":  # about half the photo's width
         cameras = _cameras(rng, n_cams, matrices[0][:3, 3], 3.6 * radii[0] + 0.2, size)
     else:
