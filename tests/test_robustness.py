@@ -136,6 +136,39 @@ def test_random_shape_scene_starts_from_a_dented_copy_of_its_object(tmp_path, mi
     assert np.abs(ratio - 1).max() >= SHAPE_PERTURBATION[0] * 0.9
 
 
+def _object_in_view(folder: Path, mi) -> np.ndarray:
+    """Per camera of ``folder``'s truth: the angle that object 0's bounding sphere spans
+    from the camera, as a fraction of the camera's half field of view."""
+    scene = mi.load_file(str(folder / "truth.xml"))
+    box = next(s for s in scene.shapes() if s.id() == "obj0").bbox()
+    centre = np.array(box.center()).ravel()
+    radius = np.linalg.norm(np.array(box.extents()).ravel()) / 2
+    out = []
+    for sensor in scene.sensors():
+        origin = np.array(sensor.world_transform() @ mi.ScalarPoint3f(0, 0, 0)).ravel()
+        fov = np.radians(np.array(mi.traverse(sensor)["x_fov"]).ravel()[0])
+        out.append(np.arcsin(min(1.0, radius / np.linalg.norm(centre - origin))) / (fov / 2))
+    return np.array(out)
+
+
+def test_random_pose_scene_framed_on_its_object(tmp_path, mi):
+    """``framing = "object"`` (the benchmark's ``--framing object``): the same draw, but
+    every camera frames the estimated object, which then spans several times the angle it
+    spans when the cameras frame the whole scene (the default for poses)."""
+    from invpbr.testing.random_scenes import make_random_scene
+
+    for seed in (3, 7):
+        wide = make_random_scene(tmp_path / f"wide{seed}", "pose", seed, size=16, photo_spp=4)
+        near = make_random_scene(tmp_path / f"near{seed}", "pose", seed, size=16, photo_spp=4,
+                                 framing="object")
+        assert (wide["framing"], near["framing"]) == ("scene", "object")
+        assert near == wide | {"framing": "object", "diagonal": near["diagonal"]}
+        far_span, near_span = (_object_in_view(tmp_path / f"{n}{seed}", mi) for n in ("wide", "near"))
+        assert np.all(near_span > 1.5 * far_span) and np.median(near_span) > 0.6, (far_span, near_span)
+    with pytest.raises(ValueError, match="framing 'close'"):
+        make_random_scene(tmp_path / "bad", "pose", 0, framing="close")
+
+
 def _tiny_scene(folder, kind: str, seed: int) -> dict:
     """A tiny random scene of ``kind`` (16x16, 8-spp photos)."""
     from invpbr.testing.random_scenes import make_random_scene
