@@ -13,7 +13,8 @@ seen by 3 to 12 cameras at random positions around the objects.
   camera, random directions: :func:`invpbr.render.photos.simulate_capture`); the true
   cameras are in ``transforms_truth.json``. Everything else is known.
 - ``kind = "pose"``: one asymmetric mesh object starts rotated by 1-6 degrees and moved
-  by 1-4 % of the diagonal from its true pose; the cameras are exact.
+  by 1-4 % of the diagonal from its true pose; the cameras are exact (and frame the
+  whole scene, or that object with ``framing="object"``).
 - ``kind = "light"``: the scene is lit by an area light (a rectangle above the objects,
   and a dim sky) that starts rotated and moved as a pose does (about its centre); its
   pose (``lamp.to_world``) is estimated from the shading and the shadows it casts; the
