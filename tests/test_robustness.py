@@ -370,12 +370,13 @@ def test_run_that_only_gets_worse_returns_its_start_and_exits_non_zero(tmp_path,
     assert max(rotation) < 1.0, rotation  # the start (the truth), not the last state
 
 
-def test_run_that_renders_worse_than_its_start_is_put_back(monkeypatch):
+def test_run_that_renders_worse_than_its_start_is_put_back(monkeypatch, mi):
     """A run that moves edges and whose final renders' loss is more than 1 % above the
     start renders' (same samples) is put back to its start, "diverged", with a warning
     (the watch's smoothed losses missed such a run: a free shape of the robustness
     benchmark, seed 107, whose loss rose 3 % and whose Chamfer distance doubled); one
-    within 1 % is left alone, and so is a resumed run (its start is not this process's)."""
+    within 1 % is left alone, and so is a resumed run (its start is not this process's);
+    the loss is the step's own ([optimize] loss)."""
     from types import SimpleNamespace
 
     from invpbr.optimization import loop
@@ -398,8 +399,8 @@ def test_run_that_renders_worse_than_its_start_is_put_back(monkeypatch):
         def write_scene(self):
             self.calls.append(("write",))
 
-    def make_run(end_value, resumed_from=None):
-        config = SimpleNamespace(optimize=SimpleNamespace(loss="l1"),
+    def make_run(end_value, resumed_from=None, loss="l1"):
+        config = SimpleNamespace(optimize=SimpleNamespace(loss=loss, loss_scale=0.05),
                                  photos=SimpleNamespace(clipped="bound"),
                                  render=SimpleNamespace(spp_final=64))
         start = {v.id: np.full((4, 5, 3), 0.1) for v in views}
@@ -414,6 +415,10 @@ def test_run_that_renders_worse_than_its_start_is_put_back(monkeypatch):
         return run
 
     assert loop.render_loss(make_run(0.2), make_run(0.2).start_renders) == pytest.approx(0.1)
+    # the step's own loss judges the end against the start (it was L1 for every loss but l2)
+    for loss, expected in (("l2", 0.01), ("relative_l2", 0.01 / 0.02), ("cauchy", np.log(5.0))):
+        got = loop.render_loss(make_run(0.2, loss=loss), make_run(0.2).start_renders)
+        assert got == pytest.approx(expected, rel=1e-5), loss
     run = make_run(0.2)
     with pytest.warns(UserWarning, match="render worse than the start"):
         assert loop.back_to_start(run) is None  # (finish_run renders the start again)
