@@ -433,6 +433,30 @@ def test_run_that_renders_worse_than_its_start_is_put_back(monkeypatch, mi):
             assert kept["v0"][0, 0, 0] == end
 
 
+def test_truth_loss_tells_the_truth_from_a_wrong_scene(tmp_path, mi, capsys):
+    """benchmarks/truth_loss.py: the photos' loss is lower at the truth than at a wrong
+    scene (the tiny scene's grey model) in both paired draws, and its table says so; a
+    result folder without a scene.xml is named."""
+    from conftest import make_tiny_scene
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import truth_loss
+
+    folder = make_tiny_scene(tmp_path / "tiny", res=16, photo_spp=32)
+    problem = invpbr.load_problem(folder)
+    for seed in (1, 2):
+        truth = truth_loss.losses(problem, folder / "truth.xml", 32, seed)
+        model = truth_loss.losses(problem, folder / "scene.xml", 32, seed)
+        assert truth[0] < 0.5 * model[0] and truth[1] < 0.5 * model[1], (truth, model)
+    assert truth_loss.main([str(folder), str(folder), "--spp", "16"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    gaps = [float(x) for x in rows[-1].split()[-2:]]  # the model's L1 minus the truth's
+    assert rows[-2].split()[-2:] == ["+0.00e+00", "+0.00e+00"] and min(gaps) > 0.01, rows
+    with pytest.raises(SystemExit):
+        truth_loss.main([str(folder), str(tmp_path)])
+    assert f"{tmp_path / 'scene.xml'}: no such scene file" in capsys.readouterr().err
+
+
 def test_retired_reparam_integrator_is_refused_with_the_reason():
     from invpbr.config import ConfigError, parse_config
 
