@@ -81,7 +81,9 @@ def killer(folder: Path, out: Path, kills: list) -> threading.Thread:
     state = out / "checkpoint" / "state.npz"
 
     def go():
-        end = time.monotonic() + 240
+        # (generous: under load, Ray's start and the two scenes before it took over 240 s
+        # once, and the killer gave up before the run began)
+        end = time.monotonic() + 900
         while time.monotonic() < end:
             if state.is_file():
                 for pid in child_pids(folder):
