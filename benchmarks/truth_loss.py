@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="scene folder with truth.xml and photos")
     parser.add_argument("results", type=Path, nargs="*", help="result folders (their scene.xml)")
-    parser.add_argument("--spp", type=int, default=4096)
+    parser.add_argument("--spp", type=int, default=4096,
+                        help="samples per pixel of each render (default 4096)")
     args = parser.parse_args(argv)
     problem = invpbr.load_problem(args.folder)
     files = [("truth", args.folder / "truth.xml")]
