@@ -266,7 +266,11 @@ def test_half_precision_resumes_with_the_grad_scalers_state(scene, tmp_path, mon
     from invpbr.optimization.checkpoint import checkpoint_path, read_checkpoint
 
     colour = f'[[estimate]]\nkey = "{BASE}"\nbounds = [0.0, 1.0]\n\n'
-    text = TOML.replace(colour, "").replace("lr = 0.05", 'lr = 0.05\nprecision = "half"').replace(
+    # One Dr.Jit thread: with several, the backward pass's atomic additions sum in any order,
+    # which in half precision flips Adam's step on texels whose gradient nearly cancels (a CI
+    # run: 24 of 768 texels 0.13 apart, the losses equal to 1e-4); the scaler is the subject.
+    text = TOML.replace(colour, "").replace(
+        "lr = 0.05", 'lr = 0.05\nprecision = "half"\ndeterministic = true').replace(
         f"iterations = {ITERATIONS}", "iterations = 8")
     assert BASE not in text
     reference = invpbr.optimize(load(scene, tmp_path / "a", text), progress=False)
@@ -288,8 +292,8 @@ def test_half_precision_resumes_with_the_grad_scalers_state(scene, tmp_path, mon
                               resume=True)
     assert resumed.status == "completed" and resumed.resumed_from == 4
     assert len(resumed.loss) == 8
-    np.testing.assert_allclose(resumed.loss, reference.loss, rtol=1e-4)
-    np.testing.assert_allclose(resumed.estimates[FLOOR], reference.estimates[FLOOR], atol=1e-3)
+    np.testing.assert_array_equal(resumed.loss, reference.loss)
+    np.testing.assert_array_equal(resumed.estimates[FLOOR], reference.estimates[FLOOR])
 
 
 def test_a_checkpoint_of_other_settings_is_refused(scene, tmp_path, capsys):
