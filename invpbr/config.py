@@ -187,7 +187,9 @@ class EstimateConfig:
     deviation per camera or pose). 0: none. Default (unset): ``POLISH`` in
     :mod:`invpbr.optimization.polish` (measurements: BENCHMARKS.md, issue 13)."""
     polish_spp: PositiveInt | None = None
-    """Samples per pixel of the polish's renders (default ``POLISH_SPP`` there)."""
+    """Samples per pixel of the polish's renders (default: 256 at 48x48 or smaller, fewer
+    per pixel on larger images, the same samples per view, at least 16; ``POLISH_SAMPLES``
+    there)."""
     polish_blur: NonNegative | None = None
     """Gaussian blur (pixels) of the residual images the polish's steps fit (default
     ``POLISH_BLUR`` there: 1 for cameras, 0 for poses)."""

@@ -102,8 +102,15 @@ MIN_ITERATIONS = 4
 SEED_BASE = 1 << 29
 #: ``[[estimate]] polish`` (iterations) where a table does not set it, by kind.
 POLISH = {"pose": 20, "camera": 20}
-#: ``[[estimate]] polish_spp`` where a table does not set it.
+#: ``[[estimate]] polish_spp`` where a table does not set it: as many samples per view as
+#: 256 per pixel at 48x48 (where the pose and camera benchmarks measured the polish), so
+#: at most ``POLISH_SPP`` and, for larger images, fewer per pixel (at least
+#: ``POLISH_SPP_MIN``). At a fixed 256 the polish's cost grew with the pixels: 1.6 s per
+#: render of a 256x256 view on 2 cores, 14 renders per view per iteration, 20 iterations
+#: (an hour for 3 such views), where the Adam steps take seconds.
 POLISH_SPP = 256
+POLISH_SAMPLES = 256 * 48 * 48
+POLISH_SPP_MIN = 16
 
 
 @dataclass
@@ -139,9 +146,15 @@ def polish_iterations(estimate) -> int:
     return POLISH.get(estimate.kind, 0) if value is None else int(value)
 
 
-def polish_spp(estimate) -> int:
+def polish_spp(estimate, pixels: float | None = None) -> int:
+    """``[[estimate]] polish_spp`` of ``estimate``, or the default for views of ``pixels``
+    pixels on average (see ``POLISH_SAMPLES``; None: ``POLISH_SPP``)."""
     value = getattr(getattr(estimate, "config", None), "polish_spp", None)
-    return POLISH_SPP if value is None else int(value)
+    if value is not None:
+        return int(value)
+    if not pixels:
+        return POLISH_SPP
+    return int(np.clip(round(POLISH_SAMPLES / pixels), POLISH_SPP_MIN, POLISH_SPP))
 
 
 def polish_blur(estimate) -> float:
@@ -464,7 +477,10 @@ def polish(run, *, callback=None) -> dict[str, Any]:
     by_name = {e.key: e for e in run.estimates}
     names = sorted({b.name for g in groups for b in g})
     iterations = max(polish_iterations(by_name[n]) for n in names)
-    spp = max(polish_spp(by_name[n]) for n in names)
+    views = run.problem.views
+    pixels = float(np.mean([views[v].photo.shape[0] * views[v].photo.shape[1]
+                            for v in run.context.fit]))
+    spp = max(polish_spp(by_name[n], pixels) for n in names)
     renderer = Renderer(run, spp)
     theta = {n: np.array(run.latents[n], dtype=np.float64).ravel() for n in names}
     iterates = []  # (of the sharp iterations)
