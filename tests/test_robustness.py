@@ -702,6 +702,7 @@ def test_polish_alone_brings_cameras_from_their_start_to_the_goal(tmp_path, mi, 
     start = result.camera_errors_initial
     report = result.polished["cameras"]
     assert set(report["motions"]) == set(start)
+    assert report["spp"] == 256  # (24x24 views: the default's most per pixel)
     for sid, e in result.camera_errors.items():
         assert e["rotation_deg"] < STATED["polish alone: worst camera rotation (deg)"], (sid, e)
         assert e["rotation_deg"] < 0.5 * start[sid]["rotation_deg"], (sid, e, start[sid])
@@ -745,6 +746,21 @@ def test_polish_uncertainty_of_known_jacobians():
     for _ in range(4):
         rotation = uncertainty(block(blind))["rotation_deg"]
         assert rotation is None or rotation > 20 * expected_rotation, rotation
+
+
+def test_polish_samples_per_pixel_default_keeps_the_samples_per_view():
+    """256 per pixel up to 48x48 (where the benchmarks measured the polish), the same
+    samples per view on larger images (a 256x256 view: 9 per pixel, at least 16), and
+    ``[[estimate]] polish_spp`` where it is set."""
+    from types import SimpleNamespace
+
+    from invpbr.optimization.polish import polish_spp
+
+    unset = SimpleNamespace(config=SimpleNamespace(polish_spp=None))
+    assert [polish_spp(unset, w * w) for w in (16, 48, 96, 128, 256, 1024)] == [
+        256, 256, 64, 36, 16, 16]
+    assert polish_spp(unset, 96 * 64) == 96 and polish_spp(unset) == 256
+    assert polish_spp(SimpleNamespace(config=SimpleNamespace(polish_spp=512)), 256 * 256) == 512
 
 
 def test_polish_settings_apply_to_poses_and_cameras_only():
