@@ -936,12 +936,21 @@ def test_polish_blurred_stage_ends_and_forgets_its_jacobians():
 
 
 def test_pose_runs_are_repeatable_by_default(tmp_path, mi):
-    """The same inputs give the same pose: the steps and the polish of a pose (or
-    cameras) take one Dr.Jit thread unless ``[optimize] deterministic = false``. With
-    two threads the backward pass's atomic additions differ by 1e-8 between runs, and a
-    pose's run turns that into other Monte Carlo paths: pose seed 100 at 32x32 (20
-    steps, the polish) ended 1.75 and 4.54 degrees off in two runs of the same folder
-    (before; now 2.67 and 2.67). Two `invpbr run`s, as a user runs a folder twice."""
+    """The same inputs give the same pose (issue 13: "final errors within 2x of each
+    other"): the steps and the polish of a pose (or cameras) take one Dr.Jit thread
+    unless ``[optimize] deterministic = false``. With two threads the backward pass's
+    atomic additions differ by 1e-8 between runs, and a pose's run turns that into other
+    Monte Carlo paths: pose seed 100 at 32x32 (20 steps, the polish) ended 1.75 and 4.54
+    degrees off in two runs of the same folder (before; now 2.67 and 2.67). Two `invpbr
+    run`s, as a user runs a folder twice.
+
+    One thread makes the runs equal nearly always, not always: 1 of 27 runs of 9 such
+    folders here (2026-12-05, beside other work) ended 3e-9 degrees from the others, the
+    steps' losses equal, the polish's last loss not; and one CI run (under the other
+    tests' load) had the two end 7.12 and 5.75 degrees off. The cause is not found (not
+    the hash seed, the kernel cache, checkpoints, or Embree's rebuilds: 1200 renders
+    after pose changes, four processes side by side, bit-equal). So what is asserted is
+    the issue's criterion, and bit-equality only of the start."""
     import re
     from types import SimpleNamespace
 
@@ -960,10 +969,12 @@ def test_pose_runs_are_repeatable_by_default(tmp_path, mi):
     results = [run_scene(folder, tmp_path / f"out{r}")[0] for r in range(2)]
     for result in results:
         assert result["status"] == "completed" and result["settings"]["deterministic"] is True
-    for key in ("parameters", "loss", "geometry_errors"):
-        assert results[0][key] == results[1][key], key
-    (key, polished), = results[0]["polished"].items()
-    assert polished["iterations"] == results[1]["polished"][key]["iterations"]
+    assert results[0]["geometry_errors_initial"] == results[1]["geometry_errors_initial"]
+    (key, first), = results[0]["geometry_errors"].items()
+    second = results[1]["geometry_errors"][key]
+    for error in ("rotation_deg", "position"):
+        low, high = sorted([first[error], second[error]])
+        assert high <= 2 * low, (error, first, second)
     # what decides: the setting where given, else whether an estimate asks for it
     asks = SimpleNamespace(deterministic_by_default=True)
     plain = SimpleNamespace(deterministic_by_default=False)
