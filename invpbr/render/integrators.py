@@ -105,7 +105,7 @@ def view_integrators(render: RenderConfig, parameters: list[Estimate], scene, vi
     """View number -> the integrator that view renders with where it differs from the
     problem's: a projective integrator without its primary-visibility edge term for
     views in which no estimate needs that term (:meth:`Estimate.needs_primary_edges`),
-    e.g. a posed area light that the camera sees only from behind.
+    e.g. a posed area light (see :meth:`invpbr.estimates.poses.Pose.needs_primary_edges`).
 
     Measured (issue 13; `check_gradients` on light seed 109, 48x48, the 3 cameras that
     see the posed rectangle lamp from behind, its 6 pose components, AD at 128 spp
