@@ -727,7 +727,7 @@ def test_polish_uncertainty_of_known_jacobians():
     from invpbr.optimization.polish import Block, uncertainty
 
     rng = np.random.default_rng(3)
-    n = 4000
+    n = 4002  # (whole pixels of 3 channels)
     signal = rng.normal(size=(n, 6)) * np.array([3.0, 2.0, 1.0, 4.0, 2.0, 1.0])
     residual = 0.05 * rng.normal(size=n)
 
@@ -748,6 +748,22 @@ def test_polish_uncertainty_of_known_jacobians():
     for _ in range(4):
         rotation = uncertainty(block(blind))["rotation_deg"]
         assert rotation is None or rotation > 20 * expected_rotation, rotation
+    # a pixel's channels share their noise (one Monte Carlo path, one photo's noise):
+    # three copies of each pixel's residual and Jacobian row say no more than one, so
+    # the standard deviation is that of the pixels alone (sqrt(3) more than of three
+    # independent channels)
+    pixels = signal[::3]
+    tripled = np.repeat(pixels, 3, axis=0)
+    b = Block("cameras", 0, 6, [0], np.full(6, 0.01), "cam", unit=2.0)
+    b.jacobians = [tripled + 0.3 * rng.normal(size=tripled.shape) for _ in range(2)]
+    b.residual, b.weights = np.repeat(0.05 * rng.normal(size=len(pixels)), 3), np.ones(n)
+    cov = 0.05**2 * np.linalg.inv(pixels.T @ pixels)
+    assert uncertainty(b)["rotation_deg"] == pytest.approx(
+        np.degrees(np.sqrt(np.diag(cov)[3:].sum())), rel=0.1)
+    b.residual = b.residual[:-1]  # (not whole pixels: refused, not miscounted)
+    b.weights, b.jacobians = b.weights[:-1], [j[:-1] for j in b.jacobians]
+    with pytest.raises(ValueError, match="not whole pixels"):
+        uncertainty(b)
 
 
 def test_polish_samples_per_pixel_default_keeps_the_samples_per_view():
