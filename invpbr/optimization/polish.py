@@ -264,7 +264,7 @@ class Renderer:
         parts = []
         for v in views:
             r, m = blurred(residuals[v], self.masks[v], blur), self.masks[v]
-            parts.append((r[m] if m is not None else r.reshape(-1, 3)).ravel())
+            parts.append((r[m] if m is not None else r.reshape(-1, PIXEL)).ravel())
         return np.concatenate(parts)
 
 
