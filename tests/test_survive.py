@@ -436,7 +436,7 @@ def test_a_second_signal_during_the_final_renders_leaves_a_valid_result(scene, t
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143, stderr
+    assert proc.returncode == 143, stdout + stderr
     doc = read_result(out)
     assert doc["status"] == "interrupted" and doc["iterations"] > 0
     assert len(doc["parameters"][BASE]) == 3 and all(math.isfinite(x) for x in doc["parameters"][BASE])

@@ -48,11 +48,14 @@ def run_guarded(problem, out: Path, *, scene_dir: str, iterations: int | None = 
         if run.status == "failed":
             print(f"invpbr run: error: {problem.name}: {run.error}", file=sys.stderr, flush=True)
         signals.urgent = True  # a second signal now drops the final renders
+        before = len(signals.received)
         try:
             result = finish_run(run)
         except (KeyboardInterrupt, RuntimeError) as e:
             signals.urgent = False
-            if isinstance(e, RuntimeError):
+            # (a KeyboardInterrupt raised while Dr.Jit or Mitsuba runs Python code
+            # reaches here as their RuntimeError: a signal during the renders decides)
+            if isinstance(e, RuntimeError) and len(signals.received) == before:
                 run.status = "failed"
                 run.error = run.error or f"final renders: {str(e).strip().splitlines()[0]}"
             else:
