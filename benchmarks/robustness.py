@@ -185,6 +185,11 @@ def main(argv=None) -> int:
                              "(default: object for shapes, scene otherwise)")
     parser.add_argument("--max-cameras", type=int, default=12,
                         help="at most this many cameras per scene (the draw is 3 to this)")
+    parser.add_argument("--min-cameras", type=int, default=3,
+                        help="at least this many cameras per scene")
+    parser.add_argument("--start-rotation", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="starting rotation errors (degrees) drawn from this range instead "
+                             "of the kind's default (cameras 0.5-3, poses and lights 1-6)")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--repeat", action="store_true",
                        help="run every scene twice, with run seeds 0 and 1")
@@ -213,8 +218,11 @@ def main(argv=None) -> int:
                                  iterations=args.iterations, max_depth=args.max_depth,
                                  photo_spp=args.photo_spp, photo_format=args.photo_format,
                                  framing=args.framing,
-                                 n_cameras=(3, args.max_cameras if args.kind == "camera"
-                                            else min(6, args.max_cameras)))
+                                 n_cameras=(args.min_cameras,
+                                            args.max_cameras if args.kind == "camera"
+                                            else min(6, args.max_cameras)),
+                                 start_errors={"rotation_deg": tuple(args.start_rotation)}
+                                 if args.start_rotation else None)
         add_settings(folder / "invpbr.toml", args.set)
         diagonal = info["diagonal"]
         finals = []

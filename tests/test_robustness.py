@@ -72,6 +72,17 @@ def test_random_scene_is_seeded_and_complete(tmp_path, mi):
     assert all(v.clipped is None and v.mask is None for v in views)
     # [photos] clipped = "auto": an object's pose leaves them out (bounds measured worse)
     assert not load_problem(tmp_path / "a").clipped_bounds()
+    # other starting errors (robustness.py --start-rotation): the same draw otherwise
+    e = make_random_scene(tmp_path / "e", "pose", 3, size=16, photo_spp=8,
+                          start_errors={"rotation_deg": (12, 20)})
+    assert 12 <= e["perturbation"]["rotation_deg"] <= 20
+    assert e["perturbation"]["translation"] == a["perturbation"]["translation"]
+    assert (tmp_path / "e" / "truth.xml").read_text() == (tmp_path / "a" / "truth.xml").read_text()
+    for bad, message in (({"rotation": (1, 2)}, "start range 'rotation'; expected one of"),
+                         ({"rotation_deg": (3, 2)}, "expected 0 <= low <= high")):
+        with pytest.raises(ValueError, match=message):
+            make_random_scene(tmp_path / "f", "pose", 3, size=16, start_errors=bad)
+        assert not (tmp_path / "f").exists()  # (refused before anything is written)
 
 
 def test_random_light_scene_moves_only_its_lamp(tmp_path, mi):

@@ -49,6 +49,35 @@ POSE_PERTURBATION = {"rotation_deg": (1.0, 6.0), "translation": (0.01, 0.04)}
 SHAPE_PERTURBATION = (0.04, 0.10)
 
 
+def start_ranges(kind: str, start_errors: dict | None) -> dict:
+    """The ranges of ``kind``'s starting errors, those ``start_errors`` gives replacing
+    the default's (checked: known keys, 0 <= low <= high; not for shapes)."""
+    if kind == "shape" and start_errors:
+        raise ValueError("make_random_scene(): start_errors apply to cameras, poses and lights")
+    default = CAMERA_PERTURBATION if kind == "camera" else POSE_PERTURBATION
+    ranges = dict(default)
+    for key, value in (start_errors or {}).items():
+        if key not in default:
+            raise ValueError(f"make_random_scene(): start range {key!r}; expected one of "
+                             f"{sorted(default)}")
+        low, high = (float(v) for v in value)
+        if not 0 <= low <= high:
+            raise ValueError(f"make_random_scene(): start range {key!r} = {value!r}; expected "
+                             "0 <= low <= high")
+        ranges[key] = (low, high)
+    return ranges
+
+
+def _start_pose(rng, rotation: float, translation: float, centre) -> np.ndarray:
+    """A rigid motion turning ``rotation`` degrees about a random axis through ``centre``
+    and moving ``translation`` in a random direction."""
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    start = _affine(_rotation(rng.normal(size=3), rotation), translation * direction)
+    start[:3, 3] += centre - start[:3, :3] @ centre  # turned about the object's centre
+    return start
+
+
 def _fmt(values) -> str:
     return ", ".join(f"{v:.7g}" for v in np.ravel(np.asarray(values, dtype=float)))
 
@@ -294,7 +323,8 @@ def _floor(rng: np.random.Generator, folder: Path, extent: float) -> tuple[str, 
 def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth: int = 2,
                       spp: int = 8, iterations: int = 100, photo_spp: int = 128,
                       photo_format: str = "png", n_cameras: tuple[int, int] | None = None,
-                      framing: str | None = None) -> dict:
+                      framing: str | None = None,
+                      start_errors: dict[str, tuple[float, float]] | None = None) -> dict:
     """Write a random scene folder of ``kind`` ("camera", "pose", "light" or "shape") drawn from
     ``seed``.
 
@@ -313,6 +343,8 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
             to see all of it) or ``"object"`` (they frame object 0: about half the photo's
             width). Default: ``"object"`` for shapes, ``"scene"`` otherwise (the rest of
             the draw does not depend on it).
+        start_errors: ranges of the starting errors instead of the kind's default, e.g.
+            ``{"rotation_deg": (12, 20)}`` (see :func:`start_ranges`; the draw otherwise the same).
 
     Returns:
         What was drawn (also written to ``truth.json``).
@@ -321,6 +353,7 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
     for name, value, allowed in (("kind", kind, KINDS), ("framing", framing, FRAMINGS)):
         if value not in allowed:
             raise ValueError(f"make_random_scene(): {name} {value!r}; expected one of {allowed}")
+    ranges = start_ranges(kind, start_errors)
     from ..render.photos import simulate_capture
 
     folder = Path(folder)
@@ -365,8 +398,8 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
     (folder / "truth.xml").write_text(body(True, None))
     diagonal = float(np.linalg.norm([2 * extent, 2 * extent, 2 * extent]))  # refined below
     if kind == "camera":
-        rotation = rng.uniform(*CAMERA_PERTURBATION["rotation_deg"])
-        translation = rng.uniform(*CAMERA_PERTURBATION["translation"])
+        rotation = rng.uniform(*ranges["rotation_deg"])
+        translation = rng.uniform(*ranges["translation"])
         (folder / "scene.xml").write_text(body(False, None))
         made = simulate_capture(folder, spp=photo_spp, format=photo_format, noise=0.01,
                                 perturb_rotation=rotation, perturb_translation=translation,
@@ -387,13 +420,10 @@ def make_random_scene(folder, kind: str, seed: int, *, size: int = 48, max_depth
         made = simulate_capture(folder, spp=photo_spp, format=photo_format, noise=0.01,
                                 seed=int(seed), write_cameras=False)
         diagonal = made["scene_diagonal"]
-        rotation = rng.uniform(*POSE_PERTURBATION["rotation_deg"])
-        translation = rng.uniform(*POSE_PERTURBATION["translation"]) * diagonal
-        centre = (lamp if kind == "light" else matrices[pose_index])[:3, 3]
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        start = _affine(_rotation(rng.normal(size=3), rotation), translation * direction)
-        start[:3, 3] += centre - start[:3, :3] @ centre  # turned about the object's centre
+        rotation = rng.uniform(*ranges["rotation_deg"])
+        translation = rng.uniform(*ranges["translation"]) * diagonal
+        start = _start_pose(rng, rotation, translation,
+                            (lamp if kind == "light" else matrices[pose_index])[:3, 3])
         (folder / "scene.xml").write_text(body(True, start))
         info["perturbation"] = {"rotation_deg": rotation, "translation": translation / diagonal}
         estimate = '[[estimate]]\nkind = "pose"\nkey = "lamp.to_world"\n' if kind == "light" \
