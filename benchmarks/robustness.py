@@ -20,7 +20,7 @@ Usage::
 
     python benchmarks/robustness.py --kind camera|pose|light|shape --n 20 --seed 0 [--size 48]
         [--iterations 100] [--spp 8] [--max-cameras 12] [--photo-spp 128] [--photo-format png]
-        [--framing scene|object]
+        [--framing scene|object] [--min-cameras 3] [--start-rotation LOW HIGH]
         [--repeat | --rerun] [--json out.json]
         [--keep DIR] [--set estimate.adam='"motion"' --set optimize.lr_decay=0.01 ...]
 
@@ -184,9 +184,11 @@ def main(argv=None) -> int:
                         help="what the cameras frame: the whole scene or the estimated object "
                              "(default: object for shapes, scene otherwise)")
     parser.add_argument("--max-cameras", type=int, default=12,
-                        help="at most this many cameras per scene (the draw is 3 to this)")
+                        help="at most this many cameras per scene (poses, lights, shapes: "
+                             "at most 6)")
     parser.add_argument("--min-cameras", type=int, default=3,
-                        help="at least this many cameras per scene")
+                        help="at least this many cameras per scene (default 3; the draw is "
+                             "from this to --max-cameras)")
     parser.add_argument("--start-rotation", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="starting rotation errors (degrees) drawn from this range instead "
                              "of the kind's default (cameras 0.5-3, poses and lights 1-6)")
@@ -207,6 +209,10 @@ def main(argv=None) -> int:
         summarize(args.kind, saved["args"], saved["scenes"], saved["ratios"], saved["seconds"])
         return 0
 
+    most = args.max_cameras if args.kind == "camera" else min(6, args.max_cameras)
+    if not 1 <= args.min_cameras <= most:
+        parser.error(f"--min-cameras {args.min_cameras}: expected 1 to {most} "
+                     f"(--max-cameras, at most 6 for --kind {args.kind})")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="robustness_"))
     rot_goal, pos_goal = GOALS.get(args.kind, (None, None))
     scenes, units, ratios = [], [], []
@@ -218,9 +224,7 @@ def main(argv=None) -> int:
                                  iterations=args.iterations, max_depth=args.max_depth,
                                  photo_spp=args.photo_spp, photo_format=args.photo_format,
                                  framing=args.framing,
-                                 n_cameras=(args.min_cameras,
-                                            args.max_cameras if args.kind == "camera"
-                                            else min(6, args.max_cameras)),
+                                 n_cameras=(args.min_cameras, most),
                                  start_errors={"rotation_deg": tuple(args.start_rotation)}
                                  if args.start_rotation else None)
         add_settings(folder / "invpbr.toml", args.set)

@@ -198,12 +198,15 @@ class Pose(HybridAdam, Geometry):
         """Which cameras see the posed shapes only from behind, all of them area lights,
         and whether they are all analytic rectangle lamps (see :meth:`needs_primary_edges`)."""
         ids = {shape_name(k.removesuffix("." + TO_WORLD)) for k in self.targets}
-        sensors = problem.scene.sensors()
-        self.behind = frozenset(v.index for v in problem.views
-                                if seen_only_from_behind(problem.scene, ids, sensors[v.index]))
         shapes = [s for s in problem.scene.shapes() if s.id() in ids]
         self.lamp = bool(shapes) and all(s.is_emitter() and s.class_name() == "Rectangle"
                                          for s in shapes)
+        if self.lamp:  # (no view renders the term: which see it from behind does not matter)
+            self.behind = frozenset()
+            return
+        sensors = problem.scene.sensors()
+        self.behind = frozenset(v.index for v in problem.views
+                                if seen_only_from_behind(problem.scene, ids, sensors[v.index]))
 
     def clipped_as_bounds(self, problem) -> bool:
         """No: where the photos clip (a light's hot spot, a bright floor) a single noisy
