@@ -1030,3 +1030,68 @@ def test_pose_runs_are_repeatable_by_default(tmp_path, mi):
             assert dr.thread_count() == 1
             raise KeyboardInterrupt
     assert dr.thread_count() == before
+
+
+def _stripes_and_blob(theta: np.ndarray, size: int = 32) -> np.ndarray:
+    """A (size, size, 3) image of fine stripes (period 2 pixels) over a broad blob, both
+    moved sideways by ``theta[0]`` pixels (the blob up by ``theta[1]``); ``theta[2:6]``
+    add smooth patterns that a sideways move does not resemble (so that all six
+    numbers of a motion show, none standing in for another)."""
+    y, x = np.mgrid[0:size, 0:size] + 0.25
+    u, v = (x - size / 2) / size, (y - size / 2) / size
+    blob = np.exp(-((u * size - theta[0]) ** 2 + (v * size - theta[1]) ** 2) / (2 * 5.0 ** 2))
+    stripes = 0.5 * (1 + np.cos(np.pi * (x - theta[0])))
+    smooth = 0.1 * (theta[2] * v + theta[3] + theta[4] * (u * u - 1 / 12) + theta[5] * u * v)
+    image = 0.4 * blob + 0.3 * stripes + smooth
+    return np.repeat(image[..., None], 3, axis=2)
+
+
+def test_polish_second_chance_leaves_a_shallow_valley_of_the_sharp_images():
+    """A pose polished on sharp images settles where the fine detail lines up, even
+    where the broad shape says it is far off (the photo's blob 4 pixels aside, its
+    stripes lined up again there: the stripes' period is 2). The second chance
+    (``second_chance``) probes that end with a step on blurred images, which reaches
+    several finite-difference steps, runs the polish again blurred first, and returns
+    the second end, whose sharp loss is lower. At the truth the probe's step is small
+    and the first end stays."""
+    from types import SimpleNamespace
+
+    from invpbr.estimates.cameras import polish_summary
+    from invpbr.optimization.polish import (RESCUE_REACH, Block, Renderer, polish_steps,
+                                            second_chance)
+
+    class Synthetic(Renderer):
+        def __init__(self, truth: np.ndarray):
+            self.masks = {0: None}
+            self.photo = _stripes_and_blob(truth)
+
+        def residuals(self, values, views, seed):
+            return {0: self.photo - _stripes_and_blob(values["pose"])}
+
+    def block() -> Block:
+        return Block("pose", 0, 6, [0], np.full(6, 0.5), "pose", 1.0, near=np.inf)  # (a pose's)
+
+    infos = {}
+    for truth, far in ((np.array([4.0, 0, 0, 0, 0, 0]), True), (np.zeros(6), False)):
+        renderer = Synthetic(truth)
+        groups = [[block()]]
+        theta = {"pose": np.array([0.1, -0.1, 0.0, 0.0, 0.0, 0.0])}
+        final, _, _ = polish_steps(renderer, theta, groups, 20, 0)
+        assert abs(final["pose"][0]) < 0.5, final  # (the sharp images' own valley)
+        chance = second_chance(renderer, final, groups, {("pose", "pose"): 0.0}, 20, 100)
+        info = infos[far] = chance["pose", "pose"]
+        if far:
+            assert info["kept"] and info["reach"] >= RESCUE_REACH, info
+            assert info["returned"] == "second" and info["loss_second"] < info["loss_first"], info
+            assert abs(final["pose"][0] - 4.0) < 0.1 and abs(final["pose"][1]) < 0.1, final
+            assert groups[0][0].loss_after == info["loss_second"]
+        else:
+            assert info["reach"] < RESCUE_REACH and info["returned"] == "first", info
+            assert np.abs(final["pose"][:2]).max() < 0.05, final
+    # invpbr run's line for the pose says so
+    def line(info: dict) -> str:
+        motion = {"sigma": {"rotation_deg": 0.3, "position": 0.001}, "second_chance": info}
+        return polish_summary(SimpleNamespace(polished={"obj": {"motions": {"pose": motion}}}), "obj")
+
+    assert "standard deviation up to 0.30 deg" in line(infos[False])
+    assert "shallow valley" not in line(infos[False]) and "shallow valley" in line(infos[True])

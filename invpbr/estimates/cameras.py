@@ -497,6 +497,12 @@ def polish_summary(result, key: str) -> str:
                      f"{known[worst]['position']:.3g} in position{label}")
     if blind:
         parts.append("not determined by the photos: " + ", ".join(blind))
+    second = [m for m, r in motions.items()
+              if (r.get("second_chance") or {}).get("returned") == "second"]
+    if second:  # (invpbr.optimization.polish.second_chance)
+        parts.append("its end left a shallow valley (a second polish, on blurred images "
+                     "first, rendered closer to the photos)"
+                     + ("" if len(motions) == 1 else ": " + ", ".join(second)))
     return "; polish: " + "; ".join(parts) if parts else ""
 
 

@@ -26,8 +26,13 @@ the renders:
   in a motion over half a pixel (a long edge crosses pixel borders), and along a
   valley (a camera's sideways move against the turn that nearly undoes it) the
   Jacobian's columns then did not add up and the steps went a tenth of the way; the
-  blur takes detail away, though, so the polish ends sharp (a pose's are never
+  blur takes detail away, though, so the polish ends sharp (a pose's are not
   blurred: its turn shows in the fine detail);
+- but a pose polished sharp can settle in a shallow valley far from the photos'
+  minimum, where the sharp images' linear model sees a minimum: one step on blurred
+  images probes its end, and where it reaches far, a second polish (blurred first)
+  runs from there and is kept where it renders closer to the photos
+  (:func:`second_chance`);
 - the gradient uses the mean of the Jacobians (a camera's: those taken near its
   current position; less noise), and the normal matrix the product of the newest with
   the mean of the older of those, whose noises are independent (one noisy Jacobian's
@@ -98,6 +103,12 @@ HUBER = 2.0
 #: least ``MIN_ITERATIONS``). Refused large steps used to end it too: 104 and 113 of the
 #: pose benchmark stopped 4 of their standard deviations off (BENCHMARKS.md).
 SETTLED = 0.25
+#: A pose's first blurred step from the sharp polish's end that reaches this many
+#: finite-difference steps (before the trust region trims it) starts its second chance
+#: (see :func:`second_chance`).
+RESCUE_REACH = 1.0
+#: Paired renders of each end a second chance compares.
+COMPARE_SEEDS = 2
 MIN_ITERATIONS = 4
 #: Seeds of the polish's renders start here (away from the steps' and the final renders').
 SEED_BASE = 1 << 29
@@ -137,6 +148,7 @@ class Block:
     loss_after: float | None = None
     moved: int = 0
     settled: int = 0  # iterations in a row whose step was small (kept or not)
+    reach: float = 0.0  # the last step's largest component in finite-difference steps, untrimmed
     jacobians: list = field(default_factory=list)  # the last two
     history: list = field(default_factory=list)  # (position, Jacobian) of every iteration
     residual: Any = None
@@ -414,6 +426,7 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
             c = huber_weights(r)[1]
         residuals.append((r, c))
         delta = huber_step(b, r, c)
+        b.reach = float(np.max(np.abs(delta) / b.steps))
         delta = within_trust(delta, b.steps)
         trial[b.name][b.start:b.start + b.size] -= delta
         if b.threshold is None:
@@ -485,6 +498,83 @@ def uncertainty(b: Block) -> dict[str, float | None]:
             "position": float(np.sqrt(var[0:3].sum()) * b.unit)}
 
 
+def polish_steps(renderer: Renderer, theta: dict, groups: list[list[Block]], iterations: int,
+           seed: int, callback=None) -> tuple[dict, int, int]:
+    """Iterations of ``groups`` from ``theta`` (updated in place) until every motion
+    settled (after at least ``MIN_ITERATIONS`` sharp ones) or ``iterations`` ran:
+    (the mean of the last half of the sharp iterates, iterations run, iterates in
+    that mean)."""
+    iterates, done = [], 0  # (of the sharp iterations)
+    for it in range(iterations):
+        done = it + 1
+        sharp = all([sharpen(group, it) for group in groups])
+        for gi, group in enumerate(groups):
+            base = seed + 2 * (it * len(groups) + gi)
+            _iterate(renderer, theta, group, (base, base + 1))
+        if sharp:
+            iterates.append({n: t.copy() for n, t in theta.items()})
+        if callback is not None:
+            callback(it)
+        if (sharp and len(iterates) >= MIN_ITERATIONS
+                and all(b.settled >= 2 for g in groups for b in g)):
+            break
+    iterates = iterates or [{n: t.copy() for n, t in theta.items()}]
+    tail = iterates[len(iterates) // 2:]
+    return {n: np.mean([t[n] for t in tail], axis=0) for n in theta}, done, len(tail)
+
+
+def second_chance(renderer: Renderer, final: dict, groups: list[list[Block]], blurs: dict,
+                  iterations: int, seed: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """A pose polished on sharp images only may end in a shallow valley far from the
+    photos' minimum, where the sharp images' linear model sees a minimum (BENCHMARKS.md,
+    issue 13: pose seed 303 at 32x32 ended 15 degrees off, its loss 14 % above the
+    truth's, the polish settled after 4 iterations; started on images blurred by a
+    pixel it went the 15 degrees back). So from each such pose's end one iteration on
+    blurred images probes: where its step is kept and reaches ``RESCUE_REACH``
+    finite-difference steps or more (the images say "far"), the polish runs again from
+    there, blurred first as a camera's, and its end replaces the first where it
+    renders closer to the photos (the sharp loss of both, ``COMPARE_SEEDS`` paired
+    renders). Updates ``final``; returns (name, label) -> what was done."""
+    out = {}
+    for group in groups:
+        first = group[0]
+        if len(group) != 1 or first.label != "pose" or blurs[first.name, first.label] > 0:
+            continue  # (cameras start blurred already, as does a pose whose table says so)
+        probe = [Block(first.name, first.start, first.size, first.views, first.steps,
+                       first.label, first.unit, blur=POLISH_BLUR["camera"], near=first.near)]
+        theta = {n: t.copy() for n, t in final.items()}
+        _iterate(renderer, theta, probe, (seed, seed + 1))
+        info: dict[str, Any] = {"reach": probe[0].reach, "kept": probe[0].moved > 0,
+                                "returned": "first"}
+        out[first.name, first.label] = info
+        if probe[0].moved == 0 or probe[0].reach < RESCUE_REACH:
+            continue
+        end, done, _ = polish_steps(renderer, theta, [probe], iterations, seed + 2)
+        losses = [compare_loss(renderer, state, first, seed + 4 * iterations + 3)
+                  for state in (final, end)]
+        info |= {"iterations": done, "loss_first": losses[0], "loss_second": losses[1]}
+        if losses[1] < losses[0]:
+            part = slice(first.start, first.start + first.size)
+            final[first.name][part] = end[first.name][part]
+            info["returned"] = "second"
+            # (the report's standard deviation and loss: of the end returned)
+            first.jacobians, first.residual = probe[0].jacobians, probe[0].residual
+            first.weights, first.loss_after = probe[0].weights, losses[1]
+            first.moved += probe[0].moved
+    return out
+
+
+def compare_loss(renderer: Renderer, state: dict, block: Block, seed: int) -> float:
+    """The sharp Huber loss of ``block``'s views at ``state`` (its first iteration's
+    threshold), the mean over ``COMPARE_SEEDS`` renders (seeds from ``seed``: the same
+    for every state compared, so that most of their noise cancels)."""
+    total = 0.0
+    for k in range(COMPARE_SEEDS):
+        residual = renderer.flat(renderer.residuals(state, block.views, seed + k), block.views)
+        total += huber_loss(residual, block.threshold) / residual.size
+    return total / COMPARE_SEEDS
+
+
 def polish(run, *, callback=None) -> dict[str, Any]:
     """Levenberg-Marquardt iterations on the rigid motions of ``run`` (see the
     module); leaves the polished latents in ``run.latents`` (and the scene);
@@ -502,27 +592,17 @@ def polish(run, *, callback=None) -> dict[str, Any]:
     spp = max(polish_spp(by_name[n], pixels) for n in names)
     renderer = Renderer(run, spp)
     theta = {n: np.array(run.latents[n], dtype=np.float64).ravel() for n in names}
-    iterates = []  # (of the sharp iterations)
+    blurs = {(b.name, b.label): b.blur for g in groups for b in g}  # (sharpen() clears them)
     seed = SEED_BASE + 1009 * int(run.problem.config.optimize.seed)
-    done = 0
-    for it in range(iterations):
-        done = it + 1
-        sharp = all([sharpen(group, it) for group in groups])
-        for gi, group in enumerate(groups):
-            base = seed + 2 * (it * len(groups) + gi)
-            _iterate(renderer, theta, group, (base, base + 1))
-        if sharp:
-            iterates.append({n: t.copy() for n, t in theta.items()})
-        if callback is not None:
-            renderer.set(theta)
-            run.latents.write_scene()
-            callback(it)
-        if (sharp and len(iterates) >= MIN_ITERATIONS
-                and all(b.settled >= 2 for g in groups for b in g)):
-            break
-    iterates = iterates or [{n: t.copy() for n, t in theta.items()}]
-    tail = iterates[len(iterates) // 2:]
-    final = {n: np.mean([t[n] for t in tail], axis=0) for n in names}
+
+    def each(it: int) -> None:
+        renderer.set(theta)
+        run.latents.write_scene()
+        callback(it)
+
+    final, done, kept = polish_steps(renderer, theta, groups, iterations, seed,
+                               each if callback is not None else None)
+    chances = second_chance(renderer, final, groups, blurs, iterations, seed + 7919)
     renderer.set(final)
     run.latents.write_scene()
     seconds = time.perf_counter() - start_time
@@ -530,10 +610,14 @@ def polish(run, *, callback=None) -> dict[str, Any]:
     for n in names:
         blocks = [b for g in groups for b in g if b.name == n]
         report[n] = {"iterations": done, "spp": spp, "seconds": seconds,
-                     "returned": f"mean of the last {len(tail)} iterates",
+                     "returned": f"mean of the last {kept} iterates",
                      "motions": {b.label: {"loss_before": b.loss_before,
                                            "loss_after": b.loss_after, "steps_kept": b.moved,
-                                           "sigma": uncertainty(b)} for b in blocks}}
+                                           "blur": blurs[b.name, b.label],
+                                           "sigma": uncertainty(b)}
+                                 | ({"second_chance": chances[b.name, b.label]}
+                                    if (b.name, b.label) in chances else {})
+                                 for b in blocks}}
     return report
 
 
