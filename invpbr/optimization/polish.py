@@ -103,13 +103,14 @@ HUBER = 2.0
 #: least ``MIN_ITERATIONS``). Refused large steps used to end it too: 104 and 113 of the
 #: pose benchmark stopped 4 of their standard deviations off (BENCHMARKS.md).
 SETTLED = 0.25
+MIN_ITERATIONS = 4
 #: A pose's first blurred step from the sharp polish's end that reaches this many
 #: finite-difference steps (before the trust region trims it) starts its second chance
-#: (see :func:`second_chance`).
+#: (see :func:`second_chance`). Measured: 0.03-0.48 on the 51 pose and lamp runs of the
+#: benchmarks, 1.40 where the sharp polish had settled 15 degrees off (BENCHMARKS.md).
 RESCUE_REACH = 1.0
 #: Paired renders of each end a second chance compares.
 COMPARE_SEEDS = 2
-MIN_ITERATIONS = 4
 #: Seeds of the polish's renders start here (away from the steps' and the final renders').
 SEED_BASE = 1 << 29
 #: Channels per pixel in the residual vectors (see :func:`uncertainty`).
@@ -499,7 +500,7 @@ def uncertainty(b: Block) -> dict[str, float | None]:
 
 
 def polish_steps(renderer: Renderer, theta: dict, groups: list[list[Block]], iterations: int,
-           seed: int, callback=None) -> tuple[dict, int, int]:
+                 seed: int, callback=None) -> tuple[dict, int, int]:
     """Iterations of ``groups`` from ``theta`` (updated in place) until every motion
     settled (after at least ``MIN_ITERATIONS`` sharp ones) or ``iterations`` ran:
     (the mean of the last half of the sharp iterates, iterations run, iterates in
