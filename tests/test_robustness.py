@@ -1088,8 +1088,8 @@ def test_polish_second_chance_leaves_a_shallow_valley_of_the_sharp_images():
         else:
             assert info["reach"] < RESCUE_REACH and info["returned"] == "first", info
             assert np.abs(final["pose"][:2]).max() < 0.05, final
-    # invpbr run's line for the pose says so
-    def line(info: dict) -> str:
+
+    def line(info: dict) -> str:  # (invpbr run's line for the pose)
         motion = {"sigma": {"rotation_deg": 0.3, "position": 0.001}, "second_chance": info}
         return polish_summary(SimpleNamespace(polished={"obj": {"motions": {"pose": motion}}}), "obj")
 

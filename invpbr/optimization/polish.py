@@ -602,7 +602,7 @@ def polish(run, *, callback=None) -> dict[str, Any]:
         callback(it)
 
     final, done, kept = polish_steps(renderer, theta, groups, iterations, seed,
-                               each if callback is not None else None)
+                                     each if callback is not None else None)
     chances = second_chance(renderer, final, groups, blurs, iterations, seed + 7919)
     renderer.set(final)
     run.latents.write_scene()

@@ -135,8 +135,12 @@ class Result:
             (``[[estimate]] polish``, :mod:`invpbr.optimization.polish`):
             ``iterations``, ``spp``, ``seconds``, ``returned``, and per motion (a
             camera's sensor id, or ``pose``) ``loss_before``, ``loss_after``,
-            ``steps_kept`` and ``sigma`` (standard deviations of its rotation, degrees,
-            and position, scene units; None where the photos do not determine it).
+            ``steps_kept``, ``blur`` (of its first iterations' images, pixels),
+            ``sigma`` (standard deviations of its rotation, degrees, and position,
+            scene units; None where the photos do not determine it) and, for a pose,
+            ``second_chance`` (``reach``, ``kept``, ``returned``: ``first`` or
+            ``second``, and where a second polish ran its ``iterations``,
+            ``loss_first`` and ``loss_second``; :func:`invpbr.optimization.polish.second_chance`).
     """
 
     name: str
