@@ -61,6 +61,7 @@ samples, without gradients; by default as many samples per view as 256 per pixel
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,7 +95,12 @@ BLURRED = 6
 #: 10 scenes of the pose benchmark ended worse in 8, median 1.44 deg against 1.20;
 #: pose runs vary by up to 1.77x, so this is a caution, not a proof).
 NEAR = 1.0
-#: Rounds of reweighting within one step's linear model (see :func:`huber_step`).
+#: A Jacobian column whose forward and backward differences differ in size by more than
+#: this factor is kinked (see :func:`one_sided`); of those, at most ``KINKED_TRIED`` (the
+#: largest ratios) are tried on each side (3 ** KINKED_TRIED linear models per step).
+KINK = 2.0
+KINKED_TRIED = 3
+#: Rounds of reweighting within one step's linear model (see :func:`linear_step`).
 IRLS_ROUNDS = 8
 #: Huber weights: residuals beyond this many robust standard deviations weigh less.
 HUBER = 2.0
@@ -320,8 +326,10 @@ def huber_loss(r: np.ndarray, c: float) -> float:
 def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[int],
                seed: int) -> None:
     """Each block's Jacobian of its views' residuals (central differences, common
-    random numbers): of the blurred residuals (the steps') appended to ``block.history``,
-    of the plain ones (the uncertainty's) kept as its newest in ``block.jacobians``."""
+    random numbers): of the blurred residuals (the steps') appended to ``block.history``
+    with its one-sided differences where they disagree (see :func:`one_sided`), of the
+    plain ones (the uncertainty's) kept as its newest in ``block.jacobians``."""
+    zero = renderer.residuals(theta, views, seed)  # (the one-sided differences' middle)
     columns = []
     for k in range(group[0].size):
         plus = {n: t.copy() for n, t in theta.items()}
@@ -337,22 +345,58 @@ def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[
             return np.stack([(renderer.flat(rp, b.views, blur) - renderer.flat(rm, b.views, blur))
                              / (2 * b.steps[k]) for k, (rp, rm) in enumerate(columns)], axis=1)
 
+        def sides(blur):
+            middle = renderer.flat(zero, b.views, blur)
+            forward = np.stack([(renderer.flat(rp, b.views, blur) - middle) / b.steps[k]
+                                for k, (rp, _) in enumerate(columns)], axis=1)
+            backward = np.stack([(middle - renderer.flat(rm, b.views, blur)) / b.steps[k]
+                                 for k, (_, rm) in enumerate(columns)], axis=1)
+            return one_sided(forward, backward)
+
         sharp = jacobian(0.0)
         b.jacobians = (b.jacobians + [sharp])[-2:]
         b.history.append((theta[b.name][b.start:b.start + b.size].copy(),
-                          jacobian(b.blur) if b.blur > 0 else sharp))
+                          jacobian(b.blur) if b.blur > 0 else sharp, sides(b.blur)))
 
 
-def nearby_jacobians(b: Block) -> tuple[np.ndarray, np.ndarray | None]:
+def one_sided(forward: np.ndarray, backward: np.ndarray):
+    """``(forward, backward, kinked)`` where some column's forward and backward
+    differences differ in size by more than ``KINK`` times (the images change at a kink
+    of the motion: a rectangle lamp turning edge-on to a view shows its bright face on
+    one side and its dark back on the other), else None. Such a column's central
+    difference is the mean of the two slopes and fits neither side: at the end of lamp
+    seed 102's polish it predicted 5 times the image change that the 1.4 degrees to the
+    truth made, and the steps stopped short (BENCHMARKS.md)."""
+    f, b = np.linalg.norm(forward, axis=0), np.linalg.norm(backward, axis=0)
+    kinked = np.maximum(f, b) > KINK * np.maximum(np.minimum(f, b), 1e-30)
+    return (forward, backward, kinked) if np.any(kinked) else None
+
+
+def oriented(entry: tuple, signs: np.ndarray) -> np.ndarray:
+    """A history entry's Jacobian for a move of the signs ``signs`` (+1, -1; 0: any):
+    its kinked columns the one-sided difference on that side, the rest central."""
+    _, central, sides = entry
+    if sides is None or not np.any(signs):
+        return central
+    forward, backward, kinked = sides
+    jac = central.copy()
+    for k in np.flatnonzero(kinked & (signs != 0)):
+        jac[:, k] = forward[:, k] if signs[k] > 0 else backward[:, k]
+    return jac
+
+
+def nearby_jacobians(b: Block, signs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The mean of the Jacobians of block ``b`` taken within ``b.near`` finite-difference
     steps of its newest position, and the mean of those besides the newest (None where
-    there are none). Averaging lowers their noise; Jacobians from farther away have
-    their edges where the images had them then, and would blur the newest one's (a
-    camera that went 3 degrees off and back took 30 iterations to return with the mean
-    of all)."""
-    here, newest = b.history[-1]
-    near = [jac for position, jac in b.history[:-1]
-            if np.max(np.abs(position - here) / b.steps) <= b.near]
+    there are none), each oriented for a move of ``signs`` (see :func:`oriented`).
+    Averaging lowers their noise; Jacobians from farther away have their edges where
+    the images had them then, and would blur the newest one's (a camera that went 3
+    degrees off and back took 30 iterations to return with the mean of all)."""
+    signs = np.zeros(b.size) if signs is None else signs
+    here = b.history[-1][0]
+    newest = oriented(b.history[-1], signs)
+    near = [oriented(entry, signs) for entry in b.history[:-1]
+            if np.max(np.abs(entry[0] - here) / b.steps) <= b.near]
     older = np.mean(near, axis=0) if near else None
     mean = newest if older is None else (older * len(near) + newest) / (len(near) + 1)
     return mean, older
@@ -379,27 +423,63 @@ def normal_matrix(older, newest: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def huber_step(b: Block, r: np.ndarray, c: float) -> np.ndarray:
     """The damped Gauss-Newton step of block ``b`` that minimizes the Huber loss
-    (threshold ``c``) of the linearized residuals ``r - J step``: reweighted least
-    squares on the linear model, a few rounds. (Weights of ``r`` itself would count
-    the pixels that a misaligned edge or texture leaves off, the very pixels the step
-    should move, as outliers: a camera two pixels off stalled at 1.9 degrees with
+    (threshold ``c``) of the linearized residuals ``r - J step`` (see
+    :func:`linear_step`). Where the newest Jacobian has kinked columns (see
+    :func:`one_sided`), each of them is tried moving up, moving down (its one-sided
+    difference on that side) and held, and the step whose linear model fits best among
+    those that move as their columns assumed is taken (at most ``KINKED_TRIED`` kinked
+    columns, those of the largest ratio)."""
+    sides = b.history[-1][2]
+    if sides is None:
+        return linear_step(b, r, c, np.zeros(b.size))[0]
+    forward, backward, kinked = sides
+    f, g = np.linalg.norm(forward, axis=0), np.linalg.norm(backward, axis=0)
+    ratio = np.maximum(f, g) / np.maximum(np.minimum(f, g), 1e-30)
+    tried = [k for k in np.argsort(-ratio) if kinked[k]][:KINKED_TRIED]
+    best, best_loss = np.zeros(b.size), np.inf
+    for choice in itertools.product((1, -1, 0), repeat=len(tried)):
+        signs = np.zeros(b.size)
+        signs[tried] = choice
+        held = np.zeros(b.size, bool)
+        held[tried] = np.array(choice) == 0
+        delta, jac = linear_step(b, r, c, signs, held)
+        move = -delta  # (the step is subtracted: see _iterate)
+        if np.any(move[tried] * signs[tried] < 0):
+            continue  # (it moves a kinked column the other way than its difference assumed)
+        loss = huber_loss(r - jac @ delta, c)
+        if loss < best_loss:
+            best, best_loss = delta, loss
+    return best
+
+
+def linear_step(b: Block, r: np.ndarray, c: float, signs: np.ndarray,
+                held: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The damped Gauss-Newton step of block ``b`` that minimizes the Huber loss
+    (threshold ``c``) of the linearized residuals ``r - J step``, ``J`` oriented for
+    ``signs`` and the components ``held`` kept still: reweighted least squares on the
+    linear model, a few rounds; (step, the mean ``J``). (Weights of ``r`` itself would
+    count the pixels that a misaligned edge or texture leaves off, the very pixels the
+    step should move, as outliers: a camera two pixels off stalled at 1.9 degrees with
     them, where the loss at its truth was 40 % lower.)"""
-    jac, older = nearby_jacobians(b)  # (the mean: less noise in the gradient)
-    newest = b.history[-1][1]
+    jac, older = nearby_jacobians(b, signs)  # (the mean: less noise in the gradient)
+    newest = oriented(b.history[-1], signs)
+    free = np.ones(b.size, bool) if held is None else ~held
+    jf = jac[:, free]
+    of, nf = (None if older is None else older[:, free]), newest[:, free]
     w = huber_weight(r, c)
     delta = np.zeros(b.size)
     for _ in range(IRLS_ROUNDS):
-        a = normal_matrix(older, newest, w)
+        a = normal_matrix(of, nf, w)
         damped = a + b.lam * np.diag(np.maximum(np.diag(a), 1e-12))
         try:
-            delta = np.linalg.solve(damped, jac.T @ (w * r))
+            delta[free] = np.linalg.solve(damped, jf.T @ (w * r))
         except np.linalg.LinAlgError:
-            return np.zeros(b.size)
+            return np.zeros(b.size), jac
         reweighted = huber_weight(r - jac @ delta, c)
         if np.max(np.abs(reweighted - w)) < 1e-3:
             break
         w = reweighted
-    return delta
+    return delta, jac
 
 
 def within_trust(delta: np.ndarray, steps: np.ndarray) -> np.ndarray:
