@@ -33,6 +33,13 @@ the renders:
   images probes its end, and where it reaches far, a second polish (blurred first)
   runs from there and is kept where it renders closer to the photos
   (:func:`second_chance`);
+- where a column's forward and backward differences differ in size by more than
+  ``KINK`` times, the images have a kink there (a lamp turning edge-on to a view
+  shows its bright face on one side and its dark back on the other) and the central
+  difference, the mean of the two slopes, fits neither side: such a column is tried
+  with each side's difference (and held), and the step whose linear model fits best
+  among those that move the way their differences assumed is taken
+  (:func:`one_sided`, :func:`huber_step`);
 - the gradient uses the mean of the Jacobians (a camera's: those taken near its
   current position; less noise), and the normal matrix the product of the newest with
   the mean of the older of those, whose noises are independent (one noisy Jacobian's
@@ -53,7 +60,7 @@ product taken between the Jacobians of two iterations (independent noise: their
 product is not inflated by it, as ``J^T J`` of one noisy Jacobian is); a direction
 whose ``A`` is not positive is not determined by the photos at all.
 
-Cost per iteration: ``2 + 2 x 6`` renders of a pose's fitted views (of each view once
+Cost per iteration: ``3 + 2 x 6`` renders of a pose's fitted views (of each view once
 for all cameras together: each view shows only its own camera's change) at ``spp``
 samples, without gradients; by default as many samples per view as 256 per pixel at
 48x48 (``POLISH_SAMPLES``), so the cost does not grow with the views' pixels.
@@ -154,6 +161,7 @@ class Block:
     loss_before: float | None = None
     loss_after: float | None = None
     moved: int = 0
+    kinked: int = 0  # iterations whose newest Jacobian had a kinked column (see one_sided)
     settled: int = 0  # iterations in a row whose step was small (kept or not)
     reach: float = 0.0  # the last step's largest component in finite-difference steps, untrimmed
     jacobians: list = field(default_factory=list)  # the last two
@@ -507,6 +515,7 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
             c = huber_weights(r)[1]
         residuals.append((r, c))
         delta = huber_step(b, r, c)
+        b.kinked += b.history[-1][2] is not None
         b.reach = float(np.max(np.abs(delta) / b.steps))
         delta = within_trust(delta, b.steps)
         trial[b.name][b.start:b.start + b.size] -= delta
@@ -642,6 +651,7 @@ def second_chance(renderer: Renderer, final: dict, groups: list[list[Block]], bl
             first.jacobians, first.residual = probe[0].jacobians, probe[0].residual
             first.weights, first.loss_after = probe[0].weights, losses[1]
             first.moved += probe[0].moved
+            first.kinked += probe[0].kinked
     return out
 
 
@@ -694,6 +704,7 @@ def polish(run, *, callback=None) -> dict[str, Any]:
                      "returned": f"mean of the last {kept} iterates",
                      "motions": {b.label: {"loss_before": b.loss_before,
                                            "loss_after": b.loss_after, "steps_kept": b.moved,
+                                           "kinked": b.kinked,
                                            "blur": blurs[b.name, b.label],
                                            "sigma": uncertainty(b)}
                                  | ({"second_chance": chances[b.name, b.label]}

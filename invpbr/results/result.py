@@ -136,6 +136,8 @@ class Result:
             ``iterations``, ``spp``, ``seconds``, ``returned``, and per motion (a
             camera's sensor id, or ``pose``) ``loss_before``, ``loss_after``,
             ``steps_kept``, ``blur`` (of its first iterations' images, pixels),
+            ``kinked`` (iterations whose Jacobian had a kinked column, stepped with
+            one-sided differences: :func:`invpbr.optimization.polish.one_sided`),
             ``sigma`` (standard deviations of its rotation, degrees, and position,
             scene units; None where the photos do not determine it) and, for a pose,
             ``second_chance`` (``reach``, ``kept``, ``returned``: ``first`` or
