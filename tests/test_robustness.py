@@ -1144,35 +1144,3 @@ def test_polish_takes_one_sided_differences_at_a_kink(monkeypatch):
     monkeypatch.setattr(P, "KINK", np.inf)  # (central differences only, as before)
     short = polished()
     assert short[0] < 0.6, short
-
-
-def test_polish_at_a_kink_keeps_the_step_that_renders_closer(monkeypatch):
-    """Where a Jacobian column is kinked, the central differences' step is rendered
-    beside the one-sided one, and the lower loss decides (a kink across a combination of
-    the numbers is only roughly one column's): a one-sided step sent the wrong way is
-    refused in favour of the central step; without a kink only one step is tried."""
-    from invpbr.optimization import polish as P
-
-    class Synthetic(P.Renderer):
-        def __init__(self, truth: np.ndarray):
-            self.masks, self.photo, self.calls = {0: None}, _kinked(truth), 0
-
-        def residuals(self, values, views, seed):
-            self.calls += 1
-            return {0: self.photo - _kinked(values["pose"])}
-
-    wrong = np.array([0.5, 0, 0, 0, 0, 0])  # (subtracted: moves theta[0] down, away)
-    monkeypatch.setattr(P, "huber_step", lambda b, r, c: wrong)
-    renderer = Synthetic(np.array([1.0, 0, 0, 0, 0, 0]))
-    block = P.Block("pose", 0, 6, [0], np.full(6, 0.5), "pose", 1.0, near=np.inf)
-    theta = {"pose": np.zeros(6)}
-    P._iterate(renderer, theta, [block], (0, 1))
-    assert block.kinked == 1 and block.moved == 1 and renderer.calls == 1 + 13 + 2
-    assert theta["pose"][0] > 0.05, theta  # (the central step: toward the truth)
-    smooth = Synthetic(np.array([1.0, 0, 0, 0, 0, 0]))
-    monkeypatch.setattr(P, "KINK", np.inf)
-    block = P.Block("pose", 0, 6, [0], np.full(6, 0.5), "pose", 1.0, near=np.inf)
-    theta = {"pose": np.zeros(6)}
-    P._iterate(smooth, theta, [block], (0, 1))
-    assert block.kinked == 0 and block.moved == 0 and smooth.calls == 1 + 13 + 1
-    assert np.array_equal(theta["pose"], np.zeros(6))  # (the wrong step alone: refused)

@@ -500,17 +500,12 @@ def within_trust(delta: np.ndarray, steps: np.ndarray) -> np.ndarray:
 
 
 def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[int, int]) -> None:
-    """One Levenberg-Marquardt iteration of ``group`` (updates ``theta`` in place). Where
-    a motion's Jacobian has a kinked column, the step of its central differences is
-    tried beside the one-sided step (:func:`huber_step`), and the renders keep the one
-    whose loss is lower: a kink across a combination of the motion's numbers (a lamp's
-    plane edge-on to a view) is only roughly one column's, and at lamp seed 104 of the
-    benchmark the one-sided steps held the lamp 0.6 degrees off where the central ones
-    had reached 0.2 (BENCHMARKS.md)."""
+    """One Levenberg-Marquardt iteration of ``group`` (updates ``theta`` in place)."""
     views = sorted({v for b in group for v in b.views})
     base = renderer.residuals(theta, views, seeds[0])
     _jacobians(renderer, theta, group, views, seeds[1])
-    residuals, candidates = [], []
+    trial = {n: t.copy() for n, t in theta.items()}
+    residuals = []
     for b in group:
         b.residual = renderer.flat(base, b.views)  # (sharp: the uncertainty's, the report's)
         b.weights, sharp_c = huber_weights(b.residual)
@@ -519,32 +514,22 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
             r = renderer.flat(base, b.views, b.blur)
             c = huber_weights(r)[1]
         residuals.append((r, c))
-        deltas = [huber_step(b, r, c)]
-        if b.history[-1][2] is not None:
-            b.kinked += 1
-            deltas.append(linear_step(b, r, c, np.zeros(b.size))[0])
-        b.reach = float(np.max(np.abs(deltas[0]) / b.steps))
-        candidates.append([within_trust(delta, b.steps) for delta in deltas])
+        delta = huber_step(b, r, c)
+        b.kinked += b.history[-1][2] is not None
+        b.reach = float(np.max(np.abs(delta) / b.steps))
+        delta = within_trust(delta, b.steps)
+        trial[b.name][b.start:b.start + b.size] -= delta
         if b.threshold is None:
             b.threshold = sharp_c
             b.loss_before = huber_loss(b.residual, sharp_c) / r.size
         b.loss_after = huber_loss(b.residual, b.threshold) / r.size  # (the newest base render's)
-    trials, afters = [], []
-    for k in range(max(len(deltas) for deltas in candidates)):
-        trial = {n: t.copy() for n, t in theta.items()}
-        for b, deltas in zip(group, candidates):
-            trial[b.name][b.start:b.start + b.size] -= deltas[min(k, len(deltas) - 1)]
-        trials.append(trial)
-        afters.append(renderer.residuals(trial, views, seeds[0]))
-    for b, (r, c), deltas in zip(group, residuals, candidates):
+    after = renderer.residuals(trial, views, seeds[0])
+    for b, (r, c) in zip(group, residuals):
         before_loss = huber_loss(r, c)
-        losses = [huber_loss(renderer.flat(afters[k], b.views, b.blur), c)
-                  for k in range(len(deltas))]
-        k = int(np.argmin(losses))
-        part = slice(b.start, b.start + b.size)
-        step = trials[k][b.name][part] - theta[b.name][part]
-        if losses[k] < before_loss:
-            theta[b.name][part] += step
+        after_loss = huber_loss(renderer.flat(after, b.views, b.blur), c)
+        step = trial[b.name][b.start:b.start + b.size] - theta[b.name][b.start:b.start + b.size]
+        if after_loss < before_loss:
+            theta[b.name][b.start:b.start + b.size] += step
             b.lam = max(b.lam / 4.0, 1e-6)
             b.moved += 1
         else:
