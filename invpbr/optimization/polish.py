@@ -165,7 +165,8 @@ class Block:
     settled: int = 0  # iterations in a row whose step was small (kept or not)
     reach: float = 0.0  # the last step's largest component in finite-difference steps, untrimmed
     jacobians: list = field(default_factory=list)  # the last two
-    history: list = field(default_factory=list)  # (position, Jacobian) of every iteration
+    # (position, Jacobian, its one_sided() differences or None) of every iteration
+    history: list = field(default_factory=list)
     residual: Any = None
     weights: Any = None
 
@@ -368,7 +369,8 @@ def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[
 
 
 def one_sided(forward: np.ndarray, backward: np.ndarray):
-    """``(forward, backward, kinked)`` where some column's forward and backward
+    """``(forward, backward, ratio)`` (each column's larger size over its smaller) where
+    some column's forward and backward
     differences differ in size by more than ``KINK`` times (the images change at a kink
     of the motion: a rectangle lamp turning edge-on to a view shows its bright face on
     one side and its dark back on the other), else None. Such a column's central
@@ -376,8 +378,8 @@ def one_sided(forward: np.ndarray, backward: np.ndarray):
     seed 102's polish it predicted 5 times the image change that the 1.4 degrees to the
     truth made, and the steps stopped short (BENCHMARKS.md)."""
     f, b = np.linalg.norm(forward, axis=0), np.linalg.norm(backward, axis=0)
-    kinked = np.maximum(f, b) > KINK * np.maximum(np.minimum(f, b), 1e-30)
-    return (forward, backward, kinked) if np.any(kinked) else None
+    ratio = np.maximum(f, b) / np.maximum(np.minimum(f, b), 1e-30)
+    return (forward, backward, ratio) if np.any(ratio > KINK) else None
 
 
 def oriented(entry: tuple, signs: np.ndarray) -> np.ndarray:
@@ -386,9 +388,9 @@ def oriented(entry: tuple, signs: np.ndarray) -> np.ndarray:
     _, central, sides = entry
     if sides is None or not np.any(signs):
         return central
-    forward, backward, kinked = sides
+    forward, backward, ratio = sides
     jac = central.copy()
-    for k in np.flatnonzero(kinked & (signs != 0)):
+    for k in np.flatnonzero((ratio > KINK) & (signs != 0)):
         jac[:, k] = forward[:, k] if signs[k] > 0 else backward[:, k]
     return jac
 
@@ -440,10 +442,8 @@ def huber_step(b: Block, r: np.ndarray, c: float) -> np.ndarray:
     sides = b.history[-1][2]
     if sides is None:
         return linear_step(b, r, c, np.zeros(b.size))[0]
-    forward, backward, kinked = sides
-    f, g = np.linalg.norm(forward, axis=0), np.linalg.norm(backward, axis=0)
-    ratio = np.maximum(f, g) / np.maximum(np.minimum(f, g), 1e-30)
-    tried = [k for k in np.argsort(-ratio) if kinked[k]][:KINKED_TRIED]
+    ratio = sides[2]
+    tried = [k for k in np.argsort(-ratio) if ratio[k] > KINK][:KINKED_TRIED]
     best, best_loss = np.zeros(b.size), np.inf
     for choice in itertools.product((1, -1, 0), repeat=len(tried)):
         signs = np.zeros(b.size)
