@@ -321,7 +321,10 @@ class PhotosConfig:
     what is clipped: measured worse for lights and objects) and where neither is
     (not measured: as before). Leaving them out keeps only
     the pixels whose noise stayed below the clip, darker than the truth on
-    average: cameras in bright noisy regions drift toward darker views."""
+    average: cameras in bright noisy regions drift toward darker views; where
+    they are left out, the Gauss-Newton polish of poses also leaves out the
+    pixels that a render of its own shows near the clip (result.json
+    ``polished.<key>.near_clip``)."""
     gain: Gain = "none"
     """Per-photo gain estimated with the scene, for photos whose exposure and
     white balance differ: ``none``, ``exposure`` (one factor per photo) or

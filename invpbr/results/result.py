@@ -142,7 +142,10 @@ class Result:
             scene units; None where the photos do not determine it) and, for a pose,
             ``second_chance`` (``reach``, ``kept``, ``returned``: ``first`` or
             ``second``, and where a second polish ran its ``iterations``,
-            ``loss_first`` and ``loss_second``; :func:`invpbr.optimization.polish.second_chance`).
+            ``loss_first`` and ``loss_second``; :func:`invpbr.optimization.polish.second_chance`);
+            and where pixels near the photos' clip were left out, ``near_clip``
+            (``threshold``, linear, and ``pixels_left_out``, the fraction of the fitted
+            views' pixels: :meth:`invpbr.optimization.polish.Renderer.leave_out_near_clip`).
     """
 
     name: str
