@@ -323,7 +323,8 @@ class PhotosConfig:
     the pixels whose noise stayed below the clip, darker than the truth on
     average: cameras in bright noisy regions drift toward darker views; where
     they are left out, the Gauss-Newton polish of poses also leaves out the
-    pixels that a render of its own shows near the clip (result.json
+    brightest pixels of a render of its own, down to where the photos hardly
+    clip (result.json
     ``polished.<key>.near_clip``)."""
     gain: Gain = "none"
     """Per-photo gain estimated with the scene, for photos whose exposure and

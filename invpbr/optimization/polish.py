@@ -48,9 +48,10 @@ the renders:
 - the finite differences hold everything the images do: silhouettes, occlusion as
   camera rays slide over surfaces, shading, analytic shapes whose boundary terms
   Mitsuba 3.9 gets wrong; any integrator;
-- where a photo's clipped pixels are left out of the loss, so are the pixels that a
-  render of its own (samples no step uses) shows near the clip: the clip leaves
-  there only the low draws of the photo's noise (:meth:`Renderer.leave_out_near_clip`);
+- where a photo's clipped pixels are left out of the loss, so are the brightest pixels
+  of a render of its own (samples no step uses), down to where the photos hardly clip:
+  near the clip it leaves only the low draws of the photo's noise
+  (:meth:`Renderer.leave_out_near_clip`);
 - it ends once every motion's last two steps were small (a quarter of the
   finite-difference step) or not kept, after at least ``MIN_ITERATIONS`` sharp ones,
   and returns the mean of the iterates of the last half of its sharp iterations (each
@@ -128,13 +129,13 @@ RESCUE_REACH = 1.0
 #: Paired renders of each end a second chance compares.
 COMPARE_SEEDS = 2
 #: Where a photo's clipped pixels are left out of the loss (``[photos] clipped`` =
-#: ``mask``), the pixels that a render independent of the steps' shows within this many
-#: robust standard deviations of the residuals below the clip are left out too (see
-#: :meth:`Renderer.leave_out_near_clip`); at least ``NEAR_CLIP_KEPT`` of a view's pixels
-#: stay. ``NEAR_CLIP_SAMPLE``: fewest residual channels the spread is measured on.
-NEAR_CLIP = 3.0
+#: ``mask``), the brightest pixels of a render independent of the steps' are left out
+#: too, down to where fewer than ``NEAR_CLIP_RATE`` of the photos' pixels are clipped
+#: (counted in runs of ``NEAR_CLIP_RUN`` pixels, brightest first; see
+#: :meth:`Renderer.leave_out_near_clip`); at least ``NEAR_CLIP_KEPT`` of a view's pixels stay.
+NEAR_CLIP_RATE = 0.05
+NEAR_CLIP_RUN = 200
 NEAR_CLIP_KEPT = 0.25
-NEAR_CLIP_SAMPLE = 100
 #: Seeds of the polish's renders start here (away from the steps' and the final renders').
 SEED_BASE = 1 << 29
 #: Channels per pixel in the residual vectors (see :func:`uncertainty`).
@@ -299,11 +300,13 @@ class Renderer:
 
     def leave_out_near_clip(self, theta: dict, seed: int) -> dict[str, Any] | None:
         """Leave out of the fitted views whose clipped pixels are left out of the loss
-        the pixels near the clip, from a render at ``theta`` (samples ``seed``, used by
-        no step): those with a channel at or above ``saturation - NEAR_CLIP * s``,
-        ``s`` the robust standard deviation of the residuals of the kept channels that
-        render between half the saturation and it. None where no view has such
-        pixels, else (the threshold, the fraction of the fitted pixels left out).
+        the pixels near the clip, chosen by a render at ``theta`` (samples ``seed``,
+        used by no step): of the pixels the views fit or clipped, brightest first (a
+        pixel's brightest channel in that render), the runs of ``NEAR_CLIP_RUN`` of
+        which at least ``NEAR_CLIP_RATE`` are clipped in the photos, down to the first
+        run with fewer. None where no view has clipped pixels left out, else (the
+        render's value from which pixels were left out, or None; the fraction of the
+        fitted pixels left out).
 
         Why: a photo's channel is clipped where the scene plus the photo's noise reach
         the clip, so the pixels the clip leaves in a bright noisy region are those whose
@@ -314,30 +317,36 @@ class Renderer:
         where the same scene's linear EXR photos (not clipped) and 2048-spp photos
         ended 0.29 degrees off (BENCHMARKS.md, issue 13). Which pixels are near the
         clip is decided by an independent render, not by the photo: choosing them by
-        the photo's value would keep only the low draws of its noise again."""
+        the photo's value would keep only the low draws of its noise again. How far
+        down is read off the photos' own clipping: where their noise is small, or they
+        hardly clip, little or nothing is left out (a bright highlight that pins a pose
+        is kept)."""
         views = self.run.problem.views
-        saturation = float(self.run.problem.config.photos.saturation)
         todo = [v for v in self.masks if self.ceilings[v] is None
                 and views[v].clipped is not None and self.masks[v] is not None]
-        if not todo or saturation <= 0:
+        if not todo:
             return None
         residuals = self.residuals(theta, todo, seed)
-        renders = {v: self.photos[v] - residuals[v] for v in todo}
-        band = np.concatenate([residuals[v][self.masks[v]][
-            (renders[v][self.masks[v]] >= 0.5 * saturation)
-            & (renders[v][self.masks[v]] < saturation)] for v in todo])
-        if band.size < NEAR_CLIP_SAMPLE:  # (too few bright channels: all kept ones)
-            band = np.concatenate([residuals[v][self.masks[v]].ravel() for v in todo])
-        spread = 1.4826 * float(np.median(np.abs(band - np.median(band))))
-        threshold = saturation - NEAR_CLIP * spread
+        fitted = {v: self.masks[v] | views[v].clipped.any(axis=-1) for v in todo}
+        bright = {v: (self.photos[v] - residuals[v]).max(axis=-1) for v in todo}
+        values = np.concatenate([bright[v][fitted[v]] for v in todo])
+        clipped = np.concatenate([views[v].clipped.any(axis=-1)[fitted[v]] for v in todo])
+        order = np.argsort(-values, kind="stable")
+        values, clipped = values[order], clipped[order]
+        threshold = None
+        for start in range(0, values.size, NEAR_CLIP_RUN):
+            part = clipped[start:start + NEAR_CLIP_RUN]
+            if part.size < NEAR_CLIP_RUN // 2 or part.mean() < NEAR_CLIP_RATE:
+                break
+            threshold = float(values[start:start + NEAR_CLIP_RUN].min())
         before = sum(int(self.masks[v].sum()) for v in todo)
-        for v in todo:
-            kept = self.masks[v] & ~(renders[v] >= threshold).any(axis=-1)
+        for v in todo if threshold is not None else []:
+            kept = self.masks[v] & (bright[v] < threshold)
             if kept.sum() >= NEAR_CLIP_KEPT * self.masks[v].sum():
                 self.masks[v] = kept
         after = sum(int(self.masks[v].sum()) for v in todo)
-        fitted = sum(self.photos[v].shape[0] * self.photos[v].shape[1] for v in self.masks)
-        return {"threshold": threshold, "pixels_left_out": (before - after) / fitted}
+        pixels = sum(self.photos[v].shape[0] * self.photos[v].shape[1] for v in self.masks)
+        return {"threshold": threshold, "pixels_left_out": (before - after) / pixels}
 
     def flat(self, residuals: dict, views: list[int], blur: float = 0.0) -> np.ndarray:
         """The residuals of ``views`` (each blurred by ``blur`` pixels) as one vector of

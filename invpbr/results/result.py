@@ -144,7 +144,8 @@ class Result:
             ``second``, and where a second polish ran its ``iterations``,
             ``loss_first`` and ``loss_second``; :func:`invpbr.optimization.polish.second_chance`);
             and where pixels near the photos' clip were left out, ``near_clip``
-            (``threshold``, linear, and ``pixels_left_out``, the fraction of the fitted
+            (``threshold``, the render's value from which pixels were left out, linear,
+            or None; and ``pixels_left_out``, the fraction of the fitted
             views' pixels: :meth:`invpbr.optimization.polish.Renderer.leave_out_near_clip`).
     """
 
