@@ -547,6 +547,8 @@ def test_small_light_benchmark(tmp_path, mi):
     for info, result, code in runs:
         assert result["status"] == "completed" and code == 0, (result.get("status"), code)
         rows.append(pose_row(result, info["diagonal"]))
+        # (its photos clip the lamp's hot spot: the polish left the pixels near the clip out)
+        assert result["polished"]["lamp.to_world"]["near_clip"]["pixels_left_out"] > 0
     for row in rows:
         assert row["rotation_deg"] < STATED["small light benchmark: rotation, fraction of start"] \
             * row["start_rotation_deg"], rows
@@ -998,6 +1000,8 @@ def test_pose_runs_are_repeatable_by_default(tmp_path, mi):
     results = [run_scene(folder, tmp_path / f"out{r}")[0] for r in range(2)]
     for result in results:
         assert result["status"] == "completed" and result["settings"]["deterministic"] is True
+        # (an object's pose keeps the pixels near the clip: Pose.leaves_out_near_clip)
+        assert all("near_clip" not in p for p in result["polished"].values())
     assert results[0]["geometry_errors_initial"] == results[1]["geometry_errors_initial"]
     (key, first), = results[0]["geometry_errors"].items()
     second = results[1]["geometry_errors"][key]
@@ -1207,6 +1211,15 @@ def test_polish_leaves_out_pixels_near_the_clip_by_an_independent_render():
     kept = quiet.masks[0].copy()
     assert quiet.leave_out_near_clip({}, 3)["pixels_left_out"] < 0.02
     assert np.array_equal(quiet.masks[0][top < 0.95], kept[top < 0.95])
+    # a photo that hardly clips (under NEAR_CLIP_SHARE of its pixels): nothing left out
+    dim = np.minimum(0.7 * _ramp(0.0, 0) + noise * np.random.default_rng(2).standard_normal(
+        truth.shape), 1.0)
+    few = Synthetic(dim, {0: None})
+    share = float((~few.masks[0]).mean())
+    assert 0 < share < P.NEAR_CLIP_SHARE, share
+    kept = few.masks[0].copy()
+    assert few.leave_out_near_clip({}, 3) == {"threshold": None, "pixels_left_out": 0.0}
+    assert np.array_equal(few.masks[0], kept)
     # bounds on the clipped channels, or no clipped channel: nothing to do
     for other in (Synthetic(photo, {0: np.full(photo.shape, np.inf, np.float32)}),
                   Synthetic(photo, {0: None}, clipped=False)):

@@ -253,6 +253,13 @@ class Estimate:
         <invpbr.problem.folder.Problem.clipped_bounds>`)."""
         return None
 
+    def leaves_out_near_clip(self) -> bool:
+        """Whether the Gauss-Newton polish of this estimate also leaves out the pixels
+        near the photos' clip, chosen by a render of its own, where the clipped ones
+        are left out (:meth:`invpbr.optimization.polish.Renderer.leave_out_near_clip`).
+        No by default."""
+        return False
+
     def needs_primary_edges(self, view_index: int) -> bool:
         """Whether the derivatives of sensor ``view_index``'s image in this estimate need
         the projective integrator's primary-visibility edge term (edges the camera sees
