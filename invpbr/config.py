@@ -322,10 +322,10 @@ class PhotosConfig:
     (not measured: as before). Leaving them out keeps only
     the pixels whose noise stayed below the clip, darker than the truth on
     average: cameras in bright noisy regions drift toward darker views; where
-    they are left out, the Gauss-Newton polish of poses also leaves out the
-    brightest pixels of a render of its own, down to where the photos hardly
-    clip (result.json
-    ``polished.<key>.near_clip``)."""
+    they are left out, the Gauss-Newton polish of a light's pose also leaves
+    out the brightest pixels of a render of its own, down to where the photos
+    hardly clip (result.json ``polished.<key>.near_clip``; not for an object's
+    pose, whose silhouette against a bright floor is among them)."""
     gain: Gain = "none"
     """Per-photo gain estimated with the scene, for photos whose exposure and
     white balance differ: ``none``, ``exposure`` (one factor per photo) or

@@ -48,10 +48,10 @@ the renders:
 - the finite differences hold everything the images do: silhouettes, occlusion as
   camera rays slide over surfaces, shading, analytic shapes whose boundary terms
   Mitsuba 3.9 gets wrong; any integrator;
-- where a photo's clipped pixels are left out of the loss, so are the brightest pixels
-  of a render of its own (samples no step uses), down to where the photos hardly clip:
-  near the clip it leaves only the low draws of the photo's noise
-  (:meth:`Renderer.leave_out_near_clip`);
+- for a light's pose, where a photo's clipped pixels are left out of the loss, so are
+  the brightest pixels of a render of its own (samples no step uses), down to where
+  the photos hardly clip: near the clip it leaves only the low draws of the photo's
+  noise (:meth:`Renderer.leave_out_near_clip`);
 - it ends once every motion's last two steps were small (a quarter of the
   finite-difference step) or not kept, after at least ``MIN_ITERATIONS`` sharp ones,
   and returns the mean of the iterates of the last half of its sharp iterations (each
