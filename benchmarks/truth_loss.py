@@ -19,7 +19,8 @@ Where the photos' clipped pixels are left out, the pixels the clip leaves near i
 the low draws of the photos' noise, so that loss too has its minimum off the truth
 (lamps and objects turned toward darkening them). ``--near-clip K`` also leaves out the
 pixels that the truth's own render (not the photo) shows within ``K`` robust standard
-deviations below the clip, as the polish does with its render.
+deviations of the residuals below the clip (the polish's first rule, with ``K = 3``; the
+polish now reads how far down off the photos' own clipping, BENCHMARKS.md).
 
 (``robustness.py --keep DIR`` keeps the benchmark's scene folders and results.)
 """
@@ -57,9 +58,9 @@ def renders(scene_file: Path, views, spp: int, seed: int) -> dict:
 
 
 def near_clip(problem, truth: dict, k: float) -> tuple[dict, float]:
-    """The pixels to leave out as the polish does (``invpbr.optimization.polish``,
-    ``Renderer.leave_out_near_clip``), chosen by the truth's render instead of the
-    polish's: view id -> (H, W) bool of pixels whose truth renders within ``k`` robust
+    """The pixels to leave out near the clip, chosen by the truth's render (as the
+    polish's first rule chose them by its own render): view id -> (H, W) bool of
+    pixels whose truth renders within ``k`` robust
     standard deviations of the residuals below ``[photos] saturation`` (only views whose
     photo has clipped channels); and that threshold."""
     saturation = float(problem.config.photos.saturation)
@@ -103,8 +104,9 @@ def main(argv=None) -> int:
                         help="samples per pixel of each render (default 4096)")
     parser.add_argument("--near-clip", type=float, default=None, metavar="K",
                         help="also leave out the pixels whose truth renders within K robust "
-                             "standard deviations below the clip (as the polish does with "
-                             "its own render; 3 there)")
+                             "standard deviations of the residuals below the clip (the "
+                             "polish's first rule, K = 3; it now reads how far down off "
+                             "the photos' clipping instead)")
     args = parser.parse_args(argv)
     problem = invpbr.load_problem(args.folder)
     files = [("truth", args.folder / "truth.xml")]

@@ -328,8 +328,7 @@ class Renderer:
         lamp's strongest signal, took it from 1.44 to 2.10 degrees, worse than its
         start)."""
         views = self.run.problem.views
-        todo = [v for v in self.masks if self.ceilings[v] is None
-                and views[v].clipped is not None and self.masks[v] is not None]
+        todo = [v for v in self.masks if self.ceilings[v] is None and views[v].clipped is not None]
         if not todo:
             return None
         residuals = self.residuals(theta, todo, seed)
@@ -337,18 +336,18 @@ class Renderer:
         bright = {v: (self.photos[v] - residuals[v]).max(axis=-1) for v in todo}
         values = np.concatenate([bright[v][fitted[v]] for v in todo])
         clipped = np.concatenate([views[v].clipped.any(axis=-1)[fitted[v]] for v in todo])
-        if clipped.mean() < NEAR_CLIP_SHARE:
-            return {"threshold": None, "pixels_left_out": 0.0}
         order = np.argsort(-values, kind="stable")
-        values, clipped = values[order], clipped[order]
-        threshold = None
-        for start in range(0, values.size, NEAR_CLIP_RUN):
+        values, clipped, threshold = values[order], clipped[order], None
+        for start in range(0, values.size if clipped.mean() >= NEAR_CLIP_SHARE else 0,
+                           NEAR_CLIP_RUN):
             part = clipped[start:start + NEAR_CLIP_RUN]
             if part.size < NEAR_CLIP_RUN // 2 or part.mean() < NEAR_CLIP_RATE:
                 break
             threshold = float(values[start:start + NEAR_CLIP_RUN].min())
+        if threshold is None:
+            return {"threshold": None, "pixels_left_out": 0.0}
         before = sum(int(self.masks[v].sum()) for v in todo)
-        for v in todo if threshold is not None else []:
+        for v in todo:
             kept = self.masks[v] & (bright[v] < threshold)
             if kept.sum() >= NEAR_CLIP_KEPT * self.masks[v].sum():
                 self.masks[v] = kept
