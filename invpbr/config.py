@@ -325,7 +325,10 @@ class PhotosConfig:
     they are left out, the Gauss-Newton polish of a light's pose also leaves
     out the brightest pixels of a render of its own, down to where the photos
     hardly clip (result.json ``polished.<key>.near_clip``; not for an object's
-    pose, whose silhouette against a bright floor is among them)."""
+    pose, whose silhouette against a bright floor is among them); with ``auto``
+    the polish of other motions (an object's pose) counts the clipped channels
+    as censored: the scene plus the photos' noise reached the clip there
+    (result.json ``polished.<key>.censored``)."""
     gain: Gain = "none"
     """Per-photo gain estimated with the scene, for photos whose exposure and
     white balance differ: ``none``, ``exposure`` (one factor per photo) or

@@ -1000,8 +1000,10 @@ def test_pose_runs_are_repeatable_by_default(tmp_path, mi):
     results = [run_scene(folder, tmp_path / f"out{r}")[0] for r in range(2)]
     for result in results:
         assert result["status"] == "completed" and result["settings"]["deterministic"] is True
-        # (an object's pose keeps the pixels near the clip: Pose.leaves_out_near_clip)
+        # (an object's pose keeps the pixels near the clip, Pose.leaves_out_near_clip,
+        # and counts its photos' clipped channels as censored: Renderer.censor_clipped)
         assert all("near_clip" not in p for p in result["polished"].values())
+        assert all(p["censored"]["pixels_counted"] > 0 for p in result["polished"].values())
     assert results[0]["geometry_errors_initial"] == results[1]["geometry_errors_initial"]
     (key, first), = results[0]["geometry_errors"].items()
     second = results[1]["geometry_errors"][key]
@@ -1156,6 +1158,76 @@ def _ramp(noise: float, seed: int, size: int = 64) -> np.ndarray:
     u = np.linspace(0.3, 1.3, size)[None, :, None] * np.array([1.0, 0.95, 0.9])
     image = np.broadcast_to(u, (size, size, 3)).copy()
     return image + noise * np.random.default_rng(seed).standard_normal(image.shape)
+
+
+def test_polish_counts_clipped_channels_as_censored_and_recovers_the_truth():
+    """Where the loss leaves a photo's clipped channels out, the object-pose polish
+    counts them as censored observations (Tobit): the photo says only that the scene
+    plus its noise reached the clip. On a noisy ramp clipped at 1 whose brightness
+    ``k`` is fitted by least squares of the polish's own residuals: left out, the
+    clipped channels take the high draws of the noise with them and ``k`` ends low;
+    as plain lower bounds it ends low too (where the scene is above the clip the
+    unclipped channels are low draws, and a bound met says nothing against them);
+    censored, it ends at the truth. The noise scale is measured from the unclipped
+    channels near the clip."""
+    from types import SimpleNamespace
+
+    from scipy.optimize import minimize_scalar
+
+    from invpbr.optimization import polish as P
+
+    noise, render_noise = 0.05, 0.01
+    truth = _ramp(0.0, 0, 128)
+    photo = np.minimum(_ramp(noise, 1, 128), 1.0)  # (the camera clips the noisy scene)
+    channels = photo >= 1.0
+
+    class Synthetic(P.Renderer):
+        def __init__(self, ceilings=None, photo=photo):
+            channels = photo >= 1.0
+            views = [SimpleNamespace(clipped=channels, clipped_channels=lambda: channels)]
+            self.run = SimpleNamespace(problem=SimpleNamespace(views=views))
+            self.masks = {0: ~channels.any(axis=-1)}
+            self.ceilings, self.photos = {0: ceilings}, {0: photo}
+            self.censored, self.sigma = {}, 0.0
+
+        def renders(self, values, views, seed):
+            rng = np.random.default_rng(seed)
+            return {0: values["k"][0] * truth + render_noise * rng.standard_normal(truth.shape)}
+
+    def fitted(renderer):
+        def loss(k):
+            return float(np.sum(renderer.flat(renderer.residuals({"k": [k]}, [0], 5), [0]) ** 2))
+        return minimize_scalar(loss, bounds=(0.8, 1.2), method="bounded",
+                               options={"xatol": 1e-6}).x
+
+    left_out = fitted(Synthetic())
+    bound = Synthetic(np.where(channels, photo, np.inf))
+    bound.masks = {0: None}
+    as_bounds = fitted(bound)
+    censored = Synthetic()
+    info = censored.censor_clipped({"k": np.array([1.0])}, 3)
+    spread = float(np.hypot(noise, render_noise))
+    assert 0.8 * spread < info["sigma"] < 1.2 * spread, info
+    assert 0.05 < info["pixels_counted"] < 0.6, info
+    assert censored.masks[0].all()  # (every pixel counts now)
+    at = fitted(censored)
+    assert left_out < 0.998, left_out  # (0.9963)
+    assert as_bounds < 0.997, as_bounds  # (0.9939: the unclipped low draws above the clip)
+    assert abs(at - 1.0) < 0.0015, (at, left_out, as_bounds)  # (0.9994)
+    # far below the clip the censored residual is the bound's; far above it, none
+    r = np.array([0.5, 0.2, -0.2])
+    assert np.allclose(P.censored_residual(r, 0.01)[:2], r[:2], rtol=0.05)
+    assert P.censored_residual(r, 0.01)[2] < 1e-6
+    # bounds on the clipped channels: nothing to do
+    assert Synthetic(np.where(channels, photo, np.inf)).censor_clipped({"k": [1.0]}, 3) is None
+    # a photo that hardly clips (under CENSOR_SHARE of its pixels): they stay left out
+    dim = np.minimum(0.7 * truth + noise * np.random.default_rng(2).standard_normal(truth.shape),
+                     1.0)
+    few = Synthetic(photo=dim)
+    share = float((~few.masks[0]).mean())
+    assert 0 < share < P.CENSOR_SHARE, share
+    assert few.censor_clipped({"k": [1.0]}, 3) == {"sigma": None, "pixels_counted": 0.0}
+    assert few.censored == {} and not few.masks[0].all()
 
 
 def test_polish_leaves_out_pixels_near_the_clip_by_an_independent_render():

@@ -63,6 +63,16 @@ class View:
     camera: Any = None
     clipped: np.ndarray | None = None
 
+    def clipped_channels(self) -> np.ndarray | None:
+        """The channels whose photo values say only that the scene reached them (H, W,
+        3) bool, or None: the clipped ones, and in a JPEG every channel of a pixel with
+        one clipped (see :meth:`loss_pixels`)."""
+        if self.clipped is None:
+            return None
+        if self.photo_path is not None and self.photo_path.suffix.lower() in (".jpg", ".jpeg"):
+            return np.broadcast_to(self.clipped.any(axis=-1, keepdims=True), self.clipped.shape)
+        return self.clipped
+
     def loss_pixels(self, bound: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The pixels a loss compares, (H, W) bool or None for all, and the ceiling of
         the renders, (H, W, 3) float32 or None: a render is compared with the photo as
@@ -82,9 +92,7 @@ class View:
         (``tests/test_clipped.py``)."""
         if not bound or self.clipped is None:
             return self.mask, None
-        clipped = self.clipped
-        if self.photo_path is not None and self.photo_path.suffix.lower() in (".jpg", ".jpeg"):
-            clipped = np.broadcast_to(clipped.any(axis=-1, keepdims=True), clipped.shape)
+        clipped = self.clipped_channels()
         mask = self.mask | clipped.any(axis=-1)
         ceiling = np.where(clipped, self.photo[..., :3], np.inf).astype(np.float32)
         return (None if mask.all() else mask), ceiling

@@ -146,7 +146,13 @@ class Result:
             and where pixels near the photos' clip were left out, ``near_clip``
             (``threshold``, the render's value from which pixels were left out, linear,
             or None; and ``pixels_left_out``, the fraction of the fitted
-            views' pixels: :meth:`invpbr.optimization.polish.Renderer.leave_out_near_clip`).
+            views' pixels: :meth:`invpbr.optimization.polish.Renderer.leave_out_near_clip`);
+            or where the clipped channels counted as censored, ``censored``
+            (``sigma``, the photos' noise near the clip, linear, or None where they
+            stayed left out: under 1 % of the pixels clipped, or too few channels near
+            the clip to measure the noise; ``pixels_counted``, the
+            fraction of the fitted views' pixels counted again:
+            :meth:`invpbr.optimization.polish.Renderer.censor_clipped`).
     """
 
     name: str
