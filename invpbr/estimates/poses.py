@@ -230,7 +230,9 @@ class Pose(HybridAdam, Geometry):
         silhouette against bright floors and in its highlights, which go with them:
         object seeds 108 0.24 -> 0.67 deg (out of the goal), 111 0.17 -> 0.40, 114
         1.13 -> 1.73, and 117 (0.98, 38 % of its pixels clipped) not mended
-        (BENCHMARKS.md, issue 13)."""
+        (BENCHMARKS.md, issue 13). Its polish counts the clipped channels as censored
+        instead (:meth:`invpbr.optimization.polish.Renderer.censor_clipped`: object
+        benchmark 17/20 -> 18/20; for lamps 18/20 but larger misses, not adopted)."""
         return self.emitters
 
     def needs_primary_edges(self, view_index: int) -> bool:
