@@ -503,6 +503,12 @@ def polish_summary(result, key: str) -> str:
         parts.append("its end left a shallow valley (a second polish, on blurred images "
                      "first, rendered closer to the photos)"
                      + ("" if len(motions) == 1 else ": " + ", ".join(second)))
+    again = [m for m, r in motions.items()
+             if (r.get("from_start") or {}).get("returned") == "start"]
+    if again:  # (invpbr.optimization.polish.from_start)
+        parts.append("the steps had left the start's basin (polished from the start, it "
+                     "rendered closer to the photos)"
+                     + ("" if len(motions) == 1 else ": " + ", ".join(again)))
     return "; polish: " + "; ".join(parts) if parts else ""
 
 

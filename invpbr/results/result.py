@@ -142,7 +142,10 @@ class Result:
             scene units; None where the photos do not determine it) and, for a pose,
             ``second_chance`` (``reach``, ``kept``, ``returned``: ``first`` or
             ``second``, and where a second polish ran its ``iterations``,
-            ``loss_first`` and ``loss_second``; :func:`invpbr.optimization.polish.second_chance`);
+            ``loss_first`` and ``loss_second``; :func:`invpbr.optimization.polish.second_chance`),
+            and ``from_start`` (a polish from the run's start: ``iterations``,
+            ``loss_first``, ``loss_start``, ``returned``: ``first`` or ``start``;
+            :func:`invpbr.optimization.polish.from_start`);
             and where pixels near the photos' clip were left out, ``near_clip``
             (``threshold``, the render's value from which pixels were left out, linear,
             or None; and ``pixels_left_out``, the fraction of the fitted
