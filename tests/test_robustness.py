@@ -1199,8 +1199,16 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     wrong, info = polished(0.45, 0.1)
     assert abs(wrong) < 0.02 and info["returned"] == "start", (wrong, info)
     assert info["loss_start"] < 0.5 * info["loss_first"], info
+    from invpbr.estimates.cameras import polish_summary
+
+    def line(info: dict) -> str:  # (invpbr run's line for the pose)
+        motion = {"sigma": {"rotation_deg": 0.3, "position": 0.001}, "from_start": info}
+        return polish_summary(SimpleNamespace(polished={"obj": {"motions": {"pose": motion}}}), "obj")
+
+    assert "left the start's basin" in line(info)
     right, info = polished(0.05, 0.45)
     assert abs(right) < 0.02 and info["returned"] == "first", (right, info)
+    assert "left the start's basin" not in line(info)
     # and polished from 0.45 alone it stays in its basin (what the start mends)
     stays, _, _ = P.polish_steps(Synthetic(), {"p": np.array([0.45])},
                                  [[P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)]], 20, 11)

@@ -497,18 +497,15 @@ def polish_summary(result, key: str) -> str:
                      f"{known[worst]['position']:.3g} in position{label}")
     if blind:
         parts.append("not determined by the photos: " + ", ".join(blind))
-    second = [m for m, r in motions.items()
-              if (r.get("second_chance") or {}).get("returned") == "second"]
-    if second:  # (invpbr.optimization.polish.second_chance)
-        parts.append("its end left a shallow valley (a second polish, on blurred images "
-                     "first, rendered closer to the photos)"
-                     + ("" if len(motions) == 1 else ": " + ", ".join(second)))
-    again = [m for m, r in motions.items()
-             if (r.get("from_start") or {}).get("returned") == "start"]
-    if again:  # (invpbr.optimization.polish.from_start)
-        parts.append("the steps had left the start's basin (polished from the start, it "
-                     "rendered closer to the photos)"
-                     + ("" if len(motions) == 1 else ": " + ", ".join(again)))
+    # (invpbr.optimization.polish.second_chance and from_start)
+    for entry, returned, text in (
+            ("second_chance", "second", "its end left a shallow valley (a second polish, "
+             "on blurred images first, rendered closer to the photos)"),
+            ("from_start", "start", "the steps had left the start's basin (polished from "
+             "the start, it rendered closer to the photos)")):
+        named = [m for m, r in motions.items() if (r.get(entry) or {}).get("returned") == returned]
+        if named:
+            parts.append(text + ("" if len(motions) == 1 else ": " + ", ".join(named)))
     return "; polish: " + "; ".join(parts) if parts else ""
 
 
