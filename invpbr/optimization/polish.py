@@ -327,6 +327,13 @@ class Renderer:
                 out[v] = np.where(self.censored[v], censored_residual(out[v], self.sigma), out[v])
         return out
 
+    def clipped_left_out(self) -> list[int]:
+        """The fitted views whose photos' clipped pixels the loss leaves out (their
+        mask lacks them; no ceiling bounds them)."""
+        views = self.run.problem.views
+        return [v for v in self.masks if self.ceilings[v] is None
+                and views[v].clipped is not None and self.masks[v] is not None]
+
     def censor_clipped(self, theta: dict, seed: int) -> dict[str, Any] | None:
         """Count the photos' clipped channels, where the loss leaves them out, as
         censored observations: the photo says only that the scene plus its noise reached
@@ -347,8 +354,7 @@ class Renderer:
         the clip but whose noise crossed it is pulled up to the clip; the censored
         likelihood weighs both sides by the noise."""
         views = self.run.problem.views
-        todo = [v for v in self.masks if self.ceilings[v] is None and views[v].clipped is not None
-                and self.masks[v] is not None]
+        todo = self.clipped_left_out()
         if not todo:
             return None
         clipped = sum(int(views[v].clipped.any(axis=-1).sum()) for v in todo)
@@ -399,7 +405,7 @@ class Renderer:
         lamp's strongest signal, took it from 1.44 to 2.10 degrees, worse than its
         start)."""
         views = self.run.problem.views
-        todo = [v for v in self.masks if self.ceilings[v] is None and views[v].clipped is not None]
+        todo = self.clipped_left_out()
         if not todo:
             return None
         residuals = self.residuals(theta, todo, seed)
@@ -765,6 +771,13 @@ def polish_steps(renderer: Renderer, theta: dict, groups: list[list[Block]], ite
     return {n: np.mean([t[n] for t in tail], axis=0) for n in theta}, done, len(tail)
 
 
+def sharp_poses(groups: list[list[Block]], blurs: dict) -> list[Block]:
+    """The blocks of ``groups`` that are a pose polished sharp from the first (cameras
+    start blurred already, as does a pose whose table says so)."""
+    return [g[0] for g in groups
+            if len(g) == 1 and g[0].label == "pose" and blurs[g[0].name, g[0].label] <= 0]
+
+
 def second_chance(renderer: Renderer, final: dict, groups: list[list[Block]], blurs: dict,
                   iterations: int, seed: int) -> dict[tuple[str, str], dict[str, Any]]:
     """A pose polished on sharp images only may end in a shallow valley far from the
@@ -778,10 +791,7 @@ def second_chance(renderer: Renderer, final: dict, groups: list[list[Block]], bl
     renders closer to the photos (the sharp loss of both, ``COMPARE_SEEDS`` paired
     renders). Updates ``final``; returns (name, label) -> what was done."""
     out = {}
-    for group in groups:
-        first = group[0]
-        if len(group) != 1 or first.label != "pose" or blurs[first.name, first.label] > 0:
-            continue  # (cameras start blurred already, as does a pose whose table says so)
+    for first in sharp_poses(groups, blurs):
         probe = [Block(first.name, first.start, first.size, first.views, first.steps,
                        first.label, first.unit, blur=POLISH_BLUR["camera"], near=first.near)]
         theta = {n: t.copy() for n, t in final.items()}
@@ -829,10 +839,8 @@ def from_start(renderer: Renderer, final: dict, start: dict, groups: list[list[B
     replaces the first where it renders closer to the photos. Not for a light's pose
     (see :func:`polish`). Updates ``final``; returns (name, label) -> what was done."""
     out = {}
-    for group in groups:
-        first = group[0]
-        if (len(group) != 1 or first.label != "pose" or blurs[first.name, first.label] > 0
-                or first.name not in start):
+    for first in sharp_poses(groups, blurs):
+        if first.name not in start:
             continue
         part = slice(first.start, first.start + first.size)
         theta = {n: t.copy() for n, t in final.items()}
