@@ -1215,6 +1215,59 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     assert abs(float(stays["p"][0]) - 0.5) < 0.1, stays
 
 
+def test_polish_takes_a_cameras_jacobian_along_its_valley():
+    """A camera far from the scene has a valley: a shift that a turn nearly undoes.
+    Central differences along the latent's axes each move an edge by part of a pixel,
+    and their errors (the edge's coverage is not linear over the step) differ from
+    axis to axis and do not cancel in the valley's combination: the Gauss-Newton model
+    sees the valley steep and the polish stops in it (camera draw 503, cam00). Taken
+    along the principal axes of the newest normal matrix (a camera's blocks), the
+    difference along the valley moves no edge. A two-number motion whose image is a
+    sharp edge at ``a + 1.6 b`` and a faint ramp whose brightness is ``a - b``, started
+    on the valley 1.3 off in ``a - b``: along the axes it stops short, along the
+    principal axes it reaches the truth; each from the same start and samples."""
+    from types import SimpleNamespace
+
+    from invpbr.optimization import polish as P
+
+    u = np.arange(64.0)[None, :, None] * np.ones((8, 1, 3))
+
+    def image(p):
+        a, b = float(p[0]), float(p[1])
+        edge = 1.0 / (1.0 + np.exp(-(u - 32 - 4 * (a + 1.6 * b)) / 0.6))
+        return edge + 0.005 * (a - b) * (u / 64.0)
+
+    class Synthetic(P.Renderer):
+        def __init__(self):
+            self.masks, self.ceilings, self.censored, self.sigma = {0: None}, {0: None}, {}, 0.0
+            self.photos = {0: image([0.0, 0.0])}
+            self.run = SimpleNamespace()
+
+        def renders(self, values, views, seed):
+            noise = 0.001 * np.random.default_rng(seed).standard_normal(u.shape)
+            return {0: image(values["p"]) + noise}
+
+    def polished(principal: bool) -> tuple[float, float]:
+        block = P.Block("p", 0, 2, [0], np.array([0.2, 0.2]), "cam", 1.0, principal=principal)
+        final, _, _ = P.polish_steps(Synthetic(), {"p": np.array([0.8, -0.5])}, [[block]], 20, 11)
+        a, b = final["p"]
+        return float(a + 1.6 * b), float(a - b)
+
+    edge, valley = polished(False)
+    assert abs(edge) < 0.02 and valley > 0.5, (edge, valley)  # (1.09: stopped in the valley)
+    edge, valley = polished(True)
+    assert abs(edge) < 0.02 and abs(valley) < 0.05, (edge, valley)  # (-0.003)
+    # and where the newest Jacobian had kinked columns, the axes (the kink rule's)
+    block = P.Block("p", 0, 2, [0], np.array([0.2, 0.2]), "cam", 1.0, principal=True)
+    assert np.array_equal(P.principal_basis(block), np.diag(block.steps))  # (no Jacobian yet)
+    block.history, block.weights = [(None, np.eye(2), (None, None, np.ones(2)))], np.ones(2)
+    assert np.array_equal(P.principal_basis(block), np.diag(block.steps))
+    block.history = [(None, np.array([[1.0, 1.0], [1.0, 1.1]]), None)]
+    basis = P.principal_basis(block)
+    assert not np.allclose(np.abs(basis), np.diag(block.steps)), basis
+    assert np.allclose(np.linalg.norm(basis, axis=0), 0.2)  # (one step long each)
+
+
 def test_polish_counts_clipped_channels_as_censored_and_recovers_the_truth():
     """Where the loss leaves a photo's clipped channels out, the object-pose polish
     counts them as censored observations (Tobit): the photo says only that the scene

@@ -184,6 +184,7 @@ class Block:
     unit: float  # scene units of one latent translation unit
     blur: float = 0.0  # of the residual images the steps fit now (pixels; see POLISH_BLUR)
     near: float = NEAR  # Jacobians this near (finite-difference steps) are averaged
+    principal: bool = False  # Jacobians along the normal matrix's axes (see principal_basis)
     lam: float = 1e-3
     threshold: float | None = None  # the first iteration's Huber threshold (the report's)
     loss_before: float | None = None
@@ -259,7 +260,7 @@ def blocks_of(run) -> list[list[Block]]:
                 d = float(np.linalg.norm(model.c2w[j][:3, 3] - centre))
                 steps = np.minimum([h * d / model.size] * 3 + [h] * 3, MAX_STEP)
                 group.append(Block(e.key, 6 * j, 6, [by_sensor[index]], steps, sid, model.size,
-                                   blur=polish_blur(e)))
+                                   blur=polish_blur(e), principal=True))
             groups.append(group)
         else:
             views = list(fit)
@@ -490,29 +491,62 @@ def huber_loss(r: np.ndarray, c: float) -> float:
     return float(np.sum(np.where(a <= c, 0.5 * a * a, c * (a - 0.5 * c))))
 
 
+def principal_basis(b: Block) -> np.ndarray:
+    """The directions (columns, in latent units, each one finite-difference step long)
+    along which block ``b``'s next Jacobian is taken: for a block that asks
+    (``b.principal``: a camera's) the principal axes of its newest Jacobian's normal
+    matrix in step units, else, and where that Jacobian had kinked columns (see
+    :func:`one_sided`, whose rule works on the latent's own axes), those axes.
+
+    Why: a camera far from the scene has valleys, a sideways shift that a turn nearly
+    undoes, along which the image changes little while along each axis it changes a
+    lot; central differences along the axes carry errors of the third order in the
+    step (an edge's coverage is not linear over half a pixel) that differ from axis
+    to axis and do not cancel in the valley's combination, so the Gauss-Newton model
+    saw the valley 25 times steeper than it is and the polish stopped where its own
+    loss still fell toward the truth (camera draw 503, cam00: 0.73 degrees and 1.0 %
+    of the diagonal off, worse than its start in position; the polish's loss 9 % lower
+    at the truth, BENCHMARKS.md). Differences taken along the valley itself move no
+    edge across its steep direction."""
+    axes = np.diag(b.steps)
+    if not b.principal or not b.history or b.history[-1][2] is not None or b.weights is None:
+        return axes
+    jac = b.history[-1][1] * b.steps[None, :]
+    a = jac.T @ (jac * b.weights[:, None])
+    if not np.all(np.isfinite(a)):
+        return axes
+    return b.steps[:, None] * np.linalg.eigh(a)[1]
+
+
 def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[int],
                seed: int) -> None:
-    """Each block's Jacobian of its views' residuals (central differences, common
-    random numbers): of the blurred residuals (the steps') appended to ``block.history``
-    with its one-sided differences where they disagree (see :func:`one_sided`), of the
-    plain ones (the uncertainty's) kept as its newest in ``block.jacobians``."""
+    """Each block's Jacobian of its views' residuals (central differences along the
+    directions of :func:`principal_basis`, common random numbers, returned to the
+    latent's axes): of the blurred residuals (the steps') appended to
+    ``block.history`` with its one-sided differences where they disagree (see
+    :func:`one_sided`; along the latent's axes only), of the plain ones (the
+    uncertainty's) kept as its newest in ``block.jacobians``."""
     zero = renderer.residuals(theta, views, seed)  # (the one-sided differences' middle)
+    bases = [principal_basis(b) for b in group]
     columns = []
     for k in range(group[0].size):
         plus = {n: t.copy() for n, t in theta.items()}
         minus = {n: t.copy() for n, t in theta.items()}
-        for b in group:
-            plus[b.name][b.start + k] += b.steps[k]
-            minus[b.name][b.start + k] -= b.steps[k]
+        for b, basis in zip(group, bases):
+            plus[b.name][b.start:b.start + b.size] += basis[:, k]
+            minus[b.name][b.start:b.start + b.size] -= basis[:, k]
         columns.append((renderer.residuals(plus, views, seed),
                         renderer.residuals(minus, views, seed)))
-    for b in group:
-        # (residual = photo - render: its derivative is minus the render's)
+    for b, basis in zip(group, bases):
+        back = np.linalg.inv(basis)  # (derivatives along the basis -> along the axes)
+
         def jacobian(blur):
             return np.stack([(renderer.flat(rp, b.views, blur) - renderer.flat(rm, b.views, blur))
-                             / (2 * b.steps[k]) for k, (rp, rm) in enumerate(columns)], axis=1)
+                             / 2.0 for rp, rm in columns], axis=1) @ back
 
         def sides(blur):
+            if not np.array_equal(basis, np.diag(b.steps)):
+                return None
             middle = renderer.flat(zero, b.views, blur)
             forward = np.stack([(renderer.flat(rp, b.views, blur) - middle) / b.steps[k]
                                 for k, (rp, _) in enumerate(columns)], axis=1)
