@@ -46,6 +46,10 @@ the renders:
   current position; less noise), and the normal matrix the product of the newest with
   the mean of the older of those, whose noises are independent (one noisy Jacobian's
   ``J^T J`` shortens every step);
+- a camera's differences after its first Jacobian are taken along the principal axes
+  of its newest normal matrix, so that a valley (a shift a turn undoes) is measured
+  along itself, not as the small difference of two steep columns
+  (:func:`principal_basis`);
 - a step moves no component by more than ``TRUST`` finite-difference steps;
 - the finite differences hold everything the images do: silhouettes, occlusion as
   camera rays slide over surfaces, shading, analytic shapes whose boundary terms
