@@ -504,10 +504,11 @@ def principal_basis(b: Block) -> np.ndarray:
 
     Why: a camera far from the scene has valleys, a sideways shift that a turn nearly
     undoes, along which the image changes little while along each axis it changes a
-    lot; central differences along the axes carry errors of the third order in the
-    step (an edge's coverage is not linear over half a pixel) that differ from axis
-    to axis and do not cancel in the valley's combination, so the Gauss-Newton model
-    saw the valley 25 times steeper than it is and the polish stopped where its own
+    lot. Built from central differences along the axes, the Gauss-Newton model saw
+    such a valley 25 times steeper than the loss is (measured; the likely cause: each
+    difference's error, of the order of its step cubed as an edge's coverage is not
+    linear over half a pixel, differs from axis to axis and does not cancel in the
+    valley's combination), and the polish stopped where its own
     loss still fell toward the truth (camera draw 503, cam00: 0.73 degrees and 1.0 %
     of the diagonal off, worse than its start in position; the polish's loss 9 % lower
     at the truth, BENCHMARKS.md). Differences taken along the valley itself move no
@@ -542,6 +543,7 @@ def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[
         columns.append((renderer.residuals(plus, views, seed),
                         renderer.residuals(minus, views, seed)))
     for b, basis in zip(group, bases):
+        # (residual = photo - render: its derivative is minus the render's)
         back = np.linalg.inv(basis)  # (derivatives along the basis -> along the axes)
 
         def jacobian(blur):
