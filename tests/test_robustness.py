@@ -1413,9 +1413,10 @@ def test_polish_averages_only_its_settled_iterates(monkeypatch):
     finite-difference steps an iteration at most) and settled late had its approach in
     the last half, and the mean lagged behind (light draw 505: the last half's iterates
     1.8 -> 0.13 degrees off, their mean 1.0). Of each motion only the iterates within
-    its noise of its last are averaged: a bump 16 steps from the photos' reaches them,
-    its mean too; the mean of the whole last half stops short. Started at the minimum,
-    every iterate of the last half is within the noise and all are averaged."""
+    its noise of its last are averaged, where it settled: a bump 16 steps from the
+    photos' reaches them, its mean too; the mean of the whole last half stops short.
+    Started at the minimum, every iterate of the last half is within the noise and all
+    are averaged; stopped before it settled, all of the last half."""
     from types import SimpleNamespace
 
     from invpbr.optimization import polish as P
@@ -1444,6 +1445,10 @@ def test_polish_averages_only_its_settled_iterates(monkeypatch):
     assert abs(end) < 5 * sigma and kept < done - done // 2, (end, done, kept, sigma)
     end, done, kept, sigma = polished(0.0)
     assert abs(end) < 5 * sigma and kept == done - done // 2, (end, done, kept, sigma)
+    # a polish that ran out of iterations before it settled: the whole last half
+    block = P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)
+    _, done, kept = P.polish_steps(Synthetic(), {"p": np.array([0.8])}, [[block]], 4, 11)
+    assert done == 4 and block.settled < 2 and kept["p", "pose"] == 2, (done, kept)
     monkeypatch.setattr(P, "TAIL_LEVEL", 1.0)  # (every iterate of the last half, as before)
     end, done, kept, sigma = polished(0.8)
     assert end > 0.03 and end > 50 * sigma, (end, sigma)  # (0.060; sigma 0.00016)
