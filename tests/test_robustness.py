@@ -1416,7 +1416,8 @@ def test_polish_averages_only_its_settled_iterates(monkeypatch):
     its noise of its last are averaged, where it settled: a bump 16 steps from the
     photos' reaches them, its mean too; the mean of the whole last half stops short.
     Started at the minimum, every iterate of the last half is within the noise and all
-    are averaged; stopped before it settled, all of the last half."""
+    are averaged; stopped before it settled, all of the last half; iterates that go in
+    and out of the noise (lamp draw 501), all of the last half."""
     from types import SimpleNamespace
 
     from invpbr.optimization import polish as P
@@ -1449,6 +1450,18 @@ def test_polish_averages_only_its_settled_iterates(monkeypatch):
     block = P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)
     _, done, kept = P.polish_steps(Synthetic(), {"p": np.array([0.8])}, [[block]], 4, 11)
     assert done == 4 and block.settled < 2 and kept["p", "pose"] == 2, (done, kept)
+    # iterates that go in and out of the noise of the last wander about the minimum:
+    # all of the last half (a unit covariance: the limit is 10.8 on half the square)
+    monkeypatch.setattr(P, "covariance", lambda b: np.eye(1))
+    settled = P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0, settled=2)
+
+    def mean(values):
+        out, kept = P.settled_mean([{"p": np.array([v])} for v in values], [[settled]])
+        return float(out["p"][0]), kept["p", "pose"]
+
+    assert mean([9, 9, 9, 9, 6, 5, 0.1, -0.1]) == (0.0, 2)  # (an approach: left out)
+    assert mean([9, 9, 9, 9, 6, 0.1, 5, 0.3]) == (pytest.approx(2.85), 4)  # (in and out: all)
+    monkeypatch.undo()
     monkeypatch.setattr(P, "TAIL_LEVEL", 1.0)  # (every iterate of the last half, as before)
     end, done, kept, sigma = polished(0.8)
     assert end > 0.03 and end > 50 * sigma, (end, sigma)  # (0.060; sigma 0.00016)
