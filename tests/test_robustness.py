@@ -1160,6 +1160,27 @@ def _ramp(noise: float, seed: int, size: int = 64) -> np.ndarray:
     return image + noise * np.random.default_rng(seed).standard_normal(image.shape)
 
 
+def _noisy_renderer(image, truth, noise: float):
+    """A polish renderer of one view whose photo is ``image(truth)`` and whose render at
+    latents ``values`` is ``image(values["p"])`` plus Gaussian noise of ``noise`` (its
+    samples' seed the render's)."""
+    from types import SimpleNamespace
+
+    from invpbr.optimization import polish as P
+
+    class Synthetic(P.Renderer):
+        def __init__(self):
+            self.masks, self.ceilings, self.censored, self.sigma = {0: None}, {0: None}, {}, 0.0
+            self.photos = {0: image(np.asarray(truth, float))}
+            self.run = SimpleNamespace()
+
+        def renders(self, values, views, seed):
+            image_now = image(np.asarray(values["p"], float))
+            return {0: image_now + noise * np.random.default_rng(seed).standard_normal(image_now.shape)}
+
+    return Synthetic()
+
+
 def test_polish_from_the_start_replaces_an_end_in_another_basin():
     """The steps can carry a pose out of the basin it started in (pose draw 402: a
     texture finer than a pixel, 2.09 -> 2.97 degrees off, the polish settled at 2.80);
@@ -1174,19 +1195,12 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
 
     u = np.arange(64.0)[None, :, None] * np.ones((6, 1, 3))
 
-    def image(x):
-        v = u - 32 - 8 * x
+    def image(p):
+        v = u - 32 - 8 * float(p[0])
         return np.exp(-(v / 14) ** 2) * (1 + 0.8 * np.cos(2 * np.pi * v / 4))
 
-    class Synthetic(P.Renderer):
-        def __init__(self):
-            self.masks, self.ceilings, self.censored, self.sigma = {0: None}, {0: None}, {}, 0.0
-            self.photos = {0: image(0.0)}
-            self.run = SimpleNamespace()
-
-        def renders(self, values, views, seed):
-            noise = 0.002 * np.random.default_rng(seed).standard_normal(u.shape)
-            return {0: image(float(values["p"][0])) + noise}
+    def Synthetic():
+        return _noisy_renderer(image, [0.0], 0.002)
 
     def polished(end, begun):
         renderer = Synthetic()
@@ -1226,8 +1240,6 @@ def test_polish_takes_a_cameras_jacobian_along_its_valley():
     sharp edge at ``a + 1.6 b`` and a faint ramp whose brightness is ``a - b``, started
     on the valley 1.3 off in ``a - b``: along the axes it stops short, along the
     principal axes it reaches the truth; each from the same start and samples."""
-    from types import SimpleNamespace
-
     from invpbr.optimization import polish as P
 
     u = np.arange(64.0)[None, :, None] * np.ones((8, 1, 3))
@@ -1237,15 +1249,8 @@ def test_polish_takes_a_cameras_jacobian_along_its_valley():
         edge = 1.0 / (1.0 + np.exp(-(u - 32 - 4 * (a + 1.6 * b)) / 0.6))
         return edge + 0.005 * (a - b) * (u / 64.0)
 
-    class Synthetic(P.Renderer):
-        def __init__(self):
-            self.masks, self.ceilings, self.censored, self.sigma = {0: None}, {0: None}, {}, 0.0
-            self.photos = {0: image([0.0, 0.0])}
-            self.run = SimpleNamespace()
-
-        def renders(self, values, views, seed):
-            noise = 0.001 * np.random.default_rng(seed).standard_normal(u.shape)
-            return {0: image(values["p"]) + noise}
+    def Synthetic():
+        return _noisy_renderer(image, [0.0, 0.0], 0.001)
 
     def polished(principal: bool) -> tuple[float, float]:
         block = P.Block("p", 0, 2, [0], np.array([0.2, 0.2]), "cam", 1.0, principal=principal)
@@ -1418,24 +1423,15 @@ def test_polish_averages_only_its_settled_iterates(monkeypatch):
     Started at the minimum, every iterate of the last half is within the noise and all
     are averaged; stopped before it settled, all of the last half; iterates that go in
     and out of the noise (lamp draw 501), all of the last half."""
-    from types import SimpleNamespace
-
     from invpbr.optimization import polish as P
 
     u = np.arange(64.0)[None, :, None] * np.ones((6, 1, 3))
 
-    def image(x):
-        return np.exp(-((u - 32 - 8 * x) / 10) ** 2)
+    def image(p):
+        return np.exp(-((u - 32 - 8 * float(p[0])) / 10) ** 2)
 
-    class Synthetic(P.Renderer):
-        def __init__(self):
-            self.masks, self.ceilings, self.censored, self.sigma = {0: None}, {0: None}, {}, 0.0
-            self.photos = {0: image(0.0)}
-            self.run = SimpleNamespace()
-
-        def renders(self, values, views, seed):
-            noise = 0.002 * np.random.default_rng(seed).standard_normal(u.shape)
-            return {0: image(float(values["p"][0])) + noise}
+    def Synthetic():
+        return _noisy_renderer(image, [0.0], 0.002)
 
     def polished(start: float) -> tuple[float, int, int, float]:
         block = P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)
