@@ -500,9 +500,9 @@ def polish_summary(result, key: str) -> str:
     # (invpbr.optimization.polish.second_chance and from_start)
     for entry, returned, text in (
             ("second_chance", "second", "its end left a shallow valley (a second polish, "
-             "on blurred images first, rendered closer to the photos)"),
+             "blurred first: closer to the photos)"),
             ("from_start", "start", "the steps had left the start's basin (polished from "
-             "the start, it rendered closer to the photos)")):
+             "the start: closer to the photos)")):
         named = [m for m, r in motions.items() if (r.get(entry) or {}).get("returned") == returned]
         if named:
             parts.append(text + ("" if len(motions) == 1 else ": " + ", ".join(named)))
