@@ -766,7 +766,7 @@ def covariance(b: Block) -> np.ndarray | None:
     w, r = b.weights, b.residual
     a = cross_product(j0, j1, w)
     if r.size % PIXEL:
-        raise ValueError(f"uncertainty(): {r.size} residuals are not whole pixels of {PIXEL} channels")
+        raise ValueError(f"covariance(): {r.size} residuals are not whole pixels of {PIXEL} channels")
     # (the spread's matrix from the mean Jacobian, never from the cross product of the
     # two: that is not positive where the photos see a direction not at all, and such
     # a direction got a small standard deviation instead of a huge one or none)
