@@ -829,12 +829,11 @@ def settled_mean(iterates: list[dict], groups: list[list[Block]]) -> tuple[dict,
         kept, cov = len(tail), covariance(b)
         if cov is not None and b.settled >= 2:
             inverse, limit = np.linalg.pinv(2.0 * cov), float(chi2.ppf(TAIL_LEVEL, b.size))
-            last = tail[-1][b.name][part]
-            inside = [bool((t[b.name][part] - last) @ inverse @ (t[b.name][part] - last) <= limit)
-                      for t in tail]
-            kept = len(tail) - next((i for i in range(len(tail) - 1, -1, -1) if not inside[i]), -1) - 1
-            if any(inside[:len(tail) - kept]):
-                kept = len(tail)  # (in and out of the noise: wandering, not an approach)
+            diffs = [t[b.name][part] - tail[-1][b.name][part] for t in tail]
+            outside = [i for i, d in enumerate(diffs) if not d @ inverse @ d <= limit]
+            # (an iterate within the noise before the last one outside: wandering, not an approach)
+            if outside and len(outside) == outside[-1] + 1:
+                kept = len(tail) - len(outside)
         out[b.name][part] = np.mean([t[b.name][part] for t in tail[-kept:]], axis=0)
         counts[b.name, b.label] = kept
     return out, counts
