@@ -1273,6 +1273,27 @@ def test_polish_takes_a_cameras_jacobian_along_its_valley():
     assert np.allclose(np.linalg.norm(basis, axis=0), 0.2)  # (one step long each)
 
 
+def test_censored_noise_is_not_cut_at_the_clip():
+    """The photos' noise scale near the clip, from the unclipped channels there and the
+    clipped ones (:func:`invpbr.optimization.polish.censored_noise`): the spread of the
+    unclipped ones alone is cut at the clip (the noise that crossed it is clipped) and
+    comes out low; the censored likelihood's own estimate is the noise's."""
+    from invpbr.optimization import polish as P
+
+    rng = np.random.default_rng(4)
+    for sigma in (0.03, 0.1):
+        scene = rng.uniform(1.0 - 3 * sigma, 1.0 + 3 * sigma, 40000)  # (a bright region)
+        photo = np.minimum(scene + sigma * rng.standard_normal(scene.size), 1.0)
+        clipped = photo >= 1.0
+        near = ~clipped & (scene < 1.0)
+        r = photo[near] - scene[near]
+        cut = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+        assert cut < 0.92 * sigma, (cut, sigma)  # (0.89)
+        found = P.censored_noise(photo[~clipped] - scene[~clipped],
+                                 1.0 - scene[clipped], cut)
+        assert abs(found / sigma - 1.0) < 0.03, (found, sigma)
+
+
 def test_polish_counts_clipped_channels_as_censored_and_recovers_the_truth():
     """Where the loss leaves a photo's clipped channels out, the object-pose polish
     counts them as censored observations (Tobit): the photo says only that the scene
@@ -1281,8 +1302,8 @@ def test_polish_counts_clipped_channels_as_censored_and_recovers_the_truth():
     clipped channels take the high draws of the noise with them and ``k`` ends low;
     as plain lower bounds it ends low too (where the scene is above the clip the
     unclipped channels are low draws, and a bound met says nothing against them);
-    censored, it ends at the truth. The noise scale is measured from the unclipped
-    channels near the clip."""
+    censored, it ends at the truth. The noise scale is measured from the channels
+    near the clip, clipped or not."""
     from types import SimpleNamespace
 
     from scipy.optimize import minimize_scalar
