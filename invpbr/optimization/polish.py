@@ -469,7 +469,7 @@ def censored_noise(plain: np.ndarray, censored: np.ndarray, guess: float) -> flo
     is cut on one side. Measured on the pose benchmark's new draw 702 (48x48, 8-bit
     photos at 128 spp, a bright blob 20-31 % clipped): their robust spread 0.083, this
     0.115; the pose ended 0.95 deg off (5 of its standard deviations) with the first,
-    0.36 with this (BENCHMARKS.md, "The clip's noise scale")."""
+    0.36 with this (BENCHMARKS.md, "New draws 700-705, and the clip's noise scale")."""
     from scipy.optimize import minimize_scalar
     from scipy.special import log_ndtr
 
