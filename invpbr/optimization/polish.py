@@ -573,29 +573,19 @@ def lowered(before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.n
     """Whether the loss falls from the state of the residual vectors ``before`` to that
     of ``after`` (each state's two renders with independent samples, the same two sets
     of samples for both states) by more than ``SIGNIFICANT`` standard errors of its
-    change, the change of :func:`paired_loss`. That change is the mean of the two
-    renders' own changes of the Huber loss less the change of the noise's share; the
-    noise of the first is read off the difference of the two (it differs only by the
-    renders' noise), that of the second off its own size (the share of each pixel's
-    noise from two renders is itself as noisy as it is large); each pixel's noise is
-    its own; the photos' noise, the same for both states, is the loss's and not
-    counted. Without render noise both are zero and any fall is kept.
+    change: the change of :func:`paired_loss`; its noise from the two renders' own
+    changes of the Huber loss, which differ only by the renders' noise (each pixel's
+    noise its own; the photos' noise, the same in both, is the loss's and not counted).
 
     Why: near its minimum a pose's loss is flat (pose draw 113 of the benchmark at
-    96x96, 64 samples per pixel: a move from 0.45 to 1.55 degrees off raised it by 0.4
-    in 237, x1e-6, on average over ten pairs of renders, with a standard deviation of
-    1.25 from pair to pair), so a noisy proposal along a weakly seen turn was kept
-    about one time in three and the polish walked away from the minimum. Measured
-    there, the standard error this reads was 1.28-1.45; the two renders' own changes
-    alone said 0.42 (the noise's share, estimated from two renders, is what makes the
-    unbiased loss noisier: BENCHMARKS.md, "A step kept only beyond its noise")."""
+    96x96: 1.5 degrees changed it by 0.6 %), and one comparison's noise was as large
+    as a move of two finite-difference steps (1.8 degrees) changed it, so a noisy
+    proposal along a weakly seen turn was kept about once in eight tries and the
+    polish walked away from the minimum (0.45 -> 1.55 degrees off in one step)."""
     change = paired_loss(*after, c) - paired_loss(*before, c)
     own = [huber_terms(a, c) - huber_terms(b, c) for a, b in zip(after, before)]
-    share = [paired_terms(*pair, c) - 0.5 * (huber_terms(pair[0], c) + huber_terms(pair[1], c))
-             for pair in (before, after)]
     spread = (own[0] - own[1]).reshape(-1, PIXEL).sum(axis=1)
-    shares = (share[1] - share[0]).reshape(-1, PIXEL).sum(axis=1)
-    se = float(np.sqrt(0.25 * np.sum(spread * spread) + np.sum(shares * shares)))
+    se = 0.5 * float(np.sqrt(np.sum(spread * spread)))
     return bool(change < -SIGNIFICANT * se)
 
 
