@@ -902,34 +902,25 @@ def test_paired_loss_has_its_minimum_where_the_renders_mean_fits():
 
 def test_a_step_is_kept_only_where_it_lowers_the_loss_beyond_its_noise():
     """:func:`lowered` keeps a step whose loss falls by several standard errors of the
-    comparison and refuses one that changes nothing (the renders' noise alone), nearly
-    always: a comparison of one render each, kept wherever its sum happens to be lower,
-    keeps about half of those. Without render noise any fall is kept, however unevenly
-    it is spread over the pixels (a moved edge: some pixels much better, many a little
-    worse)."""
-    from invpbr.optimization.polish import PIXEL, huber_loss, lowered
+    comparison and refuses one that changes nothing (its noise alone), nearly always:
+    a noisy comparison that keeps every step whose sum happens to be lower keeps about
+    half of those."""
+    from invpbr.optimization.polish import PIXEL, lowered, paired_terms
 
     rng = np.random.default_rng(5)
     n = PIXEL * 2000
     photo = rng.uniform(0.2, 0.8, n)
 
-    def state(shift, seed):  # (two residual vectors, each with its own render noise)
+    def terms(shift, seed):
         g = np.random.default_rng(seed)
-        return tuple(photo - (photo + shift + 0.05 * g.normal(size=n)) for _ in range(2))
+        a, b = (photo - (photo + shift + 0.05 * g.normal(size=n)) for _ in range(2))
+        return paired_terms(a, b, 1.0)
 
-    same = [lowered(state(0.0, 2 * k), state(0.0, 2 * k + 1), 1.0) for k in range(200)]
-    plain = [huber_loss(state(0.0, 2 * k + 1)[0], 1.0) < huber_loss(state(0.0, 2 * k)[0], 1.0)
-             for k in range(200)]
+    same = [lowered(terms(0.0, 2 * k), terms(0.0, 2 * k + 1)) for k in range(200)]
+    plain = [terms(0.0, 2 * k + 1).sum() < terms(0.0, 2 * k).sum() for k in range(200)]
     assert np.mean(same) < 0.25 and np.mean(plain) > 0.35, (np.mean(same), np.mean(plain))
-    better = [lowered(state(0.02, 2 * k), state(0.0, 2 * k + 1), 1.0) for k in range(50)]
+    better = [lowered(terms(0.02, 2 * k), terms(0.0, 2 * k + 1)) for k in range(50)]
     assert np.mean(better) > 0.9, np.mean(better)
-    # (no render noise: an edge moved, 40 pixels fixed, 400 a little worse, the sum lower)
-    before, after = np.zeros(n), np.zeros(n)
-    before[:PIXEL * 40] = 0.3
-    after[PIXEL * 40:PIXEL * 440] = 0.02
-    assert huber_loss(after, 1.0) < huber_loss(before, 1.0)
-    assert lowered((before, before), (after, after), 1.0)
-    assert not lowered((after, after), (before, before), 1.0)
 
 
 def test_polish_step_stays_within_its_trust_region():

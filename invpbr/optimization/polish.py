@@ -535,12 +535,8 @@ def huber_weight(r: np.ndarray, c: float) -> np.ndarray:
 
 
 def huber_loss(r: np.ndarray, c: float) -> float:
-    return float(np.sum(huber_terms(r, c)))
-
-
-def huber_terms(r: np.ndarray, c: float) -> np.ndarray:
     a = np.abs(r)
-    return np.where(a <= c, 0.5 * a * a, c * (a - 0.5 * c))
+    return float(np.sum(np.where(a <= c, 0.5 * a * a, c * (a - 0.5 * c))))
 
 
 def paired_loss(first: np.ndarray, second: np.ndarray, c: float) -> float:
@@ -568,25 +564,20 @@ def paired_terms(first: np.ndarray, second: np.ndarray, c: float) -> np.ndarray:
     return np.where(a <= c, 0.5 * (m * m - d * d), c * (a - 0.5 * c))
 
 
-def lowered(before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray],
-            c: float) -> bool:
-    """Whether the loss falls from the state of the residual vectors ``before`` to that
-    of ``after`` (each state's two renders with independent samples, the same two sets
-    of samples for both states) by more than ``SIGNIFICANT`` standard errors of its
-    change: the change of :func:`paired_loss`; its noise from the two renders' own
-    changes of the Huber loss, which differ only by the renders' noise (each pixel's
-    noise its own; the photos' noise, the same in both, is the loss's and not counted).
+def lowered(before: np.ndarray, after: np.ndarray) -> bool:
+    """Whether the loss terms ``after`` (of the channels, :func:`paired_terms`) sum
+    lower than ``before`` by more than ``SIGNIFICANT`` standard errors of their
+    difference (from the spread of its pixels' parts: each pixel's render noise and
+    photo noise are its own).
 
     Why: near its minimum a pose's loss is flat (pose draw 113 of the benchmark at
     96x96: 1.5 degrees changed it by 0.6 %), and one comparison's noise was as large
     as a move of two finite-difference steps (1.8 degrees) changed it, so a noisy
     proposal along a weakly seen turn was kept about once in eight tries and the
     polish walked away from the minimum (0.45 -> 1.55 degrees off in one step)."""
-    change = paired_loss(*after, c) - paired_loss(*before, c)
-    own = [huber_terms(a, c) - huber_terms(b, c) for a, b in zip(after, before)]
-    spread = (own[0] - own[1]).reshape(-1, PIXEL).sum(axis=1)
-    se = 0.5 * float(np.sqrt(np.sum(spread * spread)))
-    return bool(change < -SIGNIFICANT * se)
+    diff = (after - before).reshape(-1, PIXEL).sum(axis=1)
+    se = float(np.sqrt(diff.size) * np.std(diff))
+    return bool(diff.sum() < -SIGNIFICANT * se)
 
 
 def principal_basis(b: Block) -> np.ndarray:
@@ -821,10 +812,10 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
     second = renderer.second
     after = [renderer.residuals(trial, views, s) for s in seeds]
     for b, (r, c) in zip(group, residuals):
-        before = (r, renderer.flat(second, b.views, b.blur))
-        after_pair = tuple(renderer.flat(a, b.views, b.blur) for a in after)
+        before = paired_terms(r, renderer.flat(second, b.views, b.blur), c)
+        after_terms = paired_terms(*(renderer.flat(a, b.views, b.blur) for a in after), c)
         step = trial[b.name][b.start:b.start + b.size] - theta[b.name][b.start:b.start + b.size]
-        if lowered(before, after_pair, c):
+        if lowered(before, after_terms):
             theta[b.name][b.start:b.start + b.size] += step
             b.lam = max(b.lam / 4.0, 1e-6)
             b.moved += 1
