@@ -15,12 +15,8 @@ the renders:
 - the residual (photo - render) is rendered with other random numbers than the
   Jacobian, so its noise is independent of the Jacobian's and the iteration's fixed
   point is the loss's minimum, not a point that noise pulls;
-- a step is kept only where it lowers the loss of its views by more than the
-  comparison's noise (:func:`lowered`), before and after rendered twice with the
-  same two sets of random numbers (each camera on its own view), the loss of each
-  state taken from its two renders without their own noise (:func:`paired_loss`: one
-  render's loss carries its variance, which depends on the state, and a noisy loss
-  preferred states that render less noise);
+- a step is kept only where it lowers the loss of its views, before and after
+  rendered with the same random numbers (each camera on its own view);
 - pixels far off (fireflies of the photo or the render, what the model does not have)
   weigh less: the step minimizes the Huber loss (scale from the residuals' median
   absolute deviation) of the linearized residuals, reweighted on the linear model, so
@@ -78,7 +74,7 @@ product taken between the Jacobians of two iterations (independent noise: their
 product is not inflated by it, as ``J^T J`` of one noisy Jacobian is); a direction
 whose ``A`` is not positive is not determined by the photos at all.
 
-Cost per iteration: ``4 + 2 x 6`` renders of a pose's fitted views (of each view once
+Cost per iteration: ``3 + 2 x 6`` renders of a pose's fitted views (of each view once
 for all cameras together: each view shows only its own camera's change) at ``spp``
 samples, without gradients; by default as many samples per view as 256 per pixel at
 48x48 (``POLISH_SAMPLES``), so the cost does not grow with the views' pixels.
@@ -134,9 +130,6 @@ HUBER = 2.0
 #: least ``MIN_ITERATIONS``). Refused large steps used to end it too: 104 and 113 of the
 #: pose benchmark stopped 4 of their standard deviations off (BENCHMARKS.md).
 SETTLED = 0.25
-#: A step is kept only where it lowers its views' loss by more than this many standard
-#: errors of the loss's change (see :func:`lowered`).
-SIGNIFICANT = 1.0
 MIN_ITERATIONS = 4
 #: A pose's first blurred step from the sharp polish's end that reaches this many
 #: finite-difference steps (before the trust region trims it) starts its second chance
@@ -304,7 +297,6 @@ class Renderer:
         self.ceilings = {v: c for v, (_, c) in pixels.items()}  # (see View.loss_pixels)
         self.censored: dict[int, np.ndarray] = {}  # (see censor_clipped)
         self.sigma = 0.0
-        self.second: dict = {}  # (the residuals of _jacobians' middle render: see _iterate)
 
     def set(self, values: dict[str, np.ndarray]) -> None:
         import mitsuba as mi
@@ -539,47 +531,6 @@ def huber_loss(r: np.ndarray, c: float) -> float:
     return float(np.sum(np.where(a <= c, 0.5 * a * a, c * (a - 0.5 * c))))
 
 
-def paired_loss(first: np.ndarray, second: np.ndarray, c: float) -> float:
-    """The Huber loss (threshold ``c``) of the residuals without their renders' noise,
-    from two residual vectors of the same state rendered with independent samples:
-    that of their mean, less, where the mean lies in the loss's quadratic part, the
-    share of the noise (half the square of their half difference), so that there it
-    is half the product of the two, whose expectation is half the square of the
-    noise-free residual.
-
-    Why: the Huber (or squared) loss of one render's residuals adds the render's own
-    variance, and that depends on the state (where a turned object shows more of its
-    noisy shading, the loss rises by it), so the states a noisy loss prefers are not
-    the photos'. Pose draw 113 of the benchmark at 96x96 (64 samples per pixel): the
-    polish's loss was lower 1.5 degrees off than at the truth at 64 samples, higher
-    at 512 (the truth's L1 at 1024 samples 0.26 % lower), and a step that took the pose
-    from 0.48 to 1.87 degrees off was kept (BENCHMARKS.md)."""
-    return float(np.sum(paired_terms(first, second, c)))
-
-
-def paired_terms(first: np.ndarray, second: np.ndarray, c: float) -> np.ndarray:
-    """The channels' terms of :func:`paired_loss`."""
-    m, d = 0.5 * (first + second), 0.5 * (first - second)
-    a = np.abs(m)
-    return np.where(a <= c, 0.5 * (m * m - d * d), c * (a - 0.5 * c))
-
-
-def lowered(before: np.ndarray, after: np.ndarray) -> bool:
-    """Whether the loss terms ``after`` (of the channels, :func:`paired_terms`) sum
-    lower than ``before`` by more than ``SIGNIFICANT`` standard errors of their
-    difference (from the spread of its pixels' parts: each pixel's render noise and
-    photo noise are its own).
-
-    Why: near its minimum a pose's loss is flat (pose draw 113 of the benchmark at
-    96x96: 1.5 degrees changed it by 0.6 %), and one comparison's noise was as large
-    as a move of two finite-difference steps (1.8 degrees) changed it, so a noisy
-    proposal along a weakly seen turn was kept about once in eight tries and the
-    polish walked away from the minimum (0.45 -> 1.55 degrees off in one step)."""
-    diff = (after - before).reshape(-1, PIXEL).sum(axis=1)
-    se = float(np.sqrt(diff.size) * np.std(diff))
-    return bool(diff.sum() < -SIGNIFICANT * se)
-
-
 def principal_basis(b: Block) -> np.ndarray:
     """The directions (columns, in latent units, each one finite-difference step long)
     along which block ``b``'s next Jacobian is taken: for a block that asks
@@ -617,7 +568,6 @@ def _jacobians(renderer: Renderer, theta: dict, group: list[Block], views: list[
     :func:`one_sided`; along the latent's axes only), of the plain ones (the
     uncertainty's) kept as its newest in ``block.jacobians``."""
     zero = renderer.residuals(theta, views, seed)  # (the one-sided differences' middle)
-    renderer.second = zero  # (and the second render of the iteration's start: _iterate)
     bases = [principal_basis(b) for b in group]
     columns = []
     for k in range(group[0].size):
@@ -807,15 +757,12 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
             b.threshold = sharp_c
             b.loss_before = huber_loss(b.residual, sharp_c) / r.size
         b.loss_after = huber_loss(b.residual, b.threshold) / r.size  # (the newest base render's)
-    # (each state's loss from two renders with independent samples, the same for both
-    # states: its render noise taken out (see paired_loss), most of the rest cancels)
-    second = renderer.second
-    after = [renderer.residuals(trial, views, s) for s in seeds]
+    after = renderer.residuals(trial, views, seeds[0])
     for b, (r, c) in zip(group, residuals):
-        before = paired_terms(r, renderer.flat(second, b.views, b.blur), c)
-        after_terms = paired_terms(*(renderer.flat(a, b.views, b.blur) for a in after), c)
+        before_loss = huber_loss(r, c)
+        after_loss = huber_loss(renderer.flat(after, b.views, b.blur), c)
         step = trial[b.name][b.start:b.start + b.size] - theta[b.name][b.start:b.start + b.size]
-        if lowered(before, after_terms):
+        if after_loss < before_loss:
             theta[b.name][b.start:b.start + b.size] += step
             b.lam = max(b.lam / 4.0, 1e-6)
             b.moved += 1
@@ -1033,13 +980,13 @@ def from_start(renderer: Renderer, final: dict, start: dict, groups: list[list[B
 
 def compare_loss(renderer: Renderer, state: dict, block: Block, seed: int) -> float:
     """The sharp Huber loss of ``block``'s views at ``state`` (its first iteration's
-    threshold) from ``COMPARE_SEEDS`` renders (seeds from ``seed``: the same for every
-    state compared, so that most of their noise cancels), the mean of
-    :func:`paired_loss` over their pairs (the renders' own noise taken out)."""
-    residuals = [renderer.flat(renderer.residuals(state, block.views, seed + k), block.views)
-                 for k in range(COMPARE_SEEDS)]
-    pairs = list(itertools.combinations(residuals, 2))
-    return float(np.mean([paired_loss(a, b, block.threshold) / a.size for a, b in pairs]))
+    threshold), the mean over ``COMPARE_SEEDS`` renders (seeds from ``seed``: the same
+    for every state compared, so that most of their noise cancels)."""
+    total = 0.0
+    for k in range(COMPARE_SEEDS):
+        residual = renderer.flat(renderer.residuals(state, block.views, seed + k), block.views)
+        total += huber_loss(residual, block.threshold) / residual.size
+    return total / COMPARE_SEEDS
 
 
 def polish(run, *, callback=None) -> dict[str, Any]:
