@@ -176,6 +176,15 @@ POLISH = {"pose": 20, "camera": 20}
 POLISH_SPP = 256
 POLISH_SAMPLES = 256 * 48 * 48
 POLISH_SPP_MIN = 16
+#: The renders that compare a step's loss before and after (and a pose's ends: see
+#: :func:`compare_loss`) take this many times the polish's samples, up to ``POLISH_SPP``
+#: (never fewer than the polish's): one render's loss holds that render's variance, which
+#: depends on the state, so a loss of noisy renders prefers the states that render
+#: quieter. At 96x96 (64 samples per pixel) it was 40 % of pose 113's loss there, and
+#: its end, 1.49 deg off, looked lower than the truth at 64 samples (387.61 against
+#: 388.34, x1e-6) and higher at 512 (208.91 against 208.42; BENCHMARKS.md). At 48x48 and
+#: smaller the polish already renders ``POLISH_SPP``: nothing changes there.
+COMPARE_SAMPLES = 4
 
 
 @dataclass
@@ -289,6 +298,8 @@ class Renderer:
         views = run.problem.views
         self.run = run
         self.spp = spp
+        #: the samples of the renders that compare losses (see ``COMPARE_SAMPLES``)
+        self.compare_spp = max(spp, min(COMPARE_SAMPLES * spp, POLISH_SPP))
         self.per_view = any(e.per_view for e in run.estimates)
         self.photos = {v: views[v].photo[..., :3].astype(np.float64) for v in run.context.fit}
         bound = run.problem.clipped_bounds()
@@ -304,9 +315,11 @@ class Renderer:
         for name, value in values.items():
             self.run.latents[name] = mi.Float(np.asarray(value, np.float32).ravel())
 
-    def renders(self, values: dict[str, np.ndarray], views: list[int], seed: int) -> dict:
+    def renders(self, values: dict[str, np.ndarray], views: list[int], seed: int,
+                spp: int | None = None) -> dict:
         """view number -> render (H, W, 3) of ``views`` at the latents ``values``
-        (samples ``seed``), as the loss sees it (gains applied)."""
+        (samples ``seed``; ``spp`` per pixel, None: the polish's), as the loss sees it
+        (gains applied)."""
         import drjit as dr
         import mitsuba as mi
 
@@ -320,16 +333,18 @@ class Renderer:
                 if self.per_view:
                     run.latents.write_scene(run.problem.views[v].index)
                 s = dr.opaque(mi.UInt32, (seed * 7919 + v) % (2**31))
-                image = run.latents.apply_to_image(run.context.render_view(v, self.spp, s), v)
+                image = run.context.render_view(v, spp or self.spp, s)
+                image = run.latents.apply_to_image(image, v)
                 out[v] = np.array(image, dtype=np.float64)[..., :3]
         return out
 
-    def residuals(self, values: dict[str, np.ndarray], views: list[int], seed: int) -> dict:
+    def residuals(self, values: dict[str, np.ndarray], views: list[int], seed: int,
+                  spp: int | None = None) -> dict:
         """view number -> photo - render (H, W, 3) for ``views`` at the latents
         ``values``: a clipped channel's against the render up to its ceiling, or the
         censored residual (:meth:`censor_clipped`)."""
         out = {}
-        for v, image in self.renders(values, views, seed).items():
+        for v, image in self.renders(values, views, seed, spp).items():
             if self.ceilings[v] is not None:
                 image = np.minimum(image, self.ceilings[v])
             out[v] = self.photos[v] - image
@@ -757,9 +772,13 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
             b.threshold = sharp_c
             b.loss_before = huber_loss(b.residual, sharp_c) / r.size
         b.loss_after = huber_loss(b.residual, b.threshold) / r.size  # (the newest base render's)
-    after = renderer.residuals(trial, views, seeds[0])
+    # (the comparison: at the residual's samples, its render reused, or at more; the
+    # same random numbers before and after either way: see COMPARE_SAMPLES)
+    more = renderer.compare_spp > renderer.spp
+    before = renderer.residuals(theta, views, seeds[0], renderer.compare_spp) if more else None
+    after = renderer.residuals(trial, views, seeds[0], renderer.compare_spp)
     for b, (r, c) in zip(group, residuals):
-        before_loss = huber_loss(r, c)
+        before_loss = huber_loss(renderer.flat(before, b.views, b.blur) if more else r, c)
         after_loss = huber_loss(renderer.flat(after, b.views, b.blur), c)
         step = trial[b.name][b.start:b.start + b.size] - theta[b.name][b.start:b.start + b.size]
         if after_loss < before_loss:
@@ -984,7 +1003,8 @@ def compare_loss(renderer: Renderer, state: dict, block: Block, seed: int) -> fl
     for every state compared, so that most of their noise cancels)."""
     total = 0.0
     for k in range(COMPARE_SEEDS):
-        residual = renderer.flat(renderer.residuals(state, block.views, seed + k), block.views)
+        residual = renderer.residuals(state, block.views, seed + k, renderer.compare_spp)
+        residual = renderer.flat(residual, block.views)
         total += huber_loss(residual, block.threshold) / residual.size
     return total / COMPARE_SEEDS
 
@@ -1036,7 +1056,8 @@ def polish(run, *, callback=None) -> dict[str, Any]:
     report = {}
     for n in names:
         blocks = [b for g in groups for b in g if b.name == n]
-        report[n] = {"iterations": done, "spp": spp, "seconds": seconds,
+        report[n] = {"iterations": done, "spp": spp, "compare_spp": renderer.compare_spp,
+                     "seconds": seconds,
                      "returned": "mean of the settled iterates (each motion's: averaged)",
                      "motions": {b.label: {"loss_before": b.loss_before,
                                            "averaged": kept[b.name, b.label],
