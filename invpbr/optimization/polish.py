@@ -294,12 +294,12 @@ def blocks_of(run) -> list[list[Block]]:
 class Renderer:
     """Residuals (photo - render) of fitted views for given latents, no gradients."""
 
+    spp = POLISH_SPP
+
     def __init__(self, run, spp: int):
         views = run.problem.views
         self.run = run
         self.spp = spp
-        #: the samples of the renders that compare losses (see ``COMPARE_SAMPLES``)
-        self.compare_spp = max(spp, min(COMPARE_SAMPLES * spp, POLISH_SPP))
         self.per_view = any(e.per_view for e in run.estimates)
         self.photos = {v: views[v].photo[..., :3].astype(np.float64) for v in run.context.fit}
         bound = run.problem.clipped_bounds()
@@ -338,13 +338,26 @@ class Renderer:
                 out[v] = np.array(image, dtype=np.float64)[..., :3]
         return out
 
+    @property
+    def compare_spp(self) -> int:
+        """The samples per pixel of the renders that compare losses (see
+        ``COMPARE_SAMPLES``)."""
+        return max(self.spp, min(COMPARE_SAMPLES * self.spp, POLISH_SPP))
+
+    def compared(self, values: dict[str, np.ndarray], views: list[int], seed: int) -> dict:
+        """:meth:`residuals` at ``compare_spp`` samples per pixel."""
+        if self.compare_spp > self.spp:
+            return self.residuals(values, views, seed, self.compare_spp)
+        return self.residuals(values, views, seed)
+
     def residuals(self, values: dict[str, np.ndarray], views: list[int], seed: int,
                   spp: int | None = None) -> dict:
         """view number -> photo - render (H, W, 3) for ``views`` at the latents
         ``values``: a clipped channel's against the render up to its ceiling, or the
         censored residual (:meth:`censor_clipped`)."""
         out = {}
-        for v, image in self.renders(values, views, seed, spp).items():
+        images = self.renders(values, views, seed, *([spp] if spp else []))
+        for v, image in images.items():
             if self.ceilings[v] is not None:
                 image = np.minimum(image, self.ceilings[v])
             out[v] = self.photos[v] - image
@@ -775,8 +788,8 @@ def _iterate(renderer: Renderer, theta: dict, group: list[Block], seeds: tuple[i
     # (the comparison: at the residual's samples, its render reused, or at more; the
     # same random numbers before and after either way: see COMPARE_SAMPLES)
     more = renderer.compare_spp > renderer.spp
-    before = renderer.residuals(theta, views, seeds[0], renderer.compare_spp) if more else None
-    after = renderer.residuals(trial, views, seeds[0], renderer.compare_spp)
+    before = renderer.compared(theta, views, seeds[0]) if more else None
+    after = renderer.compared(trial, views, seeds[0])
     for b, (r, c) in zip(group, residuals):
         before_loss = huber_loss(renderer.flat(before, b.views, b.blur) if more else r, c)
         after_loss = huber_loss(renderer.flat(after, b.views, b.blur), c)
@@ -1003,8 +1016,7 @@ def compare_loss(renderer: Renderer, state: dict, block: Block, seed: int) -> fl
     for every state compared, so that most of their noise cancels)."""
     total = 0.0
     for k in range(COMPARE_SEEDS):
-        residual = renderer.residuals(state, block.views, seed + k, renderer.compare_spp)
-        residual = renderer.flat(residual, block.views)
+        residual = renderer.flat(renderer.compared(state, block.views, seed + k), block.views)
         total += huber_loss(residual, block.threshold) / residual.size
     return total / COMPARE_SEEDS
 
