@@ -189,7 +189,8 @@ class EstimateConfig:
     polish_spp: PositiveInt | None = None
     """Samples per pixel of the polish's renders (default: 256 at 48x48 or smaller, fewer
     per pixel on larger images, the same samples per view, at least 16; ``POLISH_SAMPLES``
-    there)."""
+    there). The renders that compare a step's loss take 4 times these, up to 256
+    (``COMPARE_SAMPLES``; never fewer than these)."""
     polish_blur: NonNegative | None = None
     """Gaussian blur (pixels) of the residual images the polish's steps fit (default
     ``POLISH_BLUR`` there: 1 for cameras, 0 for poses)."""
