@@ -470,6 +470,35 @@ def test_truth_loss_tells_the_truth_from_a_wrong_scene(tmp_path, mi, capsys):
     assert f"{tmp_path / 'scene.xml'}: no such scene file" in capsys.readouterr().err
 
 
+def test_benchmark_summary_separates_poses_the_photos_determine(capsys):
+    """The summary names the framing (poses: the object by default; a JSON saved
+    before the default stored None, which was the scene) and counts the runs whose
+    polish says their photos fix them to the goal (2 sigmas within it) apart from the
+    rest: here one determined run within the goal, one loose run within it by luck, one
+    loose run out and one undetermined (no sigma)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import robustness
+
+    def row(rotation, sigma):
+        return {"rotation_deg": rotation, "position": 1e-4, "start_rotation_deg": 3.0,
+                "start_position": 0.02, "worse": False, "ok": rotation <= 0.5,
+                "sigma_rotation_deg": sigma, "sigma_position": None if sigma is None else 1e-4}
+
+    scenes = [{"seed": 7 + i, "run": 0, "status": "completed", "exit_code": 0, "rows": [r]}
+              for i, r in enumerate([row(0.1, 0.2), row(0.4, 0.6), row(0.9, 0.7),
+                                     row(0.3, None)])]
+    args = {"seed": 7, "size": 48, "spp": 8, "max_depth": 2, "iterations": 100}
+    assert robustness.FRAMING["pose"] == "object" and robustness.FRAMING["camera"] == "scene"
+    robustness.summarize("pose", args | {"framing": "object"}, scenes, [], 10.0)
+    out = capsys.readouterr().out
+    assert "cameras frame the object" in out and "success: 3/4 runs (75.0 %)" in out, out
+    assert "not determined by the photos (polish): 1/4" in out, out
+    assert ("determined to the goal by their photos (2 polish sigmas within it): 1/4 runs, "
+            "1 of them within the goal; the others: 2/3") in out, out
+    robustness.summarize("pose", args | {"framing": None}, scenes, [], 10.0)
+    assert "cameras frame the scene" in capsys.readouterr().out
+
+
 def test_retired_reparam_integrator_is_refused_with_the_reason():
     from invpbr.config import ConfigError, parse_config
 
