@@ -1259,6 +1259,60 @@ def _noisy_renderer(image, truth, noise: float):
     return Synthetic()
 
 
+def test_polish_settles_only_after_three_small_steps_past_a_jump(monkeypatch):
+    """A kept step that the trust region shortened lands where the Jacobians a pose
+    averages (all of them) were mostly taken elsewhere; pose draw 800 then settled after
+    two small steps 4.4 degrees off, where the third went 3.2 degrees back. A pose's
+    polish started 8 finite-difference steps off takes trimmed steps (jumps), the last
+    landing next to the truth, and ends ``JUMP_SETTLE`` iterations after it (two without
+    the rule), at the truth; a camera's block (Jacobians averaged only within ``NEAR``)
+    counts no jumps."""
+    from invpbr.optimization import polish as P
+
+    u = np.arange(64.0)[None, :, None] * np.ones((6, 1, 3))
+
+    def image(p):
+        return np.exp(-((u - 32 - 8 * float(p[0])) / 10) ** 2)
+
+    seen, iterate = [], P._iterate
+
+    def recorded(renderer, theta, group, seeds):
+        iterate(renderer, theta, group, seeds)
+        seen.append((group[0].jumps, group[0].settled))
+
+    monkeypatch.setattr(P, "_iterate", recorded)
+    pose = P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0, near=np.inf)
+    final, done, _ = P.polish_steps(_noisy_renderer(image, [0.0], 0.002),
+                                    {"p": np.array([0.41])}, [[pose]], 20, 11)
+    assert P.JUMP_SETTLE == 3 and pose.jumps >= 2 and done < 20, (pose.jumps, done, seen)
+    last = min(i for i, (j, _) in enumerate(seen) if j == pose.jumps)  # (the last jump)
+    assert seen[last][1] == 2 - P.JUMP_SETTLE and done - 1 - last == P.JUMP_SETTLE, seen
+    assert abs(final["p"][0]) < 0.01, final
+    seen.clear()
+    camera = P.Block("p", 0, 1, [0], np.array([0.05]), "cam00", 1.0)
+    P.polish_steps(_noisy_renderer(image, [0.0], 0.002), {"p": np.array([0.8])},
+                   [[camera]], 20, 11)
+    assert camera.jumps == 0 and min(s for _, s in seen) >= 0, seen
+
+
+def test_polish_step_of_a_one_number_motion_with_a_kinked_column():
+    """Holding every component of a kinked motion (one number, its column kinked: the
+    step tried held still) is a step of zero, not an error (it raised on an empty
+    normal matrix): a bump that moves as ``p + 6 p^3`` polished from 0.8."""
+    from invpbr.optimization import polish as P
+
+    u = np.arange(64.0)[None, :, None] * np.ones((6, 1, 3))
+
+    def image(p):
+        x = float(p[0])
+        return np.exp(-((u - 32 - 8 * (x + 6 * x ** 3)) / 10) ** 2)
+
+    block = P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0, near=np.inf)
+    final, done, _ = P.polish_steps(_noisy_renderer(image, [0.0], 0.002),
+                                    {"p": np.array([0.8])}, [[block]], 20, 11)
+    assert block.kinked > 0 and np.isfinite(final["p"]).all() and done >= 1, (block, final)
+
+
 def test_polish_from_the_start_replaces_an_end_in_another_basin():
     """The steps can carry a pose out of the basin it started in (pose draw 402: a
     texture finer than a pixel, 2.09 -> 2.97 degrees off, the polish settled at 2.80);

@@ -750,6 +750,8 @@ def linear_step(b: Block, r: np.ndarray, c: float, signs: np.ndarray,
     jac, older = nearby_jacobians(b, signs)  # (the mean: less noise in the gradient)
     newest = oriented(b.history[-1], signs)
     free = np.ones(b.size, bool) if held is None else ~held
+    if not free.any():  # (every component held: a motion of at most KINKED_TRIED numbers)
+        return np.zeros(b.size), jac
     jf = jac[:, free]
     of, nf = (None if older is None else older[:, free]), newest[:, free]
     w = huber_weight(r, c)
