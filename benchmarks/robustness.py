@@ -133,10 +133,15 @@ def sigma_of(result: dict, key: str, motion: str, diagonal: float) -> dict:
     polished = (result.get("polished") or {}).get(key)
     if not polished:
         return {}
-    sigma = polished["motions"].get(motion, {}).get("sigma") or {}
+    entry = polished["motions"].get(motion, {})
+    sigma = entry.get("sigma") or {}
     position = sigma.get("position")
+    # (two polishes of a pose ended beyond each other's noise: invpbr.optimization.polish.apart)
+    two = any(((entry.get(e) or {}).get("apart") or {}).get("beyond_noise")
+              for e in ("from_start", "second_chance"))
     return {"sigma_rotation_deg": sigma.get("rotation_deg"),
-            "sigma_position": None if position is None else position / diagonal}
+            "sigma_position": None if position is None else position / diagonal,
+            "two_minima": bool(two)}
 
 
 def last_step(e: dict, s: dict, diagonal: float) -> dict:
@@ -358,6 +363,12 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
               f"{len(tight)}/{n_units} {what}, {sum(u['ok'] for u in tight)} of them within "
               f"the goal; the others: {sum(u['ok'] for u in units) - sum(u['ok'] for u in tight)}"
               f"/{n_units - len(tight)}")
+    flagged = [u for u in units if u.get("two_minima")]
+    if any("two_minima" in u for u in units):
+        print(f"two minima (the polishes from the steps' end and from the start ended beyond "
+              f"each other's noise; the run warns): {len(flagged)}/{n_units} {what}, "
+              f"{sum(u['ok'] for u in flagged)} of them within the goal; not flagged but "
+              f"outside the goal: {sum(not u['ok'] and not u.get('two_minima') for u in units)}")
     statuses_and_time(scenes, ratios, args, seconds)
 
 

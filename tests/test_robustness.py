@@ -1320,7 +1320,9 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     closer to the photos. A one-number motion whose image is a textured bump (texture
     period half a unit of motion: other basins at +-0.5): polished from 0.45, it stays
     in the wrong basin; from a start at 0.1 it reaches the truth (0) and is kept; a
-    start in the wrong basin does not replace a right end."""
+    start in the wrong basin does not replace a right end. Two ends in two basins are
+    reported as two minima (``apart``: beyond each other's noise; the run warns), two in
+    one basin are not."""
     from types import SimpleNamespace
 
     from invpbr.optimization import polish as P
@@ -1352,9 +1354,21 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
         return polish_summary(SimpleNamespace(polished={"obj": {"motions": {"pose": motion}}}), "obj")
 
     assert "left the start's basin" in line(info)
+    # (the two ends, 0.5 apart, are two minima: beyond the noise of either, flagged)
+    far = info["apart"]
+    assert far["beyond_noise"] and far["sigmas"] > 10 and abs(far["position"] - 0.5) < 0.1, far
+    assert "TWO MINIMA" in line(info), line(info)
+    report = {"obj": {"motions": {"pose": {"from_start": info}}}}
+    (warned,) = P.ambiguous(report)
+    assert "obj (pose)" in warned and "polished.obj.motions.pose.from_start.apart" in warned
     right, info = polished(0.05, 0.45)
     assert abs(right) < 0.02 and info["returned"] == "first", (right, info)
     assert "left the start's basin" not in line(info)
+    # a start in the same basin ends where the steps' end did: not flagged
+    same, info = polished(0.05, 0.1)
+    assert abs(same) < 0.02 and not info["apart"]["beyond_noise"], (same, info)
+    assert info["apart"]["sigmas"] < 5 and "TWO MINIMA" not in line(info), info
+    assert P.ambiguous({"obj": {"motions": {"pose": {"from_start": info}}}}) == []
     # and polished from 0.45 alone it stays in its basin (what the start mends)
     stays, _, _ = P.polish_steps(Synthetic(), {"p": np.array([0.45])},
                                  [[P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)]], 20, 11)
