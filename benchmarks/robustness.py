@@ -137,7 +137,7 @@ def sigma_of(result: dict, key: str, motion: str, diagonal: float) -> dict:
     sigma = entry.get("sigma") or {}
     position = sigma.get("position")
     # (two polishes of a pose ended beyond each other's noise: invpbr.optimization.polish.apart)
-    two = any(((entry.get(e) or {}).get("apart") or {}).get("beyond_noise")
+    two = any(((entry.get(e) or {}).get("apart") or {}).get("two_minima")
               for e in ("from_start", "second_chance"))
     return {"sigma_rotation_deg": sigma.get("rotation_deg"),
             "sigma_position": None if position is None else position / diagonal,

@@ -509,7 +509,7 @@ def polish_summary(result, key: str) -> str:
     # (invpbr.optimization.polish.apart: two ends beyond each other's noise)
     for m, r in motions.items():
         far = [(r.get(e) or {}).get("apart") or {} for e in ("from_start", "second_chance")]
-        far = [a for a in far if a.get("beyond_noise")]
+        far = [a for a in far if a.get("two_minima")]
         if far:
             turn = ("" if far[0]["rotation_deg"] is None
                     else f"{far[0]['rotation_deg']:.2f} deg apart, ")

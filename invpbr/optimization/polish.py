@@ -183,6 +183,14 @@ SEED_BASE = 1 << 29
 TAIL_LEVEL = 0.999
 #: Channels per pixel in the residual vectors (see :func:`uncertainty`).
 PIXEL = 3
+#: Two ends of a pose's polishes beyond each other's noise (see :func:`apart`) are two
+#: minima (result.json ``apart.two_minima``; the run warns) where their losses differ by
+#: less than this many standard deviations of the photos' noise
+#: (:func:`photo_noise_of_difference`): the photos could as well have preferred the
+#: other. Farther ends whose loss is clearly higher are an end that did not get there
+#: (pose draws 801 and 803: polished from the start for 20 iterations, 37 and 3.1 deg
+#: from the first end, losses 91 % and 42 % higher), not a second minimum.
+TWO_MINIMA = 2.0
 #: ``[[estimate]] polish`` (iterations) where a table does not set it, by kind.
 POLISH = {"pose": 20, "camera": 20}
 #: ``[[estimate]] polish_spp`` where a table does not set it: as many samples per view as
@@ -994,9 +1002,16 @@ def adopt_lower(renderer: Renderer, final: dict, end: dict, first: Block, other:
     the photos than ``final`` (the sharp loss of both, ``COMPARE_SEEDS`` paired renders
     from ``seed``), put ``first``'s motion of ``end`` into ``final`` and take ``other``'s
     report; returns the losses compared and ``returned`` (``label`` or ``first``)."""
-    losses = [compare_loss(renderer, state, first, seed) for state in (final, end)]
+    compared = [compare_residuals(renderer, state, first, seed) for state in (final, end)]
+    losses = [float(np.mean([huber_loss(r, first.threshold) / r.size for r in rs]))
+              for rs in compared]
     info = {"loss_first": losses[0], f"loss_{label}": losses[1], "returned": "first",
-            "jumps": other.jumps, "apart": apart(final, end, first, other)}
+            "jumps": other.jumps,
+            "apart": apart(final, end, first, other) | {
+                "loss_noise": photo_noise_of_difference(*compared)}}
+    far = info["apart"]
+    far["two_minima"] = bool(far["beyond_noise"] and abs(losses[1] - losses[0])
+                             < TWO_MINIMA * far["loss_noise"])
     if losses[1] < losses[0]:
         part = slice(first.start, first.start + first.size)
         final[first.name][part] = end[first.name][part]
@@ -1067,15 +1082,33 @@ def from_start(renderer: Renderer, final: dict, start: dict, groups: list[list[B
     return out
 
 
+def compare_residuals(renderer: Renderer, state: dict, block: Block, seed: int) -> list:
+    """The sharp residuals of ``block``'s views at ``state``, ``COMPARE_SEEDS`` renders
+    (seeds from ``seed``: the same for every state compared, so that most of their
+    noise cancels)."""
+    return [renderer.flat(renderer.compared(state, block.views, seed + k), block.views)
+            for k in range(COMPARE_SEEDS)]
+
+
 def compare_loss(renderer: Renderer, state: dict, block: Block, seed: int) -> float:
     """The sharp Huber loss of ``block``'s views at ``state`` (its first iteration's
-    threshold), the mean over ``COMPARE_SEEDS`` renders (seeds from ``seed``: the same
-    for every state compared, so that most of their noise cancels)."""
-    total = 0.0
-    for k in range(COMPARE_SEEDS):
-        residual = renderer.flat(renderer.compared(state, block.views, seed + k), block.views)
-        total += huber_loss(residual, block.threshold) / residual.size
-    return total / COMPARE_SEEDS
+    threshold), the mean over :func:`compare_residuals`."""
+    return float(np.mean([huber_loss(r, block.threshold) / r.size
+                          for r in compare_residuals(renderer, state, block, seed)]))
+
+
+def photo_noise_of_difference(first: list, other: list) -> float:
+    """The standard deviation that the photos' own noise gives the difference of the
+    (per residual) losses of two states, from their residuals (lists of paired
+    renders): a photo pixel's noise moves the two states' squared residuals by its
+    value times the two renders' difference, so the difference's standard deviation is
+    the noise's (the residuals' robust spread at the first state) times the norm of the
+    renders' difference, its three channels counted as one (they share the photo's
+    noise and the Monte Carlo path; see :func:`uncertainty`)."""
+    r0, r1 = np.mean(first, axis=0), np.mean(other, axis=0)
+    sigma = huber_weights(r0)[1] / HUBER
+    change = (r1 - r0).reshape(-1, PIXEL).sum(axis=1)
+    return float(sigma * np.linalg.norm(change) / r0.size)
 
 
 def polish(run, *, callback=None) -> dict[str, Any]:
@@ -1162,7 +1195,7 @@ def ambiguous(report: dict[str, Any]) -> list[str]:
             for what, other in (("from_start", "the run's start"),
                                 ("second_chance", "a blurred second chance")):
                 far = (motion.get(what) or {}).get("apart") or {}
-                if not far.get("beyond_noise"):
+                if not far.get("two_minima"):
                     continue
                 kept = {"first": "the end from the steps", "start": "the end from the start",
                         "second": "the second chance's end"}[motion[what]["returned"]]

@@ -145,7 +145,11 @@ class Result:
             ``loss_first`` and ``loss_second``; :func:`invpbr.optimization.polish.second_chance`),
             and ``from_start`` (a polish from the run's start: ``iterations``,
             ``loss_first``, ``loss_start``, ``returned``: ``first`` or ``start``;
-            :func:`invpbr.optimization.polish.from_start`);
+            :func:`invpbr.optimization.polish.from_start`); each of the two with
+            ``jumps`` and ``apart`` (how far the two ends are from each other:
+            ``rotation_deg``, ``position``, ``sigmas``, the Mahalanobis distance
+            under their covariances, and ``beyond_noise``: two minima of the photos'
+            loss, which the run warns of: :func:`invpbr.optimization.polish.apart`);
             and where pixels near the photos' clip were left out, ``near_clip``
             (``threshold``, the render's value from which pixels were left out, linear,
             or None; and ``pixels_left_out``, the fraction of the fitted
