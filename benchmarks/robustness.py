@@ -365,8 +365,9 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
               f"/{n_units - len(tight)}")
     flagged = [u for u in units if u.get("two_minima")]
     if any("two_minima" in u for u in units):
-        print(f"two minima (the polishes from the steps' end and from the start ended beyond "
-              f"each other's noise; the run warns): {len(flagged)}/{n_units} {what}, "
+        print(f"two minima (two polishes of a pose ended beyond each other's noise, their "
+              f"losses within what the photos' noise could swap; the run warns): "
+              f"{len(flagged)}/{n_units} {what}, "
               f"{sum(u['ok'] for u in flagged)} of them within the goal; not flagged but "
               f"outside the goal: {sum(not u['ok'] and not u.get('two_minima') for u in units)}")
     statuses_and_time(scenes, ratios, args, seconds)

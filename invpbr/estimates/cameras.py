@@ -506,16 +506,6 @@ def polish_summary(result, key: str) -> str:
         named = [m for m, r in motions.items() if (r.get(entry) or {}).get("returned") == returned]
         if named:
             parts.append(text + ("" if len(motions) == 1 else ": " + ", ".join(named)))
-    # (invpbr.optimization.polish.apart: two ends beyond each other's noise)
-    for m, r in motions.items():
-        far = [(r.get(e) or {}).get("apart") or {} for e in ("from_start", "second_chance")]
-        far = [a for a in far if a.get("two_minima")]
-        if far:
-            turn = ("" if far[0]["rotation_deg"] is None
-                    else f"{far[0]['rotation_deg']:.2f} deg apart, ")
-            parts.append(f"TWO MINIMA{'' if len(motions) == 1 else ' (' + m + ')'}: its "
-                         f"polishes ended {turn}{far[0]['sigmas']:.0f} standard deviations "
-                         "apart; the one returned may be the wrong one")
     return "; polish: " + "; ".join(parts) if parts else ""
 
 

@@ -1201,7 +1201,7 @@ def ambiguous(report: dict[str, Any]) -> list[str]:
                         "second": "the second chance's end"}[motion[what]["returned"]]
                 turn = "" if far["rotation_deg"] is None else f"{far['rotation_deg']:.2f} deg and "
                 out.append(
-                    f"polish: {name} ({label}): polished from the steps' end and from "
+                    f"TWO MINIMA: polish: {name} ({label}): polished from the steps' end and from "
                     f"{other}, it ended {turn}"
                     f"{far['position']:.3g} (scene units) apart, {far['sigmas']:.1f} standard "
                     f"deviations: two minima of the photos' loss; {kept} renders closer to "
