@@ -1003,8 +1003,7 @@ def adopt_lower(renderer: Renderer, final: dict, end: dict, first: Block, other:
     from ``seed``), put ``first``'s motion of ``end`` into ``final`` and take ``other``'s
     report; returns the losses compared and ``returned`` (``label`` or ``first``)."""
     compared = [compare_residuals(renderer, state, first, seed) for state in (final, end)]
-    losses = [float(np.mean([huber_loss(r, first.threshold) / r.size for r in rs]))
-              for rs in compared]
+    losses = [mean_loss(rs, first.threshold) for rs in compared]
     info = {"loss_first": losses[0], f"loss_{label}": losses[1], "returned": "first",
             "jumps": other.jumps,
             "apart": apart(final, end, first, other) | {
@@ -1031,8 +1030,9 @@ def apart(final: dict, end: dict, first: Block, other: Block) -> dict[str, float
     between their positions (scene units) and ``sigmas``, the Mahalanobis distance of
     the difference under the sum of the two ends' covariances (:func:`covariance`;
     None where either is not determined); ``beyond_noise`` where its square exceeds
-    the chi-square's ``TAIL_LEVEL`` quantile (the two ends are two minima of the
-    photos' loss, not one minimum seen through noise; see :func:`ambiguous`)."""
+    the chi-square's ``TAIL_LEVEL`` quantile (not one minimum seen through noise;
+    whether they are two minima, or one end that did not get there, the losses say:
+    ``TWO_MINIMA``, :func:`adopt_lower`)."""
     from scipy.stats import chi2
 
     from ..estimates.meshes import rotation_numpy
@@ -1093,8 +1093,12 @@ def compare_residuals(renderer: Renderer, state: dict, block: Block, seed: int) 
 def compare_loss(renderer: Renderer, state: dict, block: Block, seed: int) -> float:
     """The sharp Huber loss of ``block``'s views at ``state`` (its first iteration's
     threshold), the mean over :func:`compare_residuals`."""
-    return float(np.mean([huber_loss(r, block.threshold) / r.size
-                          for r in compare_residuals(renderer, state, block, seed)]))
+    return mean_loss(compare_residuals(renderer, state, block, seed), block.threshold)
+
+
+def mean_loss(residuals: list, c: float) -> float:
+    """The Huber loss (threshold ``c``) per residual, the mean over ``residuals``."""
+    return float(np.mean([huber_loss(r, c) / r.size for r in residuals]))
 
 
 def photo_noise_of_difference(first: list, other: list) -> float:
