@@ -302,6 +302,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def seed_ranges(seeds) -> str:
+    """``[100, 101, 102, 800]`` -> ``"100..102, 800"`` (merged JSONs hold gaps)."""
+    runs: list[list[int]] = []
+    for seed in sorted(set(seeds)):
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in runs)
+
+
 def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
               seconds: float) -> None:
     """Print the success rate, error distributions, statuses and time of ``scenes``."""
@@ -310,7 +321,7 @@ def summarize(kind: str, args: dict, scenes: list[dict], ratios: list[float],
     n_units = len(units)
     ok = sum(u["ok"] for u in units)
     what = "cameras" if kind == "camera" else "runs"
-    print(f"\n{kind}: {n_scenes} scenes (seed {args['seed']}..{args['seed'] + n_scenes - 1}), "
+    print(f"\n{kind}: {n_scenes} scenes (seeds {seed_ranges(s['seed'] for s in scenes)}), "
           f"{args['size']}x{args['size']}, spp {args['spp']}, max_depth {args['max_depth']}, "
           f"{args['iterations']} iterations, cameras frame the "
           f"{framing_of(kind, args)}, photos at {args.get('photo_spp', 128)} spp"

@@ -471,8 +471,8 @@ def test_truth_loss_tells_the_truth_from_a_wrong_scene(tmp_path, mi, capsys):
 
 
 def test_benchmark_summary_separates_poses_the_photos_determine(capsys):
-    """The summary names the framing (poses: the object by default; a JSON saved
-    before the default stored None, which was the scene) and counts the runs whose
+    """The summary names the seeds and the framing (poses: the object by default; a JSON
+    saved before the default stored None, which was the scene) and counts the runs whose
     polish says their photos fix them to the goal (2 sigmas within it) apart from the
     rest: here one determined run within the goal, one loose run within it by luck, one
     loose run out and one undetermined (no sigma)."""
@@ -484,14 +484,15 @@ def test_benchmark_summary_separates_poses_the_photos_determine(capsys):
                 "start_position": 0.02, "worse": False, "ok": rotation <= 0.5,
                 "sigma_rotation_deg": sigma, "sigma_position": None if sigma is None else 1e-4}
 
-    scenes = [{"seed": 7 + i, "run": 0, "status": "completed", "exit_code": 0, "rows": [r]}
-              for i, r in enumerate([row(0.1, 0.2), row(0.4, 0.6), row(0.9, 0.7),
-                                     row(0.3, None)])]
+    scenes = [{"seed": seed, "run": 0, "status": "completed", "exit_code": 0, "rows": [r]}
+              for seed, r in zip([7, 8, 9, 30], [row(0.1, 0.2), row(0.4, 0.6), row(0.9, 0.7),
+                                                 row(0.3, None)])]
     args = {"seed": 7, "size": 48, "spp": 8, "max_depth": 2, "iterations": 100}
     assert robustness.FRAMING["pose"] == "object" and robustness.FRAMING["camera"] == "scene"
     robustness.summarize("pose", args | {"framing": "object"}, scenes, [], 10.0)
     out = capsys.readouterr().out
     assert "cameras frame the object" in out and "success: 3/4 runs (75.0 %)" in out, out
+    assert "4 scenes (seeds 7..9, 30)" in out, out  # (a merged JSON: seeds with a gap)
     assert "not determined by the photos (polish): 1/4" in out, out
     assert ("determined to the goal by their photos (2 polish sigmas within it): 1/4 runs, "
             "1 of them within the goal; the others: 2/3") in out, out
