@@ -1320,8 +1320,9 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     the polish then also starts from the run's start and keeps the end that renders
     closer to the photos. A one-number motion whose image is a textured bump (texture
     period half a unit of motion: other basins at +-0.5): polished from 0.45, it stays
-    in the wrong basin; from a start at 0.1 it reaches the truth (0) and is kept; a
-    start in the wrong basin does not replace a right end. Two ends beyond each other's
+    in the wrong basin; from a start at 0.1 it reaches the truth (0) and is kept, from
+    0.35 too (blurred first); a start in the wrong basin does not replace a right end,
+    nor does an end in the first's basin (one minimum) that renders closer. Two ends beyond each other's
     noise whose losses the photos' noise could swap are two minima (``apart``; the run
     warns): stripes without the bump, whose basins 0.5 apart render alike; ends in the
     bump's two basins (one clearly lower) or in one basin are not."""
@@ -1362,6 +1363,14 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     assert far["beyond_noise"] and far["sigmas"] > 10 and abs(far["position"] - 0.5) < 0.1, far
     assert not far["two_minima"], (far, info)
     assert P.ambiguous({"obj": {"motions": {"pose": {"from_start": info}}}}) == []
+    # a start nearer the texture's next cell (2.8 pixels off, the cells 4 apart): sharp
+    # it settles there (pose draw 800's from-start polish: 3.67 deg off), blurred first
+    # (FROM_START_BLUR) it reaches the truth
+    sharp, _, _ = P.polish_steps(Synthetic(), {"p": np.array([0.35])},
+                                 [[P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)]], 20, 11)
+    assert abs(float(sharp["p"][0]) - 0.5) < 0.02, sharp
+    nearer, info = polished(0.45, 0.35)
+    assert abs(nearer) < 0.02 and info["returned"] == "start", (nearer, info)
     right, info = polished(0.05, 0.45)
     assert abs(right) < 0.02 and info["returned"] == "first", (right, info)
     assert "left the start's basin" not in line(info)
@@ -1370,6 +1379,15 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     assert abs(same) < 0.02 and not info["apart"]["beyond_noise"], (same, info)
     assert info["apart"]["sigmas"] < 5, info
     assert P.ambiguous({"obj": {"motions": {"pose": {"from_start": info}}}}) == []
+    # and though it renders closer (these random numbers), an end within the first's
+    # noise is the same minimum: the first stays
+    renderer, block = Synthetic(), P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)
+    final, _, _ = P.polish_steps(renderer, {"p": np.array([0.05])}, [[block]], 20, 11)
+    kept = final["p"].copy()
+    info = P.from_start(renderer, final, {"p": np.array([0.1])}, [[block]],
+                        {("p", "pose"): 0.0}, 20, 134)["p", "pose"]
+    assert info["loss_start"] < info["loss_first"] and info["one_minimum"], info
+    assert info["returned"] == "first" and np.array_equal(final["p"], kept), info
 
     def stripes(p):  # (no envelope: the basins at 0 and 0.5 render alike)
         return 1 + 0.8 * np.cos(2 * np.pi * (u - 32 - 8 * float(p[0])) / 4)
