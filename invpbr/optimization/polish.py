@@ -38,7 +38,8 @@ the renders:
   (:func:`second_chance`); and the steps may have carried a pose out of the basin it
   started in, so each object's pose is polished from the run's start too (blurred by
   ``FROM_START_BLUR`` pixels first), that end kept where it renders closer
-  (:func:`from_start`);
+  (:func:`from_start`); neither replaces the first end from within its noise (one
+  minimum reached twice, :func:`adopt_lower`);
 - where a column's forward and backward differences differ in size by more than
   ``KINK`` times, the images have a kink there (a lamp turning edge-on to a view
   shows its bright face on one side and its dark back on the other) and the central
@@ -1079,7 +1080,8 @@ def from_start(renderer: Renderer, final: dict, start: dict, groups: list[list[B
     start it ends 0.31 off). So each pose (as :func:`second_chance` chooses them) is
     also polished from the run's start, ``start`` (latent name -> values), on images
     blurred by ``FROM_START_BLUR`` pixels first, and that end replaces the first where
-    it renders closer to the photos. Not for a light's pose
+    it renders closer to the photos and lies beyond its noise (:func:`adopt_lower`).
+    Not for a light's pose
     (see :func:`polish`). Updates ``final``; returns (name, label) -> what was done."""
     out = {}
     for first in sharp_poses(groups, blurs):
