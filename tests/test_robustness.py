@@ -1322,10 +1322,10 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     period half a unit of motion: other basins at +-0.5): polished from 0.45, it stays
     in the wrong basin; from a start at 0.1 it reaches the truth (0) and is kept, from
     0.35 too (blurred first); a start in the wrong basin does not replace a right end,
-    nor does an end in the first's basin (one minimum) that renders closer. Two ends beyond each other's
-    noise whose losses the photos' noise could swap are two minima (``apart``; the run
-    warns): stripes without the bump, whose basins 0.5 apart render alike; ends in the
-    bump's two basins (one clearly lower) or in one basin are not."""
+    nor does an end in the first's basin (one minimum) that renders closer. Two ends
+    beyond each other's noise whose losses the photos' noise could swap are two minima
+    (``apart``; the run warns): stripes without the bump, whose basins 0.5 apart render
+    alike; ends in the bump's two basins (one clearly lower) or in one basin are not."""
     from types import SimpleNamespace
 
     from invpbr.optimization import polish as P
@@ -1339,9 +1339,12 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     def Synthetic(picture=image):
         return _noisy_renderer(picture, [0.0], 0.002)
 
+    def pose_block():  # (the one motion)
+        return P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)
+
     def polished(end, begun, picture=image):
         renderer = Synthetic(picture)
-        block = P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)
+        block = pose_block()
         final, _, _ = P.polish_steps(renderer, {"p": np.array([end])}, [[block]], 20, 11)
         info = P.from_start(renderer, final, {"p": np.array([begun])}, [[block]],
                             {("p", "pose"): 0.0}, 20, 101)
@@ -1367,7 +1370,7 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     # it settles there (pose draw 800's from-start polish: 3.67 deg off), blurred first
     # (FROM_START_BLUR) it reaches the truth
     sharp, _, _ = P.polish_steps(Synthetic(), {"p": np.array([0.35])},
-                                 [[P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)]], 20, 11)
+                                 [[pose_block()]], 20, 11)
     assert abs(float(sharp["p"][0]) - 0.5) < 0.02, sharp
     nearer, info = polished(0.45, 0.35)
     assert abs(nearer) < 0.02 and info["returned"] == "start", (nearer, info)
@@ -1381,7 +1384,7 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     assert P.ambiguous({"obj": {"motions": {"pose": {"from_start": info}}}}) == []
     # and though it renders closer (these random numbers), an end within the first's
     # noise is the same minimum: the first stays
-    renderer, block = Synthetic(), P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)
+    renderer, block = Synthetic(), pose_block()
     final, _, _ = P.polish_steps(renderer, {"p": np.array([0.05])}, [[block]], 20, 11)
     kept = final["p"].copy()
     info = P.from_start(renderer, final, {"p": np.array([0.1])}, [[block]],
@@ -1401,7 +1404,7 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     assert "polished.obj.motions.pose.from_start.apart" in warned
     # and polished from 0.45 alone it stays in its basin (what the start mends)
     stays, _, _ = P.polish_steps(Synthetic(), {"p": np.array([0.45])},
-                                 [[P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0)]], 20, 11)
+                                 [[pose_block()]], 20, 11)
     assert abs(float(stays["p"][0]) - 0.5) < 0.1, stays
 
 
