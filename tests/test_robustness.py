@@ -1408,6 +1408,41 @@ def test_polish_from_the_start_replaces_an_end_in_another_basin():
     assert abs(float(stays["p"][0]) - 0.5) < 0.1, stays
 
 
+def test_ends_whose_losses_the_photos_do_not_tell_apart_keep_the_first():
+    """Where a polish's covariance is not determined (pose 114 at 96x96), two ends whose
+    losses differ by less than the photos' own noise could move that difference are
+    ``tied``: the first stays though the other renders closer (these random numbers);
+    an end clearly closer to the photos still replaces it. A bump whose ends at +-0.01
+    render equally far from the photo but for their noise; the two Jacobians of each
+    end point opposite ways (their cross product not positive: no covariance)."""
+    from invpbr.optimization import polish as P
+
+    u = np.arange(64.0)[None, :, None] * np.ones((6, 1, 3))
+
+    def image(p):
+        return np.exp(-((u - 32 - 8 * float(p[0])) / 10) ** 2)
+
+    def undetermined():
+        block = P.Block("p", 0, 1, [0], np.array([0.05]), "pose", 1.0, threshold=0.006)
+        block.jacobians = [np.ones((u.size, 1)), -np.ones((u.size, 1))]
+        block.residual, block.weights = np.zeros(u.size), np.ones(u.size)
+        assert P.covariance(block) is None
+        return block
+
+    final = {"p": np.array([0.01])}
+    info = P.adopt_lower(_noisy_renderer(image, [0.0], 0.002), final,
+                         {"p": np.array([-0.01])}, undetermined(), undetermined(), "start", 100)
+    far = info["apart"]
+    assert far["sigmas"] is None and not info["one_minimum"], info
+    assert info["loss_start"] < info["loss_first"], info  # (renders closer ...)
+    assert info["loss_first"] - info["loss_start"] < far["loss_noise"], info  # (... by little)
+    assert info["tied"] and info["returned"] == "first" and final["p"][0] == 0.01, info
+    final = {"p": np.array([0.3])}
+    info = P.adopt_lower(_noisy_renderer(image, [0.0], 0.002), final,
+                         {"p": np.array([0.0])}, undetermined(), undetermined(), "start", 100)
+    assert not info["tied"] and info["returned"] == "start" and final["p"][0] == 0.0, info
+
+
 def test_polish_takes_a_cameras_jacobian_along_its_valley():
     """A camera far from the scene has a valley: a shift that a turn nearly undoes.
     Central differences along the latent's axes each move an edge by part of a pixel,

@@ -1011,7 +1011,9 @@ def adopt_lower(renderer: Renderer, final: dict, end: dict, first: Block, other:
     """Where ``end`` (a polish of ``other``, a copy of ``first``) renders closer to
     the photos than ``final`` (the sharp loss of both, ``COMPARE_SEEDS`` paired renders
     from ``seed``) and lies beyond its noise (:func:`apart`; ends within each other's
-    noise are one minimum, ``one_minimum``: the first stays), put ``first``'s motion of
+    noise are one minimum, ``one_minimum``: the first stays; so are ends whose
+    covariances are not both determined where their losses differ by less than the
+    photos' noise could move that difference, ``tied``), put ``first``'s motion of
     ``end`` into ``final`` and take ``other``'s report; returns the losses compared,
     how far apart the ends are and ``returned`` (``label`` or ``first``)."""
     compared = [compare_residuals(renderer, state, first, seed) for state in (final, end)]
@@ -1026,7 +1028,13 @@ def adopt_lower(renderer: Renderer, final: dict, end: dict, first: Block, other:
     # (two ends within each other's noise are one minimum: which renders closer is then
     # a toss of the renders' and the photos' noise, and the first stays)
     info["one_minimum"] = bool(far["sigmas"] is not None and not far["beyond_noise"])
-    if losses[1] < losses[0] and not info["one_minimum"]:
+    # (where no covariance says how far apart they are, ends whose losses differ by less
+    # than the photos' own noise could move that difference are not told apart either:
+    # pose 114 at 96x96, its ends 0.25 deg apart, their losses 0.006 of that noise apart,
+    # returned the from-start end, 0.95 deg off against the first's 0.81; the first stays)
+    info["tied"] = bool(far["sigmas"] is None
+                        and abs(losses[1] - losses[0]) < far["loss_noise"])
+    if losses[1] < losses[0] and not (info["one_minimum"] or info["tied"]):
         part = slice(first.start, first.start + first.size)
         final[first.name][part] = end[first.name][part]
         info["returned"] = label
