@@ -394,7 +394,10 @@ def statuses_and_time(scenes: list[dict], ratios: list[float], args: dict,
         print(("same-input rerun" if args.get("rerun") else "repeat (run seeds 0, 1)")
               + f" ratio of final errors: {distribution(ratios)}; within 2x: "
               f"{sum(r <= 2 for r in ratios)}/{len(ratios)}")
-    print(f"time: {seconds:.0f} s ({seconds / max(len(scenes), 1):.0f} s per run)")
+    # (per run from the runs' own seconds: a merged file's saved total is one part's)
+    runs_seconds = sum(s.get("seconds", 0.0) for s in scenes)
+    print(f"time: {seconds:.0f} s for the command ({runs_seconds / max(len(scenes), 1):.0f} s "
+          f"per run; runs {runs_seconds:.0f} s in all)")
 
 
 if __name__ == "__main__":

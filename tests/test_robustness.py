@@ -475,7 +475,7 @@ def test_benchmark_summary_separates_poses_the_photos_determine(capsys):
     saved before the default stored None, which was the scene) and counts the runs whose
     polish says their photos fix them to the goal (2 sigmas within it) apart from the
     rest: here one determined run within the goal, one loose run within it by luck, one
-    loose run out and one undetermined (no sigma)."""
+    loose run out and one undetermined (no sigma); its time per run is the runs' own."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import robustness
 
@@ -484,7 +484,8 @@ def test_benchmark_summary_separates_poses_the_photos_determine(capsys):
                 "start_position": 0.02, "worse": False, "ok": rotation <= 0.5,
                 "sigma_rotation_deg": sigma, "sigma_position": None if sigma is None else 1e-4}
 
-    scenes = [{"seed": seed, "run": 0, "status": "completed", "exit_code": 0, "rows": [r]}
+    scenes = [{"seed": seed, "run": 0, "status": "completed", "exit_code": 0, "rows": [r],
+               "seconds": 100.0 + seed}
               for seed, r in zip([7, 8, 9, 30], [row(0.1, 0.2), row(0.4, 0.6), row(0.9, 0.7),
                                                  row(0.3, None)])]
     args = {"seed": 7, "size": 48, "spp": 8, "max_depth": 2, "iterations": 100}
@@ -496,6 +497,8 @@ def test_benchmark_summary_separates_poses_the_photos_determine(capsys):
     assert "not determined by the photos (polish): 1/4" in out, out
     assert ("determined to the goal by their photos (2 polish sigmas within it): 1/4 runs, "
             "1 of them within the goal; the others: 2/3") in out, out
+    # (seconds per run from the runs: a merged JSON's saved total is one part's)
+    assert "time: 10 s for the command (114 s per run; runs 454 s in all)" in out, out
     robustness.summarize("pose", args | {"framing": None}, scenes, [], 10.0)
     assert "cameras frame the scene" in capsys.readouterr().out
 
