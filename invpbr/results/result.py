@@ -146,9 +146,10 @@ class Result:
             and ``from_start`` (a polish from the run's start: ``iterations``,
             ``loss_first``, ``loss_start``, ``returned``: ``first`` or ``start``;
             :func:`invpbr.optimization.polish.from_start`); each of the two with
-            ``one_minimum`` and ``tied`` (the second end did not replace the first:
-            within its noise, or losses the photos' noise does not tell apart;
-            :func:`invpbr.optimization.polish.adopt_lower`), ``jumps`` and ``apart`` (how far the two ends are from each other:
+            ``one_minimum`` and ``tied`` (the second end may not replace the first:
+            it lies within the first's noise, or their losses are within what the
+            photos' noise could move; :func:`invpbr.optimization.polish.adopt_lower`),
+            ``jumps`` and ``apart`` (how far the two ends are from each other:
             ``rotation_deg``, ``position``, ``sigmas``, the Mahalanobis distance
             under their covariances, and ``beyond_noise``: two minima of the photos'
             loss, which the run warns of: :func:`invpbr.optimization.polish.apart`);
